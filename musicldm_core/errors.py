@@ -1,0 +1,8 @@
+"""The errors musicldm_core raises on bad checkpoints and bad arguments."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder, file, config or weight does not match what the model needs.
+
+    The message always names the file (and the key or shape where one is at fault).
+    """

@@ -1,0 +1,110 @@
+"""The few building blocks the UNet and the VAE share.
+
+Parameter names follow diffusers (`to_q`, `to_out.0`, `conv_shortcut`, `downsamplers.0.conv`...),
+so published checkpoints load without renaming and any tensor can be diffed by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim) float32, as diffusers' `Timesteps`.
+
+    frequencies_i = exp(-ln(10000) * i / (dim/2 - freq_shift)), i = 0 .. dim/2 - 1.
+    """
+    half = dim // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    angles = t[:, None].float() * torch.exp(exponent)[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class Attention(nn.Module):
+    """Multi-head attention through F.scaled_dot_product_attention.
+
+    x: (B, N, dim) queries; context: (B, M, kv_dim) keys/values, or None for self-attention.
+    """
+
+    def __init__(self, dim: int, heads: int, kv_dim: Optional[int] = None, qkv_bias: bool = False):
+        super().__init__()
+        kv_dim = kv_dim or dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_k = nn.Linear(kv_dim, dim, bias=qkv_bias)
+        self.to_v = nn.Linear(kv_dim, dim, bias=qkv_bias)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers' to_out.1 is a parameter-free Dropout
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        context = x if context is None else context
+        B, N, C = x.shape
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = (y.view(B, -1, self.heads, C // self.heads).transpose(1, 2) for y in (q, k, v))  # (B, h, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out[0](out.transpose(1, 2).reshape(B, N, C))
+
+
+class ResnetBlock2D(nn.Module):
+    """GroupNorm-SiLU-Conv twice, with an optional time-embedding bias and a 1x1 shortcut.
+
+    x: (B, C_in, H, W); temb: (B, temb_dim), already passed through SiLU by the caller (the
+    reference applies SiLU inside every block; doing it once per step is the same arithmetic).
+    """
+
+    def __init__(self, cin: int, cout: int, temb_dim: Optional[int], groups: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_dim, cout) if temb_dim else None
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor, temb_act: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(temb_act)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class Downsample2D(nn.Module):
+    """Strided 3x3 conv. padding=0 is the VAE's form: pad right/bottom by one, then convolve."""
+
+    def __init__(self, channels: int, padding: int):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour x2 (or to `size`, to meet an odd-sized skip connection), then 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        dtype = x.dtype
+        if dtype == torch.bfloat16:  # nearest upsampling lacks bf16 kernels on some backends
+            x = x.float()
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else F.interpolate(
+            x, size=tuple(size), mode="nearest")
+        return self.conv(x.to(dtype))

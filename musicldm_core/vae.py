@@ -1,0 +1,197 @@
+"""The KL-regularised autoencoder between mel spectrograms and latents.
+
+A mel spectrogram (B, 1, T, 64) is encoded to a diagonal Gaussian over (B, 8, T/4, 16) latents
+and decoded back; MusicLDM samples in that latent space. Reference: diffusers 0.36.0
+`AutoencoderKL` (Encoder, Decoder, DiagonalGaussianDistribution). Parameter names equal the
+published ones (encoder.down_blocks.0.resnets.0.conv1.weight, decoder.mid_block.attentions.0...).
+
+Memory bounds for long audio: `decode(..., slice_batch=True)` decodes one sample at a time, and
+`decode(..., tile_frames=N)` decodes overlapping windows of N latent frames along time and
+cross-fades them (not bit-exact: the seam error is measured in the tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VAEConfig
+from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from .weights import load_module, weight_files
+
+EPS = 1e-6  # GroupNorm eps of every VAE norm
+
+
+class SpatialSelfAttention(Attention):
+    """Single-head self-attention over the H*W positions, GroupNorm in front, plus a residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__(channels, heads=1, qkv_bias=True)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        B, C, H, W = x.shape
+        h = self.group_norm(x).view(B, C, H * W).transpose(1, 2)  # (B, HW, C)
+        return super().forward(h).transpose(1, 2).reshape(B, C, H, W) + x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)])
+        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnets[1](self.attentions[0](self.resnets[0](x)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(cin if j == 0 else cout, cout, None, groups, EPS) for j in range(layers)])
+        self.downsamplers = nn.ModuleList([Downsample2D(cout, padding=0)]) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return self.downsamplers[0](x) if self.downsamplers is not None else x
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(cin if j == 0 else cout, cout, None, groups, EPS) for j in range(layers)])
+        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return self.upsamplers[0](x) if self.upsamplers is not None else x
+
+
+class Encoder(nn.Module):
+    """(B, 1, T, F) mel -> (B, 2 * latent_channels, T/4, F/4) moments (before quant_conv)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, g, n = cfg.block_out_channels, cfg.norm_num_groups, len(cfg.block_out_channels)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(
+            [EncoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, i < n - 1) for i in range(n)])
+        self.mid_block = MidBlock(ch[-1], g)
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=EPS)
+        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class Decoder(nn.Module):
+    """(B, latent_channels, T/4, F/4) -> (B, 1, T, F) mel (after post_quant_conv)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, g, n = tuple(reversed(cfg.block_out_channels)), cfg.norm_num_groups, len(cfg.block_out_channels)
+        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        self.mid_block = MidBlock(ch[0], g)
+        self.up_blocks = nn.ModuleList(
+            [DecoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, i < n - 1) for i in range(n)])
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=EPS)
+        self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class DiagonalGaussian:
+    """N(mean, exp(logvar)) per latent element; logvar clamped to [-30, 20] as the reference."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        from .noise import randn  # the reference's draw rules (CPU generator, lists of generators)
+
+        return self.mean + self.std * randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+class AutoencoderKL(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = nn.Conv2d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "AutoencoderKL":
+        """Load `vae/` of a diffusers checkpoint folder (config.json + safetensors)."""
+        folder = Path(folder)
+        cfg = VAEConfig.from_json(folder / "config.json")
+        return load_module(lambda: cls(cfg), weight_files(folder, "diffusion_pytorch_model"),
+                           device=device, dtype=dtype, what=str(folder))
+
+    def encode(self, mel: torch.Tensor) -> DiagonalGaussian:
+        """(B, 1, T, F) mel -> posterior over (B, latent_channels, T/4, F/4) latents (unscaled)."""
+        return DiagonalGaussian(self.quant_conv(self.encoder(mel)))
+
+    def decode(self, z: torch.Tensor, *, slice_batch: bool = False, tile_frames: Optional[int] = None,
+               tile_overlap: int = 8) -> torch.Tensor:
+        """(B, latent_channels, T', F') unscaled latents -> (B, 1, 4T', 4F') mel.
+
+        slice_batch: one sample at a time (bounds activation memory by the batch size).
+        tile_frames: decode windows of this many latent frames along time, overlapping by
+        `tile_overlap` frames, linearly cross-faded in the overlap.
+        """
+        if slice_batch and z.shape[0] > 1:
+            return torch.cat([self.decode(z[i:i + 1], tile_frames=tile_frames, tile_overlap=tile_overlap)
+                              for i in range(z.shape[0])])
+        if tile_frames is not None and z.shape[2] > tile_frames:
+            return self._decode_tiled(z, tile_frames, tile_overlap)
+        return self.decoder(self.post_quant_conv(z))
+
+    def _decode_tiled(self, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+        if not 0 <= overlap < tile:
+            raise ValueError(f"tile_overlap={overlap} must be in [0, tile_frames={tile})")
+        f = self.config.scale_factor
+        T = z.shape[2]
+        stride = tile - overlap
+        starts = list(range(0, max(T - tile, 0) + 1, stride))
+        if starts[-1] + tile < T:
+            starts.append(T - tile)
+        out = weight = None
+        for s in starts:
+            piece = self.decoder(self.post_quant_conv(z[:, :, s:s + tile]))  # (B, 1, tile*f, F)
+            n = piece.shape[2]
+            w = torch.ones(n, device=z.device, dtype=piece.dtype)
+            ramp = overlap * f
+            if ramp and s > 0:
+                w[:ramp] = torch.linspace(0, 1, ramp + 2, device=z.device, dtype=piece.dtype)[1:-1]
+            if ramp and s + tile < T:
+                w[-ramp:] = torch.linspace(1, 0, ramp + 2, device=z.device, dtype=piece.dtype)[1:-1]
+            if out is None:
+                out = piece.new_zeros(piece.shape[0], piece.shape[1], T * f, piece.shape[3])
+                weight = piece.new_zeros(T * f)
+            out[:, :, s * f:s * f + n] += piece * w[None, None, :, None]
+            weight[s * f:s * f + n] += w
+        return out / weight[None, None, :, None]
+
