@@ -1,0 +1,54 @@
+"""CLAP: the text tower that conditions MusicLDM and the audio tower that ranks its takes.
+
+Both towers and the two learned temperatures live in one published file
+(text_encoder/model.safetensors, transformers' ClapModel); `Clap.from_pretrained` loads it through
+the key table in weights_convert/clap.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weights_convert.clap import published_to_ours
+
+from .clap_audio import HTSAT
+from .clap_text import ClapTextEncoder
+from .config import ClapConfig
+from .weights import load_module, weight_files
+
+
+class Clap(nn.Module):
+    def __init__(self, cfg: ClapConfig):
+        super().__init__()
+        self.config = cfg
+        self.text = ClapTextEncoder(cfg.text_config)
+        self.audio = HTSAT(cfg.audio_config)
+        self.logit_scale_text = nn.Parameter(torch.zeros(()))
+        self.logit_scale_audio = nn.Parameter(torch.zeros(()))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "Clap":
+        """Load `text_encoder/` of the checkpoint (transformers ClapModel config + safetensors)."""
+        folder = Path(folder)
+        cfg = ClapConfig.from_json(folder / "config.json")
+        return load_module(lambda: cls(cfg), weight_files(folder, "model"), device=device, dtype=dtype,
+                           key_map=published_to_ours, what=str(folder))
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """transformers' get_text_features: (B, L) tokens -> (B, projection_dim), unit length."""
+        return self.text.features(ids, mask)
+
+    def audio_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """transformers' get_audio_features: (B, 1, frames, mels) -> (B, projection_dim), unit length."""
+        return F.normalize(self.audio(mel), dim=-1)
+
+    def logits_per_text(self, ids: torch.Tensor, mask: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """(texts, audios) similarities scaled by exp(logit_scale_text), as ClapModel.forward."""
+        t, a = self.text(ids, mask), self.audio(mel)
+        t = t / t.norm(p=2, dim=-1, keepdim=True)
+        a = a / a.norm(p=2, dim=-1, keepdim=True)
+        return t @ a.t() * self.logit_scale_text.exp()

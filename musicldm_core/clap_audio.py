@@ -1,0 +1,321 @@
+"""CLAP's audio side, used to rank several takes of one prompt: resampler, log-mel front end, HTSAT.
+
+* `resample(wave, 16000, 48000)`: a Kaiser-windowed sinc interpolator for integer ratios, standing
+  in for librosa.resample (soxr_hq) without librosa or scipy; its distance to librosa is measured
+  in the tests.
+* `LogMel`: transformers' `ClapFeatureExtractor` for the unfused checkpoint — repeat-pad to 10 s
+  (`repeatpad`) or crop (`rand_trunc`: at numpy's global RandomState like the reference, or at a
+  fixed offset), 1024-point Hann STFT (reflect-padded, hop 480), Slaney mel filters (50 Hz .. 14 kHz
+  by default), power in dB. Computed in float64 with numpy, as the reference.
+* `HTSAT`: Chen et al. 2022's hierarchical token-semantic audio transformer (a Swin transformer
+  over the mel image), as transformers' `ClapAudioEncoder` without fusion, plus the projection.
+
+Names are ours; weights_convert/clap.py maps the published ones onto them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clap_text import Projection
+from .config import ClapAudioConfig, FeatureExtractorConfig
+
+# --------------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------------
+
+
+def resample(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: int = 96,
+             rolloff: float = 0.95675, beta: float = 13.0) -> torch.Tensor:
+    """Upsample (B, N) float audio by an integer factor: (B, N * target_sr / orig_sr).
+
+    Zero-stuffing followed by a windowed-sinc low-pass at `rolloff` times the input Nyquist
+    (conv_transpose1d does both at once), computed in float64.
+    """
+    if target_sr % orig_sr:
+        raise ValueError(f"resample: only integer up-sampling ratios are supported, got {orig_sr} -> {target_sr} Hz")
+    L = target_sr // orig_sr
+    if L == 1:
+        return wave
+    n = torch.arange(-zero_crossings * L, zero_crossings * L + 1, dtype=torch.float64)
+    t = n / L
+    window = torch.special.i0(beta * torch.sqrt(torch.clamp(1 - (t / zero_crossings) ** 2, min=0))) / torch.special.i0(
+        torch.tensor(beta, dtype=torch.float64))
+    kernel = rolloff * torch.sinc(rolloff * t) * window  # gain L after zero-stuffing -> unit passband
+    x = wave.to(torch.float64)[:, None, :]
+    y = F.conv_transpose1d(x, kernel[None, None, :], stride=L)  # (B, 1, (N-1)L + K)
+    delay = zero_crossings * L
+    return y[:, 0, delay:delay + wave.shape[-1] * L].to(wave.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Log-mel front end (numpy, float64)
+# --------------------------------------------------------------------------------------------
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    mel = 3.0 * f / 200.0
+    log = f >= 1000.0
+    return np.where(log, 15.0 + np.log(np.maximum(f, 1e-12) / 1000.0) * (27.0 / np.log(6.4)), mel)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f = 200.0 * m / 3.0
+    return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), f)
+
+
+def slaney_mel_filters(n_freqs: int, n_mels: int, f_min: float, f_max: float, sr: int) -> np.ndarray:
+    """(n_freqs, n_mels) triangular filters with Slaney area normalisation."""
+    mel_edges = np.linspace(_hz_to_mel(np.array(f_min)), _hz_to_mel(np.array(f_max)), n_mels + 2)
+    edges = _mel_to_hz(mel_edges)
+    fft_freqs = np.linspace(0, sr // 2, n_freqs)
+    slopes = edges[None, :] - fft_freqs[:, None]
+    diff = np.diff(edges)
+    down = -slopes[:, :-2] / diff[:-1]
+    up = slopes[:, 2:] / diff[1:]
+    filters = np.maximum(np.zeros(1), np.minimum(down, up))
+    return filters * (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[None, :]
+
+
+class LogMel:
+    """Waveforms at the extractor's rate -> (B, 1, frames, mel bins) float32 input features."""
+
+    def __init__(self, cfg: FeatureExtractorConfig):
+        self.config = cfg
+        n_fft = cfg.fft_window_size
+        self.window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
+        self.filters = slaney_mel_filters(n_fft // 2 + 1, cfg.feature_size, cfg.frequency_min,
+                                          cfg.frequency_max, cfg.sampling_rate)
+
+    def crop_or_pad(self, wave: np.ndarray, crop: str) -> np.ndarray:
+        """Fit one waveform to max_length_s: repeat-pad short audio; crop long audio.
+
+        crop="random": at np.random.randint(0, overflow + 1) from numpy's GLOBAL RandomState, the
+        reference's draw (reproducible only if the caller seeds it); "start" / "center": fixed.
+        """
+        cfg, n = self.config, self.config.nb_max_samples
+        if len(wave) > n:
+            overflow = len(wave) - n
+            if crop == "random":
+                start = np.random.randint(0, overflow + 1)
+            elif crop == "start":
+                start = 0
+            elif crop == "center":
+                start = overflow // 2
+            else:
+                raise ValueError(f"crop: expected 'random', 'start' or 'center', got {crop!r}")
+            return wave[start:start + n]
+        if len(wave) < n:
+            if cfg.padding == "repeat":
+                wave = np.tile(wave, int(n / len(wave)) + 1)[:n]
+            elif cfg.padding == "repeatpad":
+                wave = np.tile(wave, int(n / len(wave)))
+            wave = np.pad(wave, (0, n - wave.shape[0]), mode="constant", constant_values=0)
+        return wave
+
+    def log_mel(self, wave: np.ndarray) -> np.ndarray:
+        """(N,) float64 -> (frames, mel bins) power dB, frames = 1 + N // hop."""
+        n_fft, hop = self.config.fft_window_size, self.config.hop_length
+        padded = np.pad(wave, (n_fft // 2, n_fft // 2), mode="reflect").astype(np.float64)
+        frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # (frames, n_fft)
+        spec = np.fft.rfft(frames * self.window, axis=-1).astype(np.complex64)  # the reference stores complex64
+        power = np.abs(spec, dtype=np.float64) ** 2.0
+        mel = np.maximum(1e-10, self.filters.T @ power.T)  # (mels, frames)
+        db = 10.0 * (np.log10(np.clip(mel, 1e-10, None)) - np.log10(1.0))
+        return db.T.astype(np.float32)
+
+    def __call__(self, waves: Sequence[np.ndarray], crop: str = "random") -> torch.Tensor:
+        feats = [self.log_mel(self.crop_or_pad(np.asarray(w, dtype=np.float64), crop)) for w in waves]
+        return torch.from_numpy(np.stack(feats))[:, None]  # (B, 1, frames, mels)
+
+
+# --------------------------------------------------------------------------------------------
+# HTSAT
+# --------------------------------------------------------------------------------------------
+
+
+def _windows(x: torch.Tensor, w: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * H/w * W/w, w*w, C) non-overlapping windows."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, w * w, C)
+
+
+def _unwindows(x: torch.Tensor, w: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of _windows: (B * H/w * W/w, w*w, C) -> (B, H, W, C)."""
+    C = x.shape[-1]
+    x = x.view(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def _relative_position_index(w: int) -> torch.Tensor:
+    """(w*w, w*w) index into the (2w-1)^2 relative-position bias table (Swin's layout)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)  # (2, w*w)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)
+    return rel[:, :, 0] * (2 * w - 1) + rel[:, :, 1]
+
+
+def _shift_mask(H: int, W: int, w: int, shift: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(nW, w*w, w*w): -100 between tokens that the cyclic shift brought from different regions."""
+    img = torch.zeros(1, H, W, 1, dtype=dtype, device=device)
+    cuts = (slice(0, -w), slice(-w, -shift), slice(-shift, None))
+    for n, (hs, ws) in enumerate((hs, ws) for hs in cuts for ws in cuts):
+        img[:, hs, ws, :] = n
+    ids = _windows(img, w)[..., 0]  # (nW, w*w)
+    diff = ids[:, None, :] - ids[:, :, None]
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, qkv_bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
+        self.out = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+
+    def forward(self, x: torch.Tensor, w: int, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (B*nW, w*w, C); mask (nW, w*w, w*w) or None."""
+        Bn, N, C = x.shape
+        q, k, v = (p(x).view(Bn, N, self.heads, C // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        index = _relative_position_index(w).to(x.device).view(-1)
+        bias = self.relative_position_bias_table[index].view(N, N, -1).permute(2, 0, 1)[None]  # (1, h, N, N)
+        if mask is not None:  # windows are batch-major: (B, nW) -> add the per-window shift mask
+            nW = mask.shape[0]
+            bias = (bias[:, None] + mask[None, :, None]).expand(Bn // nW, nW, self.heads, N, N).reshape(Bn, -1, N, N)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        return self.out(y.transpose(1, 2).reshape(Bn, N, C))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, cfg: ClapAudioConfig, dim: int, heads: int, shift: bool):
+        super().__init__()
+        self.shift = shift
+        self.window = cfg.window_size
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.attn = WindowAttention(dim, heads, cfg.window_size, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(dim, int(cfg.mlp_ratio * dim))
+        self.fc2 = nn.Linear(int(cfg.mlp_ratio * dim), dim)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, L, C = x.shape
+        w = min(self.window, H, W)
+        shift = self.window // 2 if self.shift and min(H, W) > self.window else 0
+        h = self.norm1(x).view(B, H, W, C)
+        pad_b, pad_r = (w - H % w) % w, (w - W % w) % w
+        h = F.pad(h, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        if shift:
+            h = torch.roll(h, shifts=(-shift, -shift), dims=(1, 2))
+        mask = _shift_mask(Hp, Wp, w, shift, h.dtype, h.device) if shift else None
+        h = _unwindows(self.attn(_windows(h, w), w, mask), w, Hp, Wp)
+        if shift:
+            h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
+        x = x + h[:, :H, :W, :].reshape(B, H * W, C)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbouring tokens concatenated (4C), normalised, projected to 2C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, L, C = x.shape
+        x = x.view(B, H, W, C)
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x.view(B, -1, 4 * C)))
+
+
+class Stage(nn.Module):
+    def __init__(self, cfg: ClapAudioConfig, i: int):
+        super().__init__()
+        dim = cfg.patch_embeds_hidden_size * 2**i
+        self.blocks = nn.ModuleList(
+            [SwinBlock(cfg, dim, cfg.num_attention_heads[i], shift=j % 2 == 1) for j in range(cfg.depths[i])])
+        self.downsample = PatchMerging(dim) if i < len(cfg.depths) - 1 else None
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, H, W)
+        return self.downsample(x, H, W) if self.downsample is not None else x
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ClapAudioConfig):
+        super().__init__()
+        pad = ((cfg.patch_size - cfg.patch_stride[0]) // 2, (cfg.patch_size - cfg.patch_stride[1]) // 2)
+        self.proj = nn.Conv2d(cfg.patch_embed_input_channels, cfg.patch_embeds_hidden_size, cfg.patch_size,
+                              stride=cfg.patch_stride, padding=pad)
+        self.norm = nn.LayerNorm(cfg.patch_embeds_hidden_size) if cfg.enable_patch_layer_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # (B, H*W, C)
+
+
+class MelNorm(nn.Module):
+    """Inference-only BatchNorm over the mel bins: (x - running_mean) / sqrt(running_var + eps) * w + b."""
+
+    def __init__(self, bins: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(bins))
+        self.bias = nn.Parameter(torch.zeros(bins))
+        self.register_buffer("running_mean", torch.zeros(bins))
+        self.register_buffer("running_var", torch.ones(bins))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, bins, ...)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+class HTSAT(nn.Module):
+    """(B, 1, frames, mel bins) log-mel -> unnormalised joint-space embedding (B, projection_dim)."""
+
+    def __init__(self, cfg: ClapAudioConfig):
+        super().__init__()
+        self.config = cfg
+        self.mel_norm = MelNorm(cfg.num_mel_bins)
+        self.patch_embed = PatchEmbed(cfg)
+        self.stages = nn.ModuleList([Stage(cfg, i) for i in range(len(cfg.depths))])
+        self.norm = nn.LayerNorm(cfg.patch_embeds_hidden_size * 2 ** (len(cfg.depths) - 1))
+        self.projection = Projection(self.norm.normalized_shape[0], cfg.projection_dim)
+
+    def mel_to_image(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, F) -> (B, 1, S, S): stretch time to S*r (bicubic), fold r time chunks into frequency."""
+        S, F_ = self.config.spec_size, self.config.num_mel_bins
+        r = S // F_  # freq_ratio
+        B, C, T, Fr = mel.shape
+        if T > S * r or Fr > S // r:
+            raise ValueError(f"input_features: {T} frames x {Fr} bins exceed the tower's {S * r} x {S // r}")
+        if T < S * r:
+            mel = F.interpolate(mel, (S * r, Fr), mode="bicubic", align_corners=True)
+        if Fr < S // r:
+            mel = F.interpolate(mel, (mel.shape[2], S // r), mode="bicubic", align_corners=True)
+        B, C, T, Fr = mel.shape
+        mel = mel.reshape(B, C * r, T // r, Fr).permute(0, 1, 3, 2).contiguous()
+        return mel.reshape(B, C, Fr * r, T // r)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.mel_norm(mel.transpose(1, 3)).transpose(1, 3)  # BatchNorm over mel bins
+        x = self.patch_embed(self.mel_to_image(x))
+        H = W = self.config.spec_size // self.config.patch_stride[0]
+        for stage in self.stages:
+            x = stage(x, H, W)
+            if stage.downsample is not None:
+                H, W = (H + 1) // 2, (W + 1) // 2
+        pooled = self.norm(x).mean(dim=1)  # average over all time-frequency tokens
+        return self.projection(pooled)
