@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
+import torch
+
+from ..config import SchedulerConfig, read_json
+from ..errors import CheckpointError
 from . import ddim, dpmsolver, euler, heun, lms, pndm
 from .schedule import NoiseSchedule, check_steps
 
@@ -43,4 +48,39 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(f"scheduler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
-__all__ = ["SAMPLERS", "CLASS_NAMES", "Sampler", "NoiseSchedule", "check_steps", "get_sampler"]
+class Scheduler:
+    """A named sampler bound to the checkpoint's noise schedule: what the pipeline calls."""
+
+    def __init__(self, name: str, config: SchedulerConfig):
+        self.name = name
+        self.sampler = get_sampler(name)
+        self.config = config
+        self.schedule = NoiseSchedule(config)
+        self.order = self.sampler.order
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, name: Optional[str] = None) -> "Scheduler":
+        """`scheduler/scheduler_config.json`; `name` None = the class the checkpoint names."""
+        path = Path(folder) / "scheduler_config.json"
+        data = read_json(path)
+        if name is None:
+            class_name = data.get("_class_name")
+            if class_name not in CLASS_NAMES:
+                raise CheckpointError(f"{path}: _class_name={class_name!r} is not a supported scheduler "
+                                      f"({', '.join(CLASS_NAMES)})")
+            name = CLASS_NAMES[class_name]
+        get_sampler(name)
+        if name == "pndm" and "skip_prk_steps" not in data:
+            # MusicLDM's PNDM is PLMS (skip_prk_steps=True); the published DDIM config has no such key.
+            data = {**data, "skip_prk_steps": True}
+        return cls(name, SchedulerConfig.from_hf(data, str(path)))
+
+    def sample(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int,
+               **kwargs) -> torch.Tensor:
+        return self.sampler.sample(model, x, self.schedule, steps, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Scheduler({self.name!r})"
+
+
+__all__ = ["SAMPLERS", "CLASS_NAMES", "Sampler", "Scheduler", "NoiseSchedule", "check_steps", "get_sampler"]

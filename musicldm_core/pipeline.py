@@ -1,0 +1,427 @@
+"""MusicLDM text-to-music inference (Chen et al. 2023, arXiv 2308.01546), end to end.
+
+The inference procedure of the paper, as diffusers' MusicLDMPipeline runs it:
+  1. encode the prompt (and the negative prompt) with CLAP's text tower into 512-d vectors;
+  2. build the guided noise predictor: eps = eps_uncond + g * (eps_cond - eps_uncond);
+  3. sample a (B, 8, T/4, 16) latent from Gaussian noise with the chosen sampler;
+  4. decode the latent to a (B, 1, T, 64) mel spectrogram with the VAE, vocode it to 16 kHz audio
+     with HiFi-GAN and trim it to the asked length; with several takes per prompt, rank them by
+     CLAP text-audio similarity.
+
+`MusicLDMPipeline(...)(prompt, ...)` takes the reference's parameters with the same names,
+defaults and meaning; every input is checked in `check_inputs` before any heavy work.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from .clap import Clap
+from .clap_audio import LogMel, resample
+from .config import FeatureExtractorConfig
+from .hub import DEFAULT_REPO, resolve
+from .noise import randn
+from .samplers import Scheduler
+from .tokenizer import ClapTokenizer
+from .unet import UNet
+from .vae import AutoencoderKL
+from .vocoder import HifiGan
+
+Generator = Union[torch.Generator, List[torch.Generator], None]
+
+
+@dataclass
+class AudioPipelineOutput:
+    """`.audios`: float32 waveforms (N, samples) as numpy ("np") or torch ("pt"), or latents ("latent")."""
+
+    audios: Any
+
+
+def parse_device(device: Union[str, torch.device]) -> torch.device:
+    """A torch device that exists here; a clear error otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: unknown device {device!r} (use 'cpu', 'cuda', 'cuda:1', 'mps')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {device!r} requested but MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: {device!r} is not supported (use 'cpu', 'cuda' or 'mps')")
+    return dev
+
+
+def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if isinstance(dtype, torch.dtype) and dtype in names.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in names:
+        return names[dtype]
+    raise ValueError(f"dtype: {dtype!r} is not supported (use float32, float16 or bfloat16)")
+
+
+def check_number(name: str, value, *, minimum: float, strict: bool = False) -> float:
+    """A finite real number >= minimum (> minimum when strict), else a ValueError naming it."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not ok or value < minimum or (strict and value == minimum):
+        bound = f"{'>' if strict else '>='} {minimum}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value, *, minimum: int, maximum: Optional[int] = None) -> int:
+    """An integer in [minimum, maximum], else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_prompt(prompt) -> int:
+    """A non-empty string or non-empty list of them; returns how many prompts."""
+    if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and (
+            not prompt or not all(isinstance(p, str) for p in prompt))):
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    for i, p in enumerate(texts):
+        if not p.strip():
+            raise ValueError(f"prompt{'' if isinstance(prompt, str) else f'[{i}]'} is empty or only whitespace")
+    return len(texts)
+
+
+class MusicLDMPipeline:
+    def __init__(self, tokenizer: ClapTokenizer, text_encoder: Clap, unet: UNet, vae: AutoencoderKL,
+                 vocoder: HifiGan, scheduler: Scheduler, feature_extractor: LogMel):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.vae = vae
+        self.vocoder = vocoder
+        self.scheduler = scheduler
+        self.feature_extractor = feature_extractor
+        self.vae_scale_factor = vae.config.scale_factor
+        self.vae_slicing = False
+        self.offload_device: Optional[torch.device] = None  # set by enable_model_cpu_offload
+
+    # ---------------------------------------------------------------------------------------
+    # Loading and placement
+    # ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path] = DEFAULT_REPO, *, revision: Optional[str] = None,
+                        device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype, None] = None,
+                        torch_dtype: Union[str, torch.dtype, None] = None,
+                        scheduler: Optional[str] = None) -> "MusicLDMPipeline":
+        """Load a diffusers-layout MusicLDM checkpoint from a folder or a Hub repo id.
+
+        dtype (alias torch_dtype): float32 (default), float16 or bfloat16; weights are cast while
+        they are read. scheduler: None = the checkpoint's own (DDIM), or a sampler name
+        ("ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++").
+        """
+        if dtype is not None and torch_dtype is not None and parse_dtype(dtype) != parse_dtype(torch_dtype):
+            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; give one")
+        dtype = parse_dtype(dtype if dtype is not None else torch_dtype if torch_dtype is not None else torch.float32)
+        device = parse_device(device)
+        if scheduler is not None:
+            from .samplers import get_sampler
+
+            get_sampler(scheduler)  # unknown names fail before any download or load
+        folder = resolve(source, revision)
+        kw = dict(device=device, dtype=dtype)
+        return cls(
+            tokenizer=ClapTokenizer.from_pretrained(folder / "tokenizer"),
+            text_encoder=Clap.from_pretrained(folder / "text_encoder", **kw),
+            unet=UNet.from_pretrained(folder / "unet", **kw),
+            vae=AutoencoderKL.from_pretrained(folder / "vae", **kw),
+            vocoder=HifiGan.from_pretrained(folder / "vocoder", **kw),
+            scheduler=Scheduler.from_pretrained(folder / "scheduler", scheduler),
+            feature_extractor=LogMel(FeatureExtractorConfig.from_json(
+                folder / "feature_extractor" / "preprocessor_config.json")),
+        )
+
+    @property
+    def components(self) -> Dict[str, torch.nn.Module]:
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae, "vocoder": self.vocoder}
+
+    @property
+    def device(self) -> torch.device:
+        return self.offload_device or self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.vocoder.config.sampling_rate
+
+    def to(self, device: Union[str, torch.device, None] = None,
+           dtype: Union[str, torch.dtype, None] = None) -> "MusicLDMPipeline":
+        device = parse_device(device) if device is not None else None
+        dtype = parse_dtype(dtype) if dtype is not None else None
+        for module in self.components.values():
+            module.to(device=device, dtype=dtype)
+        if device is not None:
+            self.offload_device = None
+        return self
+
+    def enable_vae_slicing(self) -> None:
+        """Decode one take at a time: VAE activation memory no longer grows with the batch."""
+        self.vae_slicing = True
+
+    def disable_vae_slicing(self) -> None:
+        self.vae_slicing = False
+
+    def enable_model_cpu_offload(self, device: Union[str, torch.device] = "cuda") -> None:
+        """Keep every component on the CPU and move each to `device` only while it runs."""
+        device = parse_device(device)
+        for module in self.components.values():
+            module.to("cpu")
+        self.offload_device = device
+
+    def _on_device(self, name: str) -> torch.nn.Module:
+        """The component `name`, on the execution device (with offload: it alone)."""
+        module = self.components[name]
+        if self.offload_device is not None:
+            for other, m in self.components.items():
+                m.to(self.offload_device if other == name else "cpu")
+        return module
+
+    # ---------------------------------------------------------------------------------------
+    # Generation
+    # ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        audio_length_in_s: Optional[float] = None,
+        num_inference_steps: int = 200,
+        guidance_scale: float = 2.0,
+        negative_prompt: Union[str, List[str], None] = None,
+        num_waveforms_per_prompt: Optional[int] = 1,
+        eta: float = 0.0,
+        generator: Generator = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+        callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+        callback_steps: Optional[int] = 1,
+        cross_attention_kwargs: Optional[Dict[str, Any]] = None,
+        output_type: Optional[str] = "np",
+        rank_within_prompt: bool = False,
+        crop: str = "random",
+        progress: Optional[Callable[[int], None]] = None,
+    ):
+        """Generate audio for `prompt`; the reference's parameters, plus:
+
+        rank_within_prompt: with several prompts, rank each prompt's own takes only. The reference
+            (default False) ranks every prompt against ALL takes of the batch, so a prompt can get
+            another prompt's take back.
+        crop: how the ranking crops takes longer than CLAP's 10 s window: "random" draws the offset
+            from numpy's global RandomState exactly as the reference (seed it to reproduce), "start"
+            or "center" are deterministic.
+        progress: called with 1 after each denoising step (e.g. a progress bar's update).
+        """
+        seconds, height = self.check_inputs(
+            prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
+            num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
+            callback_steps, cross_attention_kwargs, output_type, crop)
+        device, takes = self.device, num_waveforms_per_prompt
+        guided = guidance_scale > 1.0
+
+        # 1. Encode the prompts into CLAP vectors; with guidance, [negative; positive] in one batch.
+        cond = self.encode_prompt(prompt, prompt_embeds, device).repeat_interleave(takes, dim=0)
+        if guided:
+            if negative_prompt_embeds is None:
+                n = cond.shape[0] // takes
+                negative = [""] * n if negative_prompt is None else (
+                    [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
+                negative_prompt_embeds = self.encode_prompt(negative, None, device)
+            uncond = negative_prompt_embeds.to(device=device, dtype=self.dtype).repeat_interleave(takes, dim=0)
+            cond = torch.cat([uncond, cond])
+
+        # 2. The guided noise predictor eps(x_t, t | c).
+        unet = self._on_device("unet")
+
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if not guided:
+                return unet(x, t, cond)
+            eps_uncond, eps_cond = unet(torch.cat([x, x]), t, cond).chunk(2)
+            return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+        # 3. Sample the latent from noise. Shape (B, 8, T/4, mel_bins/4); noise drawn as diffusers draws it.
+        batch = cond.shape[0] // (2 if guided else 1)
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor,
+                 self.vocoder.config.model_in_dim // self.vae_scale_factor)
+        noise = randn(shape, generator, device, self.dtype) if latents is None else latents.to(device, self.dtype)
+        order = self.scheduler.order
+
+        def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
+            if progress is not None:
+                progress(1)
+            if callback is not None and i % callback_steps == 0:
+                callback(i // order, t, x)
+
+        z = self.scheduler.sample(predict, noise, num_inference_steps, eta=eta, generator=generator,
+                                  callback=on_step)
+        if output_type == "latent":
+            return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
+
+        # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
+        mel = self._on_device("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=self.vae_slicing)
+        audio = self._on_device("vocoder")(mel.squeeze(1)).cpu().float()
+        audio = audio[:, :int(seconds * self.sampling_rate)]
+        if takes > 1 and prompt is not None:
+            audio = self.rank(prompt, audio, takes, rank_within_prompt, crop)
+        if output_type == "np":
+            audio = audio.numpy()
+        return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
+
+    def encode_prompt(self, prompt: Union[str, List[str], None], embeds: Optional[torch.Tensor],
+                      device: torch.device) -> torch.Tensor:
+        """Prompts -> CLAP text features (B, 512) on `device` in the pipeline's dtype."""
+        if embeds is None:
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            ids, mask = self.tokenizer(texts)
+            clap = self._on_device("text_encoder")
+            embeds = clap.text_features(ids.to(device), mask.to(device))
+        return embeds.to(device=device, dtype=self.dtype)
+
+    def rank(self, prompt: Union[str, List[str]], audio: torch.Tensor, takes: int, within_prompt: bool = False,
+             crop: str = "random") -> torch.Tensor:
+        """Order takes by CLAP similarity to their prompt, best first: (N, samples) -> (N, samples).
+
+        As the reference: resample 16 kHz -> 48 kHz, log-mel, logits_per_text, argsort descending,
+        keep `takes` per prompt row. within_prompt restricts each row to its own prompt's takes.
+        """
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids, mask = self.tokenizer(texts, pad_to_max_length=False)
+        waves = resample(audio, self.sampling_rate, self.feature_extractor.config.sampling_rate)
+        mel = self.feature_extractor(list(waves.numpy()), crop=crop)
+        clap = self._on_device("text_encoder")
+        dev = self.device
+        logits = clap.logits_per_text(ids.to(dev), mask.to(dev), mel.to(dev, self.dtype)).float().cpu()
+        if within_prompt:
+            own = torch.arange(len(texts))[:, None] == torch.arange(audio.shape[0])[None, :] // takes
+            logits = logits.masked_fill(~own, float("-inf"))
+        order = torch.argsort(logits, dim=1, descending=True)[:, :takes]
+        return torch.index_select(audio, 0, order.reshape(-1))
+
+    # ---------------------------------------------------------------------------------------
+    # Input checks: all of them, before any heavy work
+    # ---------------------------------------------------------------------------------------
+
+    def check_inputs(self, prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
+                     num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
+                     callback_steps, cross_attention_kwargs, output_type, crop) -> tuple[float, int]:
+        """Validate every argument; return (seconds, mel frames) of the audio to generate."""
+        hop_seconds = float(np.prod(self.vocoder.config.upsample_rates)) / self.sampling_rate
+        if audio_length_in_s is None:
+            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * hop_seconds
+        check_number("audio_length_in_s", audio_length_in_s, minimum=0, strict=True)
+        minimum = hop_seconds * self.vae_scale_factor
+        if audio_length_in_s < minimum:
+            raise ValueError(f"audio_length_in_s must be at least {minimum} s (one latent frame), "
+                             f"got {audio_length_in_s}")
+        if self.vocoder.config.model_in_dim % self.vae_scale_factor:
+            raise ValueError(f"the vocoder's {self.vocoder.config.model_in_dim} mel bins are not divisible by the "
+                             f"VAE scale factor {self.vae_scale_factor}")
+        height = int(audio_length_in_s / hop_seconds)
+        height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
+
+        check_int("num_inference_steps", num_inference_steps, minimum=1,
+                  maximum=self.scheduler.config.num_train_timesteps)
+        check_number("guidance_scale", guidance_scale, minimum=0)
+        check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, minimum=1)
+        check_number("eta", eta, minimum=0)
+        check_int("callback_steps", callback_steps, minimum=1)
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        if crop not in ("random", "start", "center"):
+            raise ValueError(f"crop must be 'random', 'start' or 'center', got {crop!r}")
+        if cross_attention_kwargs is not None:
+            # diffusers reads only "scale", and only to weight LoRA layers; with no LoRA it changes nothing.
+            unknown = set(cross_attention_kwargs) - {"scale"}
+            if unknown:
+                raise ValueError(f"cross_attention_kwargs: unsupported key(s) {sorted(unknown)}; only 'scale' "
+                                 "(a LoRA weight, which has no effect without LoRA layers) is accepted")
+
+        # prompts
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("give either prompt or prompt_embeds, not both")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("give prompt (a string or a list of strings) or prompt_embeds")
+        if prompt is not None:
+            batch = check_prompt(prompt)
+        else:
+            batch = self._check_embeds("prompt_embeds", prompt_embeds)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give either negative_prompt or negative_prompt_embeds, not both")
+        if negative_prompt is not None:
+            if prompt is not None and type(prompt) is not type(negative_prompt):
+                raise TypeError(f"negative_prompt must have the same type as prompt ({type(prompt).__name__}), "
+                                f"got {type(negative_prompt).__name__}")
+            if isinstance(negative_prompt, list):
+                if not all(isinstance(p, str) for p in negative_prompt):
+                    raise ValueError("negative_prompt must be a string or a list of strings")
+                if len(negative_prompt) != batch:
+                    raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch}")
+            elif not isinstance(negative_prompt, str):
+                raise ValueError(f"negative_prompt must be a string or a list of strings, "
+                                 f"got {type(negative_prompt).__name__}")
+        if negative_prompt_embeds is not None:
+            self._check_embeds("negative_prompt_embeds", negative_prompt_embeds)
+            if prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                                 f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
+            if negative_prompt_embeds.shape[0] != batch:
+                raise ValueError(f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows but there are "
+                                 f"{batch} prompts")
+
+        # noise
+        total = batch * num_waveforms_per_prompt
+        if isinstance(generator, list):
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError("generator must be a torch.Generator or a list of them")
+            if len(generator) not in (1, total):
+                raise ValueError(f"generator: a list of {len(generator)} generators for {total} takes "
+                                 f"({batch} prompts x {num_waveforms_per_prompt}); give one, or one per take")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        if latents is not None:
+            shape = (total, self.unet.config.in_channels, height // self.vae_scale_factor,
+                     self.vocoder.config.model_in_dim // self.vae_scale_factor)
+            if not torch.is_tensor(latents):
+                raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {shape} for {total} takes of "
+                                 f"{audio_length_in_s} s")
+            if not latents.is_floating_point():
+                raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
+            if not torch.isfinite(latents).all():
+                raise ValueError("latents contains NaN or infinite values")
+        return float(audio_length_in_s), height
+
+    def _check_embeds(self, name: str, embeds) -> int:
+        dim = self.unet.config.projection_class_embeddings_input_dim
+        if not torch.is_tensor(embeds) or embeds.dim() != 2 or embeds.shape[1] != dim:
+            shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
+            raise ValueError(f"{name} must be a (batch, {dim}) tensor, got {shape}")
+        if not embeds.is_floating_point() or not torch.isfinite(embeds).all():
+            raise ValueError(f"{name} must hold finite floating-point values")
+        return embeds.shape[0]
