@@ -180,6 +180,9 @@ class UNetConfig(_Config):
             raise CheckpointError(
                 f"{source}: class_embed_type='simple_projection' needs projection_class_embeddings_input_dim"
             )
+        if self.class_embeddings_concat and self.class_embed_type is None:
+            raise CheckpointError(f"{source}: class_embeddings_concat=true needs a class_embed_type "
+                                  "(diffusers would fail at the first forward)")
         _reject(source, "act_fn", self.act_fn, ("silu",))
         _reject(source, "time_embedding_type", self.time_embedding_type, ("positional",))
         _reject(source, "resnet_time_scale_shift", self.resnet_time_scale_shift, ("default",))
@@ -221,8 +224,7 @@ class UNetConfig(_Config):
     @property
     def resnet_temb_dim(self) -> int:
         """Width of the embedding the ResNets see: the CLAP projection is concatenated, doubling it."""
-        concat = self.class_embed_type is not None and self.class_embeddings_concat
-        return self.time_embed_dim * (2 if concat else 1)
+        return self.time_embed_dim * (2 if self.class_embeddings_concat else 1)
 
 
 # --------------------------------------------------------------------------------------------

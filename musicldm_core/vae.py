@@ -155,18 +155,19 @@ class AutoencoderKL(nn.Module):
         return DiagonalGaussian(self.quant_conv(self.encoder(mel)))
 
     def decode(self, z: torch.Tensor, *, slice_batch: bool = False, tile_frames: Optional[int] = None,
-               tile_overlap: int = 8) -> torch.Tensor:
+               tile_overlap: Optional[int] = None) -> torch.Tensor:
         """(B, latent_channels, T', F') unscaled latents -> (B, 1, 4T', 4F') mel.
 
         slice_batch: one sample at a time (bounds activation memory by the batch size).
         tile_frames: decode windows of this many latent frames along time, overlapping by
-        `tile_overlap` frames, linearly cross-faded in the overlap.
+        `tile_overlap` frames (default tile_frames // 4), linearly cross-faded in the overlap. Not
+        exact: GroupNorm statistics and the mid-block attention see one tile, not the whole clip.
         """
         if slice_batch and z.shape[0] > 1:
             return torch.cat([self.decode(z[i:i + 1], tile_frames=tile_frames, tile_overlap=tile_overlap)
                               for i in range(z.shape[0])])
         if tile_frames is not None and z.shape[2] > tile_frames:
-            return self._decode_tiled(z, tile_frames, tile_overlap)
+            return self._decode_tiled(z, tile_frames, tile_frames // 4 if tile_overlap is None else tile_overlap)
         return self.decoder(self.post_quant_conv(z))
 
     def _decode_tiled(self, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:

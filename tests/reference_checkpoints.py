@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-FORMAT_VERSION = 1  # bump when the way fixtures are built changes
+FORMAT_VERSION = 2  # bump when the way fixtures are built changes
 SCALING_FACTOR = 0.6  # anything but diffusers' default 0.18215: proves it is read from the config
 
 PUBLISHED = {
@@ -122,6 +122,26 @@ def randomize_(module, seed: int) -> None:
             t.add_(torch.randn(t.shape, generator=g) * max(0.25 * spread, 0.02))
 
 
+def signal_preserving_init_(vocoder, seed: int) -> None:
+    """Re-draw the vocoder's conv weights with std 1/sqrt(fan-in).
+
+    SpeechT5HifiGan initialises with std 0.02, which at small widths shrinks the signal layer by
+    layer until the output is tanh(bias) whatever the mel: a parity test could not fail then.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in vocoder.modules():
+            if isinstance(m, torch.nn.ConvTranspose1d):
+                fan = m.in_channels * m.kernel_size[0] / m.stride[0]
+            elif isinstance(m, torch.nn.Conv1d):
+                fan = m.in_channels * m.kernel_size[0]
+            else:
+                continue
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan**0.5)
+
+
 def _train_tokenizer(folder: Path, cfg: dict) -> None:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
@@ -155,6 +175,7 @@ def _build(variant: str, out: Path) -> None:
     vae = AutoencoderKL(**cfg["vae"])
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**cfg["vocoder"]))
     clap = ClapModel(ClapConfig(**cfg["clap"]))
+    signal_preserving_init_(vocoder, SEED)
     for i, m in enumerate((unet, vae, vocoder, clap)):
         randomize_(m, SEED + i)
     work = Path(tempfile.mkdtemp(dir=out.parent))
@@ -184,7 +205,15 @@ def checkpoint(variant: str) -> Path:
         os.replace(tmp / "ckpt", folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(f"{variant}-", folder)
     return folder
+
+
+def _remove_stale(prefix: str, keep: Path) -> None:
+    """Fixtures built under an older key are dead weight (the full one is 2 GB): delete them."""
+    for old in cache_root().glob(prefix + "*"):
+        if old != keep and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def hf_cache() -> tuple[Path, str]:
@@ -205,4 +234,5 @@ def hf_cache() -> tuple[Path, str]:
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(rev)
     (root / ".complete").write_text(rev)
+    _remove_stale("hub-", root)
     return root, rev

@@ -1,0 +1,33 @@
+"""One comparison for every parity test: max abs and relative error, printed and asserted."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def errors(ours, ref) -> tuple[float, float, tuple]:
+    """(max abs error, that divided by max |ref|, index where the error peaks)."""
+    a = torch.as_tensor(np.asarray(ours) if not torch.is_tensor(ours) else ours).double().cpu()
+    b = torch.as_tensor(np.asarray(ref) if not torch.is_tensor(ref) else ref).double().cpu()
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} != reference {tuple(b.shape)}"
+    assert torch.isfinite(a).all(), "non-finite values in ours"
+    diff = (a - b).abs()
+    peak = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)) if diff.numel() else ()
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    abs_err = float(diff.max()) if diff.numel() else 0.0
+    return abs_err, abs_err / scale if scale > 0 else abs_err, peak
+
+
+def assert_close(ours, ref, rtol: float, name: str) -> tuple[float, float]:
+    abs_err, rel_err, peak = errors(ours, ref)
+    print(f"[parity] {name}: max abs {abs_err:.3e}, rel {rel_err:.3e} (peak at {peak})")
+    assert rel_err <= rtol, f"{name}: relative error {rel_err:.3e} > {rtol:.1e} (max abs {abs_err:.3e} at {peak})"
+    return abs_err, rel_err
+
+
+def assert_detects(ours, ref, rtol: float, name: str) -> None:
+    """A deliberately broken model must fail the same tolerance: the parity test can go red."""
+    _, rel_err, _ = errors(ours, ref)
+    print(f"[mutation] {name}: rel {rel_err:.3e} (must exceed {rtol:.1e})")
+    assert rel_err > rtol, f"{name}: a deliberate break went unnoticed (rel {rel_err:.3e} <= {rtol:.1e})"
