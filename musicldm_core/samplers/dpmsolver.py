@@ -41,9 +41,7 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
     cfg = schedule.config
     steps = check_steps(steps, cfg.num_train_timesteps)
     ts = _timesteps(schedule, steps)
-    table = np.array(((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod) ** 0.5)
-    sigmas = torch.from_numpy(
-        np.concatenate([np.interp(ts, np.arange(0, len(table)), table), [0.0]]).astype(np.float32))
+    sigmas = schedule.sigmas_at(ts)
     x0_history: list[torch.Tensor] = []
     for i, t in enumerate(torch.from_numpy(ts).to(x.device)):
         out = model(x, t)

@@ -92,9 +92,13 @@ class NoiseSchedule:
         sigma(t) = sqrt((1 - alpha-bar_t) / alpha-bar_t), linearly interpolated at fractional t.
         """
         ts = self.spaced(steps).astype(np.float32)
-        table = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
-        sigmas = np.concatenate([np.interp(ts, np.arange(0, len(table)), table), [0.0]]).astype(np.float32)
-        return torch.from_numpy(ts), torch.from_numpy(sigmas)
+        return torch.from_numpy(ts), self.sigmas_at(ts)
+
+    def sigmas_at(self, timesteps: np.ndarray) -> torch.Tensor:
+        """float32 sigmas (N+1,) at the given (possibly fractional) timesteps, then a final 0."""
+        table = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()  # float32, as the reference
+        sigmas = np.interp(timesteps, np.arange(0, len(table)), table)
+        return torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
 
     def init_sigma(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Initial noise scale of the sigma samplers (diffusers' `init_noise_sigma`)."""

@@ -1,0 +1,189 @@
+"""Sampler trajectories against the diffusers scheduler of the same name and config.
+
+Driven by a deterministic stand-in denoiser (milliseconds) over steps x spacings x prediction
+types in float64 and float32, and by the tiny UNet fixture. Every step is compared (the callback
+sees each reported step), timesteps must be equal, and noise-injecting samplers must draw the same
+noise from the same generator seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
+                       UNet2DConditionModel)
+
+from helpers import assert_close, assert_detects, errors
+from musicldm_core.config import SchedulerConfig
+from musicldm_core.samplers import SAMPLERS, NoiseSchedule, Scheduler
+from musicldm_core.samplers.lms import lms_coefficient
+from musicldm_core.unet import UNet
+
+PUBLISHED = {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear",
+             "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "prediction_type": "epsilon",
+             "timestep_spacing": "leading"}
+REFERENCE = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "lms": LMSDiscreteScheduler, "euler": EulerDiscreteScheduler,
+             "euler_ancestral": EulerAncestralDiscreteScheduler, "heun": HeunDiscreteScheduler,
+             "dpmsolver++": DPMSolverMultistepScheduler}
+TOL = {torch.float64: 1e-6, torch.float32: 1e-5}
+
+
+def stand_in(x: torch.Tensor, t) -> torch.Tensor:
+    """A smooth, timestep-dependent, nonlinear 'denoiser' so every coefficient matters."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return (torch.sin(x * 1.3 + t / 300.0) * 0.8 + 0.1 * x).to(x.dtype)
+
+
+def reference_run(name, cfg, steps, x, model, eta=0.0, seed=None):
+    s = REFERENCE[name].from_config(cfg)
+    s.set_timesteps(steps)
+    params = inspect.signature(s.step).parameters
+    kw = {}
+    if "eta" in params:
+        kw["eta"] = eta
+    if "generator" in params:
+        kw["generator"] = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = x * s.init_noise_sigma
+    ts, traj = [], []
+    for i, t in enumerate(s.timesteps):
+        out = model(s.scale_model_input(x, t), t)
+        x = s.step(out, t, x, **kw).prev_sample
+        ts.append(float(t))
+        order = getattr(s, "order", 1)
+        warmup = len(s.timesteps) - steps * order
+        if i == len(s.timesteps) - 1 or ((i + 1) > warmup and (i + 1) % order == 0):
+            traj.append((i, x))
+    return ts, traj
+
+
+def our_run(name, cfg, steps, x, model, eta=0.0, seed=None):
+    ts, traj = [], []
+
+    def counted(x_in, t):
+        ts.append(float(t))
+        return model(x_in, t)
+
+    SAMPLERS[name].sample(counted, x, NoiseSchedule(SchedulerConfig.from_hf(cfg)), steps, eta=eta,
+                          generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+                          callback=lambda i, t, x: traj.append((i, x)))
+    return ts, traj
+
+
+def compare(name, cfg, steps, dtype, model=stand_in, eta=0.0, seed=None, label=""):
+    x = torch.randn(2, 8, 5, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    ts_ref, traj_ref = reference_run(name, cfg, steps, x, model, eta, seed)
+    ts, traj = our_run(name, cfg, steps, x, model, eta, seed)
+    assert ts == ts_ref, f"{name}: timesteps differ: {ts[:6]} vs {ts_ref[:6]}"
+    assert [i for i, _ in traj] == [i for i, _ in traj_ref], f"{name}: reported steps differ"
+    worst = 0.0
+    for (i, a), (_, b) in zip(traj, traj_ref):
+        _, rel, _ = errors(a, b)
+        worst = max(worst, rel)
+        assert rel <= TOL[dtype], f"{name} {label} step {i}: relative error {rel:.3e} > {TOL[dtype]:.0e}"
+    print(f"[parity] {name} {label} {steps} steps {dtype}: worst step rel {worst:.3e}")
+    return traj[-1][1], traj_ref[-1][1]
+
+
+VARIANTS = [
+    {},
+    {"timestep_spacing": "trailing"},
+    {"timestep_spacing": "linspace"},
+    {"prediction_type": "v_prediction"},
+    {"prediction_type": "sample"},
+    {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "steps_offset": 0},
+    {"beta_schedule": "squaredcos_cap_v2", "set_alpha_to_one": True},
+]
+
+
+def _variants(name):
+    for v in VARIANTS:
+        if v.get("prediction_type") == "sample" and name in ("pndm", "euler_ancestral"):
+            continue  # diffusers does not implement these
+        yield v
+    if name == "pndm":
+        yield {"skip_prk_steps": False}
+    if name in ("ddim", "heun"):
+        yield {"clip_sample": True, "prediction_type": "sample"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_stand_in_trajectories(name, dtype):
+    for variant in _variants(name):
+        cfg = {**PUBLISHED, **variant}
+        if name == "pndm":
+            cfg.setdefault("skip_prk_steps", True)
+        for steps in (1, 3, 10, 50, 200):
+            if cfg.get("skip_prk_steps") is False and steps < 4:
+                continue
+            eta = 0.7 if name == "ddim" else 0.0
+            compare(name, cfg, steps, dtype, eta=eta, seed=11, label=str(variant))
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_tiny_unet_trajectories(name, tiny_ckpt):
+    ref = UNet2DConditionModel.from_pretrained(tiny_ckpt / "unet").eval()
+    ours = UNet.from_pretrained(tiny_ckpt / "unet")
+    c = torch.randn(2, 32, generator=torch.Generator().manual_seed(1))
+    cfg = {**PUBLISHED, **({"skip_prk_steps": True} if name == "pndm" else {})}
+    with torch.no_grad():
+        # the reference scheduler drives the reference UNet; ours drives ours
+        x = torch.randn(2, 8, 6, 4, generator=torch.Generator().manual_seed(0))
+        ts_ref, traj_ref = reference_run(name, cfg, 10, x, lambda xi, t: ref(
+            xi, t, encoder_hidden_states=None, class_labels=c).sample, eta=0.5, seed=3)
+        ts, traj = our_run(name, cfg, 10, x, lambda xi, t: ours(xi, t, c), eta=0.5, seed=3)
+    assert ts == ts_ref
+    for (i, a), (_, b) in zip(traj, traj_ref):
+        assert_close(a, b, 1e-5, f"{name} with the tiny UNet, step {i}")
+
+
+def test_a_skipped_step_is_detected():
+    x = torch.randn(2, 8, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, traj_ref = reference_run("ddim", PUBLISHED, 10, x, stand_in)
+    _, traj = our_run("ddim", PUBLISHED, 9, x, stand_in)
+    assert_detects(traj[-1][1], traj_ref[-1][1], 1e-6, "ddim 9 steps against 10")
+
+
+def test_ancestral_noise_uses_the_generator():
+    x = torch.randn(1, 8, 5, 4, generator=torch.Generator().manual_seed(0))
+    _, a = our_run("euler_ancestral", PUBLISHED, 10, x, stand_in, seed=1)
+    _, b = our_run("euler_ancestral", PUBLISHED, 10, x, stand_in, seed=1)
+    _, c = our_run("euler_ancestral", PUBLISHED, 10, x, stand_in, seed=2)
+    assert torch.equal(a[-1][1], b[-1][1]) and not torch.equal(a[-1][1], c[-1][1])
+
+
+def test_lms_coefficients_are_exact_without_scipy():
+    """Closed-form integration of the Lagrange basis equals adaptive quadrature (as the reference uses)."""
+    from scipy import integrate
+
+    sigmas = [14.6, 9.1, 5.3, 2.9, 1.4, 0.0]
+    for k in range(3, 5):
+        for j in range(4):
+            def basis(tau):
+                prod = 1.0
+                for m in range(4):
+                    if m != j:
+                        prod *= (tau - sigmas[k - m]) / (sigmas[k - j] - sigmas[k - m])
+                return prod
+            expected = integrate.quad(basis, sigmas[k], sigmas[k + 1], epsrel=1e-12)[0]
+            assert lms_coefficient(sigmas, 4, k, j) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, 1001, "10"])
+def test_bad_step_counts(steps):
+    x = torch.zeros(1, 8, 2, 2)
+    for name in SAMPLERS:
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            SAMPLERS[name].sample(stand_in, x, NoiseSchedule(SchedulerConfig.from_hf(PUBLISHED)), steps)
+
+
+def test_scheduler_from_checkpoint(tiny_ckpt):
+    assert Scheduler.from_pretrained(tiny_ckpt / "scheduler").name == "ddim"
+    pndm = Scheduler.from_pretrained(tiny_ckpt / "scheduler", "pndm")
+    assert pndm.config.skip_prk_steps  # MusicLDM's PNDM is PLMS
+    assert Scheduler.from_pretrained(tiny_ckpt / "scheduler", "heun").order == 2
+    with pytest.raises(ValueError, match="unknown sampler 'dpm3'"):
+        Scheduler.from_pretrained(tiny_ckpt / "scheduler", "dpm3")
