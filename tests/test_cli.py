@@ -1,0 +1,108 @@
+"""The `musicldm` command, end to end on the fixtures (subprocesses, as a user runs it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicldm_core import cli
+
+
+def musicldm(*args, env=None, cwd=None):
+    full_env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "musicldm_core.cli", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd)
+
+
+def test_console_script_is_installed():
+    assert shutil.which("musicldm") or Path(sys.executable).with_name("musicldm").exists()
+
+
+def test_generates_a_wav(tiny_ckpt, tmp_path):
+    out = tmp_path / "techno.wav"
+    r = musicldm("techno with a fast beat", "-o", out, "--weights", tiny_ckpt, "--steps", 3, "--seconds", 1.5,
+                 "--seed", 4, "--negative", "noise", "--guidance", 3, "--sampler", "lms", "--device", "cpu",
+                 "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 16000 and audio.shape == (24000,) and np.isfinite(audio).all()
+    assert r.stdout.strip() == str(out)
+    again = tmp_path / "again.wav"
+    assert musicldm("techno with a fast beat", "-o", again, "--weights", tiny_ckpt, "--steps", 3, "--seconds", 1.5,
+                    "--seed", 4, "--negative", "noise", "--guidance", 3, "--sampler", "lms").returncode == 0
+    assert np.array_equal(sf.read(again, dtype="float32")[0], audio)  # same seed, same audio
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_several_takes(tiny_ckpt, tmp_path):
+    r = musicldm("jazz", "-o", tmp_path / "jazz.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5,
+                 "--takes", 3, "--seed", 1)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jazz-1.wav", "jazz-2.wav", "jazz-3.wav"]
+
+
+def test_progress_bar(tiny_ckpt, tmp_path):
+    r = musicldm("jazz", "-o", tmp_path / "a.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5,
+                 env={"HF_HUB_DISABLE_PROGRESS_BARS": "0"})
+    assert r.returncode == 0 and "denoising" in r.stderr and "2/2" in r.stderr
+    quiet = musicldm("jazz", "-o", tmp_path / "b.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5)
+    assert quiet.returncode == 0 and "denoising" not in quiet.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["", "--weights", "{ckpt}"], "prompt is empty or only whitespace"),
+    (["x", "--weights", "{ckpt}", "--seconds", "-1"], "--seconds must be a finite number > 0"),
+    (["x", "--weights", "{ckpt}", "--steps", "0"], "--steps must be >= 1"),
+    (["x", "--weights", "{ckpt}", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["x", "--weights", "{ckpt}", "--takes", "0"], "--takes must be >= 1"),
+    (["x", "--weights", "{ckpt}", "-o", "out.mp3"], "must end in .wav"),
+    (["x", "--weights", "{ckpt}", "-o", "no/such/dir/x.wav"], "does not exist"),
+    (["x", "--weights", "{ckpt}", "--device", "cuda:3"], "device: 'cuda:3' requested but"),
+    (["x", "--weights", "/no/such/checkpoint"], "no such checkpoint folder"),
+    (["x", "--weights", "{ckpt}", "--seconds", "0.001"], "audio_length_in_s must be at least"),
+])
+def test_errors_are_one_line(tiny_ckpt, tmp_path, args, message):
+    r = musicldm(*[a.replace("{ckpt}", str(tiny_ckpt)) for a in args], cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("musicldm: error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = musicldm("x", "--weights", "/no/such/checkpoint", "--debug", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    target = tmp_path / "song.wav"
+    target.write_bytes(b"the previous song")
+
+    def broken_write(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sf, "write", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        cli.write_wav(target, np.zeros(10, dtype=np.float32), 16000)
+    assert target.read_bytes() == b"the previous song"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["song.wav"]  # no temporary left behind
+
+
+def test_hub_id_from_the_cache_offline(hf_cache, tmp_path):
+    """The default --weights (ucsd-reach/musicldm) resolved from a Hugging Face cache with HF_HUB_OFFLINE=1."""
+    cache, rev = hf_cache
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    r = musicldm("calm piano", "-o", tmp_path / "a.wav", "--steps", 1, "--seconds", 0.04, "--revision", rev, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sf.read(tmp_path / "a.wav")[0].shape == (640,)
+    r = musicldm("calm piano", "-o", tmp_path / "b.wav", "--weights", "someone/else", env=env)
+    assert r.returncode == 1 and "not available: HF_HUB_OFFLINE=1 is set" in r.stderr

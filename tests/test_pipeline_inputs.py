@@ -1,0 +1,115 @@
+"""Bad input gets a clear error naming the problem, before any model runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from musicldm_core.pipeline import MusicLDMPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_ckpt):
+    p = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("a model ran before the inputs were checked")
+
+    for module in p.components.values():
+        module.forward = heavy
+    return p
+
+
+GOOD = dict(prompt="calm piano", num_inference_steps=3, audio_length_in_s=1.0)
+LAT = torch.zeros(1, 8, 25, 16)
+
+CASES = [
+    (dict(prompt=""), ValueError, "prompt is empty or only whitespace"),
+    (dict(prompt=["ok", "  \t"]), ValueError, r"prompt\[1\] is empty"),
+    (dict(prompt=[]), ValueError, "non-empty list of strings"),
+    (dict(prompt=3), ValueError, "prompt must be a string or a non-empty list"),
+    (dict(prompt=None), ValueError, "give prompt .* or prompt_embeds"),
+    (dict(prompt_embeds=torch.zeros(1, 32)), ValueError, "either prompt or prompt_embeds, not both"),
+    (dict(audio_length_in_s=0), ValueError, "audio_length_in_s must be a finite number > 0"),
+    (dict(audio_length_in_s=-2.0), ValueError, "audio_length_in_s must be a finite number > 0"),
+    (dict(audio_length_in_s=math.nan), ValueError, "audio_length_in_s"),
+    (dict(audio_length_in_s=math.inf), ValueError, "audio_length_in_s"),
+    (dict(audio_length_in_s=0.01), ValueError, r"audio_length_in_s must be at least 0.04 s"),
+    (dict(num_inference_steps=0), ValueError, "num_inference_steps must be between 1 and 1000, got 0"),
+    (dict(num_inference_steps=-1), ValueError, "num_inference_steps"),
+    (dict(num_inference_steps=2.5), ValueError, "num_inference_steps must be an integer"),
+    (dict(guidance_scale=-1.0), ValueError, "guidance_scale must be a finite number >= 0"),
+    (dict(guidance_scale=math.nan), ValueError, "guidance_scale"),
+    (dict(num_waveforms_per_prompt=0), ValueError, "num_waveforms_per_prompt must be >= 1"),
+    (dict(eta=-0.1), ValueError, "eta must be"),
+    (dict(callback_steps=0), ValueError, "callback_steps must be >= 1"),
+    (dict(callback_steps=None), ValueError, "callback_steps must be an integer"),
+    (dict(output_type="wav"), ValueError, "output_type must be 'np', 'pt' or 'latent'"),
+    (dict(negative_prompt=["a", "b"]), TypeError, "negative_prompt must have the same type as prompt"),
+    (dict(prompt=["a", "b"], negative_prompt=["x"]), ValueError, "negative_prompt has 1 entries but prompt has 2"),
+    (dict(negative_prompt="x", negative_prompt_embeds=torch.zeros(1, 32)), ValueError,
+     "either negative_prompt or negative_prompt_embeds"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(2, 32), negative_prompt_embeds=torch.zeros(1, 32)), ValueError,
+     "must have the same shape"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(2, 31)), ValueError, r"prompt_embeds must be a \(batch, 32\) tensor"),
+    (dict(prompt=None, prompt_embeds=torch.full((1, 32), math.nan)), ValueError, "finite"),
+    (dict(generator=[torch.Generator(), torch.Generator(), torch.Generator()]), ValueError,
+     "a list of 3 generators for 1 takes"),
+    (dict(generator="seed"), ValueError, "generator must be a torch.Generator"),
+    (dict(latents=torch.zeros(1, 8, 24, 16)), ValueError, r"latents has shape \(1, 8, 24, 16\), expected \(1, 8, 25, 16\)"),
+    (dict(latents=LAT.long()), ValueError, "latents must be a floating-point tensor"),
+    (dict(latents=LAT + math.inf), ValueError, "latents contains NaN or infinite values"),
+    (dict(cross_attention_kwargs={"gligen": 1}), ValueError, r"cross_attention_kwargs: unsupported key\(s\) \['gligen'\]"),
+    (dict(crop="middle"), ValueError, "crop must be"),
+]
+
+
+@pytest.mark.parametrize("override, error, message", CASES)
+def test_bad_input(pipe, override, error, message):
+    with pytest.raises(error, match=message):
+        pipe(**{**GOOD, **override})
+
+
+def test_lora_scale_is_accepted_and_has_no_effect(tiny_ckpt):
+    """diffusers reads cross_attention_kwargs["scale"] only as a LoRA weight: without LoRA, no effect."""
+    p = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+    kw = dict(GOOD, output_type="latent", guidance_scale=2.5)
+    a = p(**kw, generator=torch.Generator().manual_seed(0)).audios
+    b = p(**kw, cross_attention_kwargs={"scale": 0.3}, generator=torch.Generator().manual_seed(0)).audios
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scheduler="dpm3"), "unknown sampler 'dpm3'"),
+    (dict(device="toaster"), "device: unknown device 'toaster'"),
+    (dict(device="cuda:7"), "device: 'cuda:7' requested but"),
+    (dict(dtype="float64"), "dtype: 'float64' is not supported"),
+    (dict(dtype="float16", torch_dtype="bfloat16"), "disagree"),
+])
+def test_bad_load_arguments(tiny_ckpt, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MusicLDMPipeline.from_pretrained(tiny_ckpt, **kwargs)
+
+
+def test_load_options(tiny_ckpt):
+    p = MusicLDMPipeline.from_pretrained(str(tiny_ckpt), torch_dtype=torch.bfloat16, scheduler="heun")
+    assert p.dtype == torch.bfloat16 and p.scheduler.name == "heun" and p.sampling_rate == 16000
+    assert p.vocoder.conv_pre.weight.dtype == torch.bfloat16
+    p.to(dtype=torch.float32)
+    assert p.dtype == torch.float32
+    for name in ("tokenizer", "text_encoder", "unet", "vae", "vocoder", "scheduler", "feature_extractor"):
+        assert getattr(p, name) is not None
+
+
+def test_generation_in_every_sampler_and_slicing(tiny_ckpt):
+    for name in ("ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++"):
+        p = MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler=name)
+        calls = []
+        out = p(["a", "b"], num_inference_steps=3, audio_length_in_s=0.5, callback=lambda i, t, x: calls.append(i),
+                generator=torch.Generator().manual_seed(0)).audios
+        assert out.shape == (2, 8000) and len(calls) == 3, name
+    p.enable_vae_slicing()
+    sliced = p(["a", "b"], num_inference_steps=3, audio_length_in_s=0.5, generator=torch.Generator().manual_seed(0))
+    assert abs(sliced.audios - out).max() < 1e-5
