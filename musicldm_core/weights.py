@@ -1,8 +1,10 @@
 """Strict, pickle-free weight loading from safetensors (single file or sharded).
 
-The model is first built on the `meta` device (no memory), then every tensor is read from the
-memory-mapped file one at a time, cast to the target dtype and device, and *assigned* as the
-parameter. So the full model never exists twice in memory, and nothing is unpickled.
+The model is first built on the `meta` device (no memory). Each file is memory-mapped
+copy-on-write and every tensor becomes a view of the mapping: on the CPU in the stored dtype the
+parameters *are* the file's pages (no copy at all, read lazily by the OS); otherwise each tensor is
+cast to the target dtype/device one at a time and its pages are dropped from memory right after.
+So the model never exists twice in memory, and nothing is unpickled.
 
 Every mismatch is collected and reported in one error: published keys that map to no parameter,
 parameters no published key fills, and shapes that differ — each with the file it came from.
@@ -11,6 +13,7 @@ parameters no published key fills, and shapes that differ — each with the file
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar
 
@@ -55,6 +58,54 @@ def _open(path: Path):
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as e:  # safetensors raises its own SafetensorError (header, truncation, ...)
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
+class MappedFile:
+    """The tensors of one safetensors file as views of a copy-on-write memory map.
+
+    The safetensors library validates the file (header, sizes); the byte offsets come from the
+    header it validated. Parameters are never written, so no page is ever copied.
+    """
+
+    def __init__(self, path: Path):
+        with _open(path) as f:  # validation: a corrupt or truncated file fails here, by name
+            keys = set(f.keys())
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        start = 8 + n
+        self.path = path
+        self.entries = {}
+        for key in keys:
+            info = header[key]
+            if info["dtype"] not in DTYPES:
+                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            self.entries[key] = (DTYPES[info["dtype"]], tuple(info["shape"]), start + begin, start + end)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self.entries[key]
+        count = end - begin
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if begin % itemsize:  # unaligned: a copy (safetensors does not promise alignment)
+            return torch.frombuffer(bytearray(self.map[begin:end]), dtype=dtype).view(shape)
+        return torch.frombuffer(self.map, dtype=dtype, count=count // itemsize, offset=begin).view(shape)
+
+    def release(self, key: str) -> None:
+        """Drop the pages of a tensor that was copied elsewhere (they reload from disk if read again)."""
+        _, _, begin, end = self.entries[key]
+        page = mmap.PAGESIZE
+        first, last = begin // page * page, -(-end // page) * page
+        if hasattr(self.map, "madvise") and last > first:
+            self.map.madvise(mmap.MADV_DONTNEED, first, min(last, len(self.map)) - first)
 
 
 def read_shapes(files: Iterable[Path]) -> Dict[str, Tuple[Tuple[int, ...], Path]]:
@@ -125,12 +176,18 @@ def load_module(
     found = read_shapes(files)
     mapping = check_keys(expected, found, key_map, what)
     state: Dict[str, torch.Tensor] = {}
+    device = torch.device(device)
     for path in files:
-        with _open(path) as f:
-            for key in f.keys():
-                if key not in mapping:
-                    continue
-                t = f.get_tensor(key)
-                state[mapping[key]] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        f = MappedFile(path)
+        for key in f.entries:
+            if key not in mapping:
+                continue
+            view = f.tensor(key)
+            target = dtype if view.is_floating_point() else view.dtype
+            if device.type == "cpu" and view.dtype == target:
+                state[mapping[key]] = view  # zero-copy: the parameter is the mapped file
+            else:
+                state[mapping[key]] = view.to(device=device, dtype=target, copy=True)
+                f.release(key)
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)

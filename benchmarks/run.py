@@ -1,0 +1,192 @@
+"""musicldm_core beside diffusers' MusicLDMPipeline: one command, one markdown table.
+
+    python benchmarks/run.py                      # CPU, fp32, full-size random-weight checkpoint
+    python benchmarks/run.py --device cuda --dtype float16 --steps 200
+
+Both sides load the same checkpoint (default: the tests' full-size fixture, built if needed) and
+run with the same threads, inputs and seeds. Every figure is the median of --repeats runs; cold
+start and peak memory are measured in fresh processes. GFLOP/s of each stage is shown beside the
+machine's measured fp32 matmul rate, so the distance to the floor shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Stage workloads at 10.24 s (from torch.utils.flop_counter on the published shapes): GFLOP.
+FLOPS = {"unet_forward_b1": 91.5, "vae_decode": 636.0, "vocoder": 1027.0}
+
+
+def timed(fn, repeats: int, sync, warmup: bool = True) -> float:
+    """Median wall time of fn() over `repeats` runs, after one warm-up run."""
+    if warmup:
+        fn()
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+CHILD = r"""
+import os, resource, sys, time, json
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads({threads})
+side, folder, device, dtype, steps, seconds = {args!r}
+dtype = getattr(torch, dtype)
+if side == "ours":
+    from musicldm_core import MusicLDMPipeline
+    pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
+else:
+    import diffusers, transformers
+    diffusers.utils.logging.set_verbosity_error(); transformers.utils.logging.set_verbosity_error()
+    from diffusers import MusicLDMPipeline
+    pipe = MusicLDMPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+loaded = time.perf_counter() - t0
+out = {{"cold_start": loaded}}
+if steps:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    pipe("techno with a fast beat", num_inference_steps=steps, audio_length_in_s=seconds,
+         generator=torch.Generator().manual_seed(0))
+    out["peak_gpu"] = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT" + json.dumps(out))
+"""
+
+
+def fresh_process(side, folder, device, dtype, steps, seconds, threads) -> dict:
+    code = CHILD.format(threads=threads, args=(side, str(folder), device, dtype, steps, seconds))
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
+    if r.returncode or not line:
+        raise RuntimeError(f"{side} process failed:\n{r.stderr[-2000:]}")
+    return json.loads(line[0][len("RESULT"):])
+
+
+def matmul_rate(device, dtype, sync) -> float:
+    import torch
+
+    n = 4096
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, 3, sync) / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None, help="checkpoint folder (default: the full-size test fixture)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--steps", type=int, default=10, help="steps of the whole-generation row")
+    p.add_argument("--seconds", type=float, default=10.24, help="audio length of every row")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="markdown file (default: benchmarks/results/<device>-<date>.md)")
+    args = p.parse_args()
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.weights:
+        folder = Path(args.weights)
+    else:
+        import reference_checkpoints
+
+        folder = reference_checkpoints.checkpoint("full")
+    device, dtype = args.device, getattr(torch, args.dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    from diffusers import MusicLDMPipeline as Reference
+
+    from musicldm_core import MusicLDMPipeline
+
+    ref = Reference.from_pretrained(folder, torch_dtype=dtype).to(device)
+    ref.set_progress_bar_config(disable=True)
+    ours = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
+
+    frames = int(np.ceil(int(args.seconds / 0.01) / 4))
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 8, frames, 16, generator=g).to(device, dtype)
+    c = torch.randn(2, 512, generator=g).to(device, dtype)
+    t = torch.tensor(500, device=device)
+    mel = torch.randn(1, frames * 4, 64, generator=g).to(device, dtype)
+    rows = []
+
+    def row(name, ref_fn, our_fn, gflop=None, repeats=args.repeats, warmup=True):
+        with torch.inference_mode():
+            a, b = timed(ref_fn, repeats, sync, warmup), timed(our_fn, repeats, sync, warmup)
+        rate = f"{gflop / a:.0f} / {gflop / b:.0f}" if gflop else ""
+        rows.append((name, f"{a:.3f} s", f"{b:.3f} s", f"{b / a:.2f}", rate))
+        print(rows[-1], flush=True)
+
+    prompt = ["techno with a fast beat"]
+    row("text encoding (prompt + negative)",
+        lambda: ref._encode_prompt(prompt, device, 1, True),
+        lambda: torch.cat([ours.encode_prompt([""], None, device), ours.encode_prompt(prompt, None, device)]))
+    row("UNet forward, batch 2", lambda: ref.unet(z, t, encoder_hidden_states=None, class_labels=c),
+        lambda: ours.unet(z, t, c), 2 * FLOPS["unet_forward_b1"] * frames / 256)
+    row("VAE decode", lambda: ref.vae.decode(z[:1]), lambda: ours.vae.decode(z[:1]),
+        FLOPS["vae_decode"] * frames / 256)
+    row("vocoder", lambda: ref.vocoder(mel), lambda: ours.vocoder(mel), FLOPS["vocoder"] * frames / 256)
+    gen_kw = dict(prompt=prompt[0], num_inference_steps=args.steps, audio_length_in_s=args.seconds)
+    row(f"generation, {args.steps} steps", lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
+        lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)),
+        repeats=max(1, args.repeats - 1), warmup=False)  # the stages above warmed both sides up
+    del ref, ours
+
+    cold = {s: [fresh_process(s, folder, device, args.dtype, 0, args.seconds, args.threads)["cold_start"]
+                for _ in range(args.repeats)] for s in ("reference", "ours")}
+    a, b = statistics.median(cold["reference"]), statistics.median(cold["ours"])
+    rows.append(("cold start (import + load)", f"{a:.2f} s", f"{b:.2f} s", f"{b / a:.2f}", ""))
+    peak = {s: fresh_process(s, folder, device, args.dtype, 2, args.seconds, args.threads)
+            for s in ("reference", "ours")}
+    key = "peak_gpu" if device.startswith("cuda") else "peak_rss"
+    a, b = peak["reference"][key] / 2**30, peak["ours"][key] / 2**30
+    rows.append((f"peak memory ({'max_memory_allocated' if key == 'peak_gpu' else 'RSS'}, load + 2 steps)",
+                 f"{a:.2f} GiB", f"{b:.2f} GiB", f"{b / a:.2f}", ""))
+
+    rate = matmul_rate(device, dtype, sync)
+    cpu = platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu}, {args.threads} threads"
+    header = (f"## {datetime.date.today()} — {name}, {args.dtype}, {args.seconds} s audio\n\n"
+              f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers "
+              f"{transformers.__version__}; checkpoint: random weights at the published shapes. Median of "
+              f"{args.repeats}. Measured {args.dtype} matmul rate: {rate:.0f} GFLOP/s.\n\n")
+    table = ("| stage | diffusers | musicldm_core | ratio | GFLOP/s (diffusers / ours) |\n"
+             "|---|---|---|---|---|\n" + "".join(f"| {' | '.join(r)} |\n" for r in rows))
+    text = header + table
+    print("\n" + text)
+    kind = "cpu" if device == "cpu" else torch.cuda.get_device_name().replace(" ", "-").lower()
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{kind}-{datetime.date.today()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
