@@ -44,7 +44,7 @@ def timed(fn, repeats: int, sync, warmup: bool = True) -> float:
 
 
 CHILD = r"""
-import os, resource, sys, time, json
+import os, sys, time, json
 t0 = time.perf_counter()
 import torch
 torch.set_num_threads({threads})
@@ -67,7 +67,8 @@ if steps:
     pipe("techno with a fast beat", num_inference_steps=steps, audio_length_in_s=seconds,
          generator=torch.Generator().manual_seed(0))
     out["peak_gpu"] = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec
+out["peak_rss"] = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 print("RESULT" + json.dumps(out))
 """
 
@@ -80,6 +81,22 @@ def fresh_process(side, folder, device, dtype, steps, seconds, threads) -> dict:
     if r.returncode or not line:
         raise RuntimeError(f"{side} process failed:\n{r.stderr[-2000:]}")
     return json.loads(line[0][len("RESULT"):])
+
+
+def fresh_process_rows(folder, args) -> list:
+    """Cold start (median of --repeats) and peak memory of load + 2 steps, each side in new processes."""
+    run = lambda side, steps: fresh_process(side, folder, args.device, args.dtype, steps, args.seconds,  # noqa: E731
+                                            args.threads)
+    cold = {side: statistics.median(run(side, 0)["cold_start"] for _ in range(args.repeats))
+            for side in ("reference", "ours")}
+    key = "peak_gpu" if args.device.startswith("cuda") else "peak_rss"
+    peak = {side: run(side, 2)[key] / 2**30 for side in ("reference", "ours")}
+    a, b = cold["reference"], cold["ours"]
+    rows = [("cold start (import + load)", f"{a:.2f} s", f"{b:.2f} s", f"{b / a:.2f}", "")]
+    a, b = peak["reference"], peak["ours"]
+    what = "max_memory_allocated" if key == "peak_gpu" else "RSS"
+    rows.append((f"peak memory ({what}, load + 2 steps)", f"{a:.2f} GiB", f"{b:.2f} GiB", f"{b / a:.2f}", ""))
+    return rows
 
 
 def matmul_rate(device, dtype, sync) -> float:
@@ -115,6 +132,8 @@ def main() -> None:
         folder = reference_checkpoints.checkpoint("full")
     device, dtype = args.device, getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    fresh_rows = fresh_process_rows(folder, args)  # first, while this process is still small
 
     import diffusers
     import transformers
@@ -157,19 +176,7 @@ def main() -> None:
     row(f"generation, {args.steps} steps", lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
         lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)),
         repeats=max(1, args.repeats - 1), warmup=False)  # the stages above warmed both sides up
-    del ref, ours
-
-    cold = {s: [fresh_process(s, folder, device, args.dtype, 0, args.seconds, args.threads)["cold_start"]
-                for _ in range(args.repeats)] for s in ("reference", "ours")}
-    a, b = statistics.median(cold["reference"]), statistics.median(cold["ours"])
-    rows.append(("cold start (import + load)", f"{a:.2f} s", f"{b:.2f} s", f"{b / a:.2f}", ""))
-    peak = {s: fresh_process(s, folder, device, args.dtype, 2, args.seconds, args.threads)
-            for s in ("reference", "ours")}
-    key = "peak_gpu" if device.startswith("cuda") else "peak_rss"
-    a, b = peak["reference"][key] / 2**30, peak["ours"][key] / 2**30
-    rows.append((f"peak memory ({'max_memory_allocated' if key == 'peak_gpu' else 'RSS'}, load + 2 steps)",
-                 f"{a:.2f} GiB", f"{b:.2f} GiB", f"{b / a:.2f}", ""))
-
+    rows += fresh_rows
     rate = matmul_rate(device, dtype, sync)
     cpu = platform.processor() or platform.machine()
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu}, {args.threads} threads"

@@ -15,8 +15,7 @@ Names are ours; weights_convert/clap.py maps the published ones onto them.
 
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +34,9 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: i
              rolloff: float = 0.95675, beta: float = 13.0) -> torch.Tensor:
     """Upsample (B, N) float audio by an integer factor: (B, N * target_sr / orig_sr).
 
-    Zero-stuffing followed by a windowed-sinc low-pass at `rolloff` times the input Nyquist
-    (conv_transpose1d does both at once), computed in float64.
+    Zero-stuffing followed by a Kaiser-windowed sinc low-pass at `rolloff` times the input Nyquist
+    (conv_transpose1d does both at once), computed in float64. The defaults were fitted to
+    librosa.resample's soxr_hq: 0.06% rms difference on white noise (measured in the tests).
     """
     if target_sr % orig_sr:
         raise ValueError(f"resample: only integer up-sampling ratios are supported, got {orig_sr} -> {target_sr} Hz")

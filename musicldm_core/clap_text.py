@@ -17,6 +17,14 @@ from torch import nn
 from .config import ClapTextConfig
 
 
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    """An embedding table left uninitialised: its values always come from the checkpoint.
+
+    (nn.Embedding's random init on the meta device pulls in torch._dynamo: a second of start-up.)
+    """
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+
+
 class Projection(nn.Module):
     """Linear-ReLU-Linear into the joint text-audio space (shared by both towers)."""
 
@@ -64,9 +72,9 @@ class ClapTextEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         d = cfg.hidden_size
-        self.token_embedding = nn.Embedding(cfg.vocab_size, d)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, d)
-        self.token_type_embedding = nn.Embedding(cfg.type_vocab_size, d)
+        self.token_embedding = _embedding(cfg.vocab_size, d)
+        self.position_embedding = _embedding(cfg.max_position_embeddings, d)
+        self.token_type_embedding = _embedding(cfg.type_vocab_size, d)
         self.embedding_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.pooler = nn.Linear(d, d)

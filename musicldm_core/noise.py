@@ -7,7 +7,7 @@ generator; a CUDA generator for a CPU tensor is an error.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import mmap
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 import torch
 from safetensors import safe_open

@@ -16,7 +16,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
                        UNet2DConditionModel)
 
-from helpers import assert_close, assert_detects, errors
+from helpers import assert_detects, errors
 from musicldm_core.config import SchedulerConfig
 from musicldm_core.samplers import SAMPLERS, NoiseSchedule, Scheduler
 from musicldm_core.samplers.lms import lms_coefficient
@@ -124,7 +124,14 @@ def test_stand_in_trajectories(name, dtype):
 
 
 @pytest.mark.parametrize("name", list(REFERENCE))
-def test_tiny_unet_trajectories(name, tiny_ckpt):
+def test_a_thousand_steps(name):
+    cfg = {**PUBLISHED, **({"skip_prk_steps": True} if name == "pndm" else {})}
+    compare(name, cfg, 1000, torch.float64, eta=0.3 if name == "ddim" else 0.0, seed=5, label="published")
+
+
+@pytest.mark.parametrize("steps", [10, 50, 200])
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_tiny_unet_trajectories(name, steps, tiny_ckpt):
     ref = UNet2DConditionModel.from_pretrained(tiny_ckpt / "unet").eval()
     ours = UNet.from_pretrained(tiny_ckpt / "unet")
     c = torch.randn(2, 32, generator=torch.Generator().manual_seed(1))
@@ -132,12 +139,13 @@ def test_tiny_unet_trajectories(name, tiny_ckpt):
     with torch.no_grad():
         # the reference scheduler drives the reference UNet; ours drives ours
         x = torch.randn(2, 8, 6, 4, generator=torch.Generator().manual_seed(0))
-        ts_ref, traj_ref = reference_run(name, cfg, 10, x, lambda xi, t: ref(
+        ts_ref, traj_ref = reference_run(name, cfg, steps, x, lambda xi, t: ref(
             xi, t, encoder_hidden_states=None, class_labels=c).sample, eta=0.5, seed=3)
-        ts, traj = our_run(name, cfg, 10, x, lambda xi, t: ours(xi, t, c), eta=0.5, seed=3)
+        ts, traj = our_run(name, cfg, steps, x, lambda xi, t: ours(xi, t, c), eta=0.5, seed=3)
     assert ts == ts_ref
-    for (i, a), (_, b) in zip(traj, traj_ref):
-        assert_close(a, b, 1e-5, f"{name} with the tiny UNet, step {i}")
+    worst = max(errors(a, b)[1] for (_, a), (_, b) in zip(traj, traj_ref))
+    print(f"[parity] {name} with the tiny UNet, {steps} steps: worst step rel {worst:.3e}")
+    assert worst <= 1e-5
 
 
 def test_a_skipped_step_is_detected():
