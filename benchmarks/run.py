@@ -48,11 +48,13 @@ import os, sys, time, json
 t0 = time.perf_counter()
 import torch
 torch.set_num_threads({threads})
-side, folder, device, dtype, steps, seconds = {args!r}
+side, folder, device, dtype, steps, seconds, low_memory = {args!r}
 dtype = getattr(torch, dtype)
 if side == "ours":
     from musicldm_core import MusicLDMPipeline
     pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
+    if low_memory:
+        pipe.enable_low_memory()
 else:
     import diffusers, transformers
     diffusers.utils.logging.set_verbosity_error(); transformers.utils.logging.set_verbosity_error()
@@ -73,8 +75,8 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def fresh_process(side, folder, device, dtype, steps, seconds, threads) -> dict:
-    code = CHILD.format(threads=threads, args=(side, str(folder), device, dtype, steps, seconds))
+def fresh_process(side, folder, device, dtype, steps, seconds, threads, low_memory=False) -> dict:
+    code = CHILD.format(threads=threads, args=(side, str(folder), device, dtype, steps, seconds, low_memory))
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
@@ -85,8 +87,9 @@ def fresh_process(side, folder, device, dtype, steps, seconds, threads) -> dict:
 
 def fresh_process_rows(folder, args) -> list:
     """Cold start (median of --repeats) and peak memory of load + 2 steps, each side in new processes."""
-    run = lambda side, steps: fresh_process(side, folder, args.device, args.dtype, steps, args.seconds,  # noqa: E731
-                                            args.threads)
+    def run(side, steps, low_memory=False):
+        return fresh_process(side, folder, args.device, args.dtype, steps, args.seconds, args.threads, low_memory)
+
     cold = {side: statistics.median(run(side, 0)["cold_start"] for _ in range(args.repeats))
             for side in ("reference", "ours")}
     key = "peak_gpu" if args.device.startswith("cuda") else "peak_rss"
@@ -96,6 +99,10 @@ def fresh_process_rows(folder, args) -> list:
     a, b = peak["reference"], peak["ours"]
     what = "max_memory_allocated" if key == "peak_gpu" else "RSS"
     rows.append((f"peak memory ({what}, load + 2 steps)", f"{a:.2f} GiB", f"{b:.2f} GiB", f"{b / a:.2f}", ""))
+    if key == "peak_rss":
+        b = run("ours", 2, low_memory=True)[key] / 2**30
+        rows.append(("peak memory, ours with enable_low_memory()", f"{a:.2f} GiB", f"{b:.2f} GiB", f"{b / a:.2f}",
+                     ""))
     return rows
 
 
@@ -176,6 +183,12 @@ def main() -> None:
     row(f"generation, {args.steps} steps", lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
         lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)),
         repeats=max(1, args.repeats - 1), warmup=False)  # the stages above warmed both sides up
+    if device == "cpu":
+        ours.enable_low_memory()
+        row(f"generation, {args.steps} steps, ours with enable_low_memory()",
+            lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
+            lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)),
+            repeats=max(1, args.repeats - 1), warmup=False)
     rows += fresh_rows
     rate = matmul_rate(device, dtype, sync)
     cpu = platform.processor() or platform.machine()

@@ -33,6 +33,7 @@ from .tokenizer import ClapTokenizer
 from .unet import UNet
 from .vae import AutoencoderKL
 from .vocoder import HifiGan
+from .weights import page_out
 
 Generator = Union[torch.Generator, List[torch.Generator], None]
 
@@ -115,6 +116,7 @@ class MusicLDMPipeline:
         self.vae_scale_factor = vae.config.scale_factor
         self.vae_slicing = False
         self.offload_device: Optional[torch.device] = None  # set by enable_model_cpu_offload
+        self.low_memory = False  # set by enable_low_memory
 
     # ---------------------------------------------------------------------------------------
     # Loading and placement
@@ -192,12 +194,27 @@ class MusicLDMPipeline:
             module.to("cpu")
         self.offload_device = device
 
+    def enable_low_memory(self) -> None:
+        """On the CPU, keep only the running component's weights resident.
+
+        The weights are memory-mapped from the checkpoint; when a stage starts, the pages of the
+        other components are handed back to the kernel (they stay in the page cache and are read
+        back on the next run). Peak RSS becomes the largest component plus activations instead of
+        the whole model, for a small cost on each run.
+        """
+        self.low_memory = True
+
     def _on_device(self, name: str) -> torch.nn.Module:
-        """The component `name`, on the execution device (with offload: it alone)."""
+        """The component `name`, ready to run: on the execution device (with offload: it alone) and,
+        in low-memory mode, the only one whose weights stay resident."""
         module = self.components[name]
         if self.offload_device is not None:
             for other, m in self.components.items():
                 m.to(self.offload_device if other == name else "cpu")
+        if self.low_memory:
+            for other, m in self.components.items():
+                if other != name:
+                    page_out(m)
         return module
 
     # ---------------------------------------------------------------------------------------

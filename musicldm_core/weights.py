@@ -99,6 +99,18 @@ class MappedFile:
             return torch.frombuffer(bytearray(self.map[begin:end]), dtype=dtype).view(shape)
         return torch.frombuffer(self.map, dtype=dtype, count=count // itemsize, offset=begin).view(shape)
 
+    def page_out(self) -> None:
+        """Ask the kernel to reclaim every resident page of the mapping (MADV_PAGEOUT, Linux >= 5.4).
+
+        Clean pages are simply dropped and read back from the page cache on next use; pages that
+        were written (copy-on-write) are kept, so no change to a weight is ever lost. A no-op
+        where the kernel or platform lacks it.
+        """
+        try:
+            self.map.madvise(getattr(mmap, "MADV_PAGEOUT", 21))
+        except (AttributeError, OSError, ValueError):
+            pass
+
     def release(self, key: str) -> None:
         """Drop the pages of a tensor that was copied elsewhere (they reload from disk if read again)."""
         _, _, begin, end = self.entries[key]
@@ -177,8 +189,10 @@ def load_module(
     mapping = check_keys(expected, found, key_map, what)
     state: Dict[str, torch.Tensor] = {}
     device = torch.device(device)
+    mapped = []
     for path in files:
         f = MappedFile(path)
+        mapped.append(f)
         for key in f.entries:
             if key not in mapping:
                 continue
@@ -190,4 +204,11 @@ def load_module(
                 state[mapping[key]] = view.to(device=device, dtype=target, copy=True)
                 f.release(key)
     module.load_state_dict(state, strict=True, assign=True)
+    module._mapped_files = mapped  # for page_out(); keeps nothing alive that the parameters do not
     return module.eval().requires_grad_(False)
+
+
+def page_out(module: torch.nn.Module) -> None:
+    """Drop the resident pages of a module's memory-mapped weights (see MappedFile.page_out)."""
+    for f in getattr(module, "_mapped_files", ()):
+        f.page_out()

@@ -113,3 +113,14 @@ def test_generation_in_every_sampler_and_slicing(tiny_ckpt):
     p.enable_vae_slicing()
     sliced = p(["a", "b"], num_inference_steps=3, audio_length_in_s=0.5, generator=torch.Generator().manual_seed(0))
     assert abs(sliced.audios - out).max() < 1e-5
+
+
+def test_low_memory_and_offload_give_the_same_audio(tiny_ckpt):
+    p = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+    kw = dict(prompt="calm piano", num_inference_steps=3, audio_length_in_s=0.5, guidance_scale=2.5)
+    a = p(**kw, generator=torch.Generator().manual_seed(0)).audios
+    p.enable_low_memory()
+    b = p(**kw, generator=torch.Generator().manual_seed(0)).audios
+    p.enable_model_cpu_offload("cpu")  # the offload path, on the one device this machine has
+    c = p(**kw, generator=torch.Generator().manual_seed(0)).audios
+    assert (a == b).all() and (a == c).all()
