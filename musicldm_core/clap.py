@@ -18,7 +18,7 @@ from weights_convert.clap import published_to_ours
 from .clap_audio import HTSAT
 from .clap_text import ClapTextEncoder
 from .config import ClapConfig
-from .weights import load_module, weight_files
+from .weights import load_component
 
 
 class Clap(nn.Module):
@@ -33,10 +33,8 @@ class Clap(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "Clap":
         """Load `text_encoder/` of the checkpoint (transformers ClapModel config + safetensors)."""
-        folder = Path(folder)
-        cfg = ClapConfig.from_json(folder / "config.json")
-        return load_module(lambda: cls(cfg), weight_files(folder, "model"), device=device, dtype=dtype,
-                           key_map=published_to_ours, what=str(folder))
+        return load_component(cls, ClapConfig, folder, "model", device=device, dtype=dtype,
+                              key_map=published_to_ours)
 
     def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """transformers' get_text_features: (B, L) tokens -> (B, projection_dim), unit length."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import UNetConfig
 from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
-from .weights import load_module, weight_files
+from .weights import load_component
 
 
 class FeedForward(nn.Module):
@@ -203,10 +203,7 @@ class UNet(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "UNet":
         """Load `unet/` of a diffusers checkpoint folder (config.json + safetensors)."""
-        folder = Path(folder)
-        cfg = UNetConfig.from_json(folder / "config.json")
-        return load_module(lambda: cls(cfg), weight_files(folder, "diffusion_pytorch_model"),
-                           device=device, dtype=dtype, what=str(folder))
+        return load_component(cls, UNetConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype)
 
     def embed(self, timestep: torch.Tensor, class_labels: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         """The embedding every ResNet sees, after the SiLU each of them applies: (B, temb_dim)."""

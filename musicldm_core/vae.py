@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import VAEConfig
 from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
-from .weights import load_module, weight_files
+from .weights import load_component
 
 EPS = 1e-6  # GroupNorm eps of every VAE norm
 
@@ -145,10 +145,7 @@ class AutoencoderKL(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "AutoencoderKL":
         """Load `vae/` of a diffusers checkpoint folder (config.json + safetensors)."""
-        folder = Path(folder)
-        cfg = VAEConfig.from_json(folder / "config.json")
-        return load_module(lambda: cls(cfg), weight_files(folder, "diffusion_pytorch_model"),
-                           device=device, dtype=dtype, what=str(folder))
+        return load_component(cls, VAEConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype)
 
     def encode(self, mel: torch.Tensor) -> DiagonalGaussian:
         """(B, 1, T, F) mel -> posterior over (B, latent_channels, T/4, F/4) latents (unscaled)."""

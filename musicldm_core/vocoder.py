@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VocoderConfig
-from .weights import load_module, weight_files
+from .weights import load_component
 
 
 class ResidualBlock(nn.Module):
@@ -59,11 +59,8 @@ class HifiGan(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "HifiGan":
         """Load `vocoder/` of the checkpoint. float16 is held and computed in float32 (see module doc)."""
-        folder = Path(folder)
-        cfg = VocoderConfig.from_json(folder / "config.json")
         load_dtype = torch.float32 if dtype == torch.float16 else dtype
-        return load_module(lambda: cls(cfg), weight_files(folder, "model"), device=device, dtype=load_dtype,
-                           what=str(folder))
+        return load_component(cls, VocoderConfig, folder, "model", device=device, dtype=load_dtype)
 
     def _apply(self, fn, recurse=True):
         # `.half()` / `.to(torch.float16)` keep float32 weights: fp16 overflows in the residual sums.
@@ -87,7 +84,7 @@ class HifiGan(nn.Module):
             x = up(F.leaky_relu(x, self.config.leaky_relu_slope))
             res = self.resblocks[i * k](x)
             for j in range(1, k):
-                res = res + self.resblocks[i * k + j](x)
+                res += self.resblocks[i * k + j](x)  # in place: these are the largest activations
             x = res / k
         wave = torch.tanh(self.conv_post(F.leaky_relu(x))).squeeze(1)  # (B, T * hop)
         wave = wave.to(in_dtype) if in_dtype.is_floating_point else wave

@@ -208,6 +208,16 @@ def load_module(
     return module.eval().requires_grad_(False)
 
 
+def load_component(cls: Callable[..., M], config_cls, folder: str | Path, stem: str, *,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   key_map: KeyMap = lambda k: k) -> M:
+    """`folder/config.json` and `folder/<stem>.safetensors` (or its shards) -> `cls(config)`, loaded."""
+    folder = Path(folder)
+    cfg = config_cls.from_json(folder / "config.json")
+    return load_module(lambda: cls(cfg), weight_files(folder, stem), device=device, dtype=dtype, key_map=key_map,
+                       what=str(folder))
+
+
 def page_out(module: torch.nn.Module) -> None:
     """Drop the resident pages of a module's memory-mapped weights (see MappedFile.page_out)."""
     for f in getattr(module, "_mapped_files", ()):
