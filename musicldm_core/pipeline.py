@@ -365,6 +365,7 @@ class MusicLDMPipeline:
 
         check_int("num_inference_steps", num_inference_steps, minimum=1,
                   maximum=self.scheduler.config.num_train_timesteps)
+        self.scheduler.validate(num_inference_steps)  # e.g. 1000 "leading" steps run past timestep 999
         check_number("guidance_scale", guidance_scale, minimum=0)
         check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, minimum=1)
         check_number("eta", eta, minimum=0)

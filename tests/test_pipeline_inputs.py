@@ -40,6 +40,7 @@ CASES = [
     (dict(num_inference_steps=0), ValueError, "num_inference_steps must be between 1 and 1000, got 0"),
     (dict(num_inference_steps=-1), ValueError, "num_inference_steps"),
     (dict(num_inference_steps=2.5), ValueError, "num_inference_steps must be an integer"),
+    (dict(num_inference_steps=1000), ValueError, "gives timesteps outside 0..999"),
     (dict(guidance_scale=-1.0), ValueError, "guidance_scale must be a finite number >= 0"),
     (dict(guidance_scale=math.nan), ValueError, "guidance_scale"),
     (dict(num_waveforms_per_prompt=0), ValueError, "num_waveforms_per_prompt must be >= 1"),

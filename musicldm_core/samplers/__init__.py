@@ -48,6 +48,10 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(f"scheduler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
+class _Planned(Exception):
+    """Raised by Scheduler.validate's stand-in model: the timesteps were built and checked."""
+
+
 class Scheduler:
     """A named sampler bound to the checkpoint's noise schedule: what the pipeline calls."""
 
@@ -78,6 +82,20 @@ class Scheduler:
     def sample(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int,
                **kwargs) -> torch.Tensor:
         return self.sampler.sample(model, x, self.schedule, steps, **kwargs)
+
+    def validate(self, steps: int) -> None:
+        """Raise now, before any model runs, if this sampler cannot take `steps` steps.
+
+        Every sampler builds and checks its timesteps before its first model call, so a dry run
+        that stops at that call validates exactly what a real run would.
+        """
+        def stop(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            raise _Planned
+
+        try:
+            self.sample(stop, torch.zeros(1), steps)
+        except _Planned:
+            pass
 
     def __repr__(self) -> str:
         return f"Scheduler({self.name!r})"

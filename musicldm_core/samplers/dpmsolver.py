@@ -27,6 +27,9 @@ def _timesteps(schedule: NoiseSchedule, steps: int) -> np.ndarray:
         return np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64)
     if cfg.timestep_spacing == "leading":
         ratio = T // (steps + 1)
+        if ratio == 0:  # every timestep would be steps_offset; diffusers runs off its own schedule here
+            raise ValueError(f"num_inference_steps={steps} with timestep_spacing='leading' gives timesteps "
+                             f"outside 0..{T - 1} for DPM-Solver++; use at most {T - 1} steps or 'trailing'")
         return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + cfg.steps_offset
     return np.arange(T, 0, -T / steps).round().copy().astype(np.int64) - 1
 
@@ -40,7 +43,10 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
            generator: Generator = None, callback: Callback = None) -> torch.Tensor:
     cfg = schedule.config
     steps = check_steps(steps, cfg.num_train_timesteps)
-    ts = _timesteps(schedule, steps)
+    ts = schedule.check(_timesteps(schedule, steps), steps)
+    if len(np.unique(ts)) != len(ts):  # a zero log-SNR step: diffusers divides by it and returns NaN
+        raise ValueError(f"num_inference_steps={steps} with timestep_spacing={cfg.timestep_spacing!r} repeats a "
+                         "timestep, which DPM-Solver++ cannot step over; use fewer steps or another spacing")
     sigmas = schedule.sigmas_at(ts)
     x0_history: list[torch.Tensor] = []
     for i, t in enumerate(torch.from_numpy(ts).to(x.device)):

@@ -81,17 +81,31 @@ class NoiseSchedule:
             return (np.arange(0, steps) * (T // steps)).round()[::-1] + self.config.steps_offset
         return np.round(np.arange(T, 0, -T / steps)) - 1  # trailing
 
+    def check(self, timesteps: np.ndarray, steps: int) -> np.ndarray:
+        """The spaced timesteps must lie within the trained range [0, T-1].
+
+        "leading" spacing with steps_offset=1 reaches timestep T at T steps, where diffusers fails
+        with an IndexError (or, for the sigma samplers, silently reuses sigma(T-1)): say so instead.
+        """
+        cfg = self.config
+        if timesteps.max() > cfg.num_train_timesteps - 1:
+            raise ValueError(
+                f"num_inference_steps={steps} with timestep_spacing={cfg.timestep_spacing!r} and steps_offset="
+                f"{cfg.steps_offset} gives timesteps outside 0..{cfg.num_train_timesteps - 1}; "
+                f"use fewer steps or timestep_spacing 'trailing' or 'linspace'")
+        return timesteps
+
     def integer_timesteps(self, steps: int) -> np.ndarray:
         """DDIM/PNDM timesteps: int64, linspace rounded."""
         ts = self.spaced(steps)
-        return (ts.round() if self.config.timestep_spacing == "linspace" else ts).astype(np.int64)
+        return self.check((ts.round() if self.config.timestep_spacing == "linspace" else ts).astype(np.int64), steps)
 
     def sigma_timesteps(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps float32 (N,), sigmas float32 (N+1,) ending in 0) for LMS/Euler/Heun.
 
         sigma(t) = sqrt((1 - alpha-bar_t) / alpha-bar_t), linearly interpolated at fractional t.
         """
-        ts = self.spaced(steps).astype(np.float32)
+        ts = self.check(self.spaced(steps).astype(np.float32), steps)
         return torch.from_numpy(ts), self.sigmas_at(ts)
 
     def sigmas_at(self, timesteps: np.ndarray) -> torch.Tensor:

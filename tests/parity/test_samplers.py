@@ -125,8 +125,21 @@ def test_stand_in_trajectories(name, dtype):
 
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_a_thousand_steps(name):
+    for spacing in ("trailing", "linspace"):
+        cfg = {**PUBLISHED, "timestep_spacing": spacing, **({"skip_prk_steps": True} if name == "pndm" else {})}
+        if name == "dpmsolver++" and spacing == "linspace":
+            # 1001 points rounded onto 0..999 repeat timestep 500: diffusers returns NaN; we refuse
+            with pytest.raises(ValueError, match="repeats a timestep"):
+                our_run(name, cfg, 1000, torch.zeros(1, 8, 2, 2), stand_in)
+            continue
+        compare(name, cfg, 1000, torch.float64, eta=0.3 if name == "ddim" else 0.0, seed=5, label=spacing)
+    # "leading" + steps_offset=1 (the published config) reaches timestep 1000: diffusers' DDIM/PNDM/DPM fail
+    # with an IndexError there; we say what is wrong.
     cfg = {**PUBLISHED, **({"skip_prk_steps": True} if name == "pndm" else {})}
-    compare(name, cfg, 1000, torch.float64, eta=0.3 if name == "ddim" else 0.0, seed=5, label="published")
+    with pytest.raises(ValueError, match=r"num_inference_steps=1000 .* timesteps outside 0..999"):
+        our_run(name, cfg, 1000, torch.zeros(1, 8, 2, 2), stand_in)
+    most = 998 if name == "dpmsolver++" else 999  # DPM spaces N + 1 points
+    compare(name, cfg, most, torch.float64, eta=0.3 if name == "ddim" else 0.0, seed=5, label=f"published, {most}")
 
 
 @pytest.mark.parametrize("steps", [10, 50, 200])
