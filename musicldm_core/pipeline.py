@@ -349,7 +349,7 @@ class MusicLDMPipeline:
                      num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
                      callback_steps, cross_attention_kwargs, output_type, crop) -> tuple[float, int]:
         """Validate every argument; return (seconds, mel frames) of the audio to generate."""
-        hop_seconds = float(np.prod(self.vocoder.config.upsample_rates)) / self.sampling_rate
+        hop_seconds = self.vocoder.config.hop_length / self.sampling_rate  # 160 / 16000 s per mel frame
         if audio_length_in_s is None:
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * hop_seconds
         check_number("audio_length_in_s", audio_length_in_s, minimum=0, strict=True)

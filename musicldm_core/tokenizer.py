@@ -70,9 +70,6 @@ class ClapTokenizer:
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
         return ids, mask
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
 
 def _from_vocab_and_merges(folder: Path, config: dict) -> Tokenizer:
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
@@ -108,4 +105,3 @@ def _flags(config: dict, token: str) -> dict:
         if isinstance(entry, dict) and entry.get("content") == token:
             return {k: bool(entry[k]) for k in ("lstrip", "rstrip", "single_word", "normalized") if k in entry}
     return dict(SPECIALS[token])
-
