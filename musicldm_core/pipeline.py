@@ -28,7 +28,7 @@ from .clap_audio import LogMel, resample
 from .config import FeatureExtractorConfig
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
-from .samplers import Scheduler
+from .samplers import Scheduler, get_sampler
 from .tokenizer import ClapTokenizer
 from .unet import UNet
 from .vae import AutoencoderKL
@@ -138,8 +138,6 @@ class MusicLDMPipeline:
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype if torch_dtype is not None else torch.float32)
         device = parse_device(device)
         if scheduler is not None:
-            from .samplers import get_sampler
-
             get_sampler(scheduler)  # unknown names fail before any download or load
         folder = resolve(source, revision)
         kw = dict(device=device, dtype=dtype)
@@ -363,9 +361,8 @@ class MusicLDMPipeline:
         height = int(audio_length_in_s / hop_seconds)
         height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
 
-        check_int("num_inference_steps", num_inference_steps, minimum=1,
-                  maximum=self.scheduler.config.num_train_timesteps)
-        self.scheduler.validate(num_inference_steps)  # e.g. 1000 "leading" steps run past timestep 999
+        # an integer in [1, T], and a count this sampler's spacing can take (1000 "leading" steps cannot)
+        self.scheduler.validate(num_inference_steps)
         check_number("guidance_scale", guidance_scale, minimum=0)
         check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, minimum=1)
         check_number("eta", eta, minimum=0)

@@ -122,13 +122,16 @@ class MappedFile:
 
 def read_shapes(files: Iterable[Path]) -> Dict[str, Tuple[Tuple[int, ...], Path]]:
     """Key -> (shape, file) from the headers alone; reads no tensor data."""
+    return _shapes([MappedFile(path) for path in files])
+
+
+def _shapes(mapped: List[MappedFile]) -> Dict[str, Tuple[Tuple[int, ...], Path]]:
     shapes: Dict[str, Tuple[Tuple[int, ...], Path]] = {}
-    for path in files:
-        with _open(path) as f:
-            for key in f.keys():
-                if key in shapes:
-                    raise CheckpointError(f"{path}: key {key!r} also appears in {shapes[key][1]}")
-                shapes[key] = (tuple(f.get_slice(key).get_shape()), path)
+    for f in mapped:
+        for key, (_, shape, _, _) in f.entries.items():
+            if key in shapes:
+                raise CheckpointError(f"{f.path}: key {key!r} also appears in {shapes[key][1]}")
+            shapes[key] = (shape, f.path)
     return shapes
 
 
@@ -143,11 +146,13 @@ def check_keys(
     Returns {published key: our key} for the keys to load.
     """
     mapping: Dict[str, str] = {}
+    targets = set()
     unexpected, wrong_shape = [], []
     for key, (shape, path) in found.items():
         ours = key_map(key)
         if ours is None:
             continue
+        targets.add(ours)
         if ours not in expected:
             unexpected.append(f"  unexpected key {key!r} {list(shape)} in {path}")
         elif tuple(expected[ours]) != shape:
@@ -156,7 +161,6 @@ def check_keys(
             )
         else:
             mapping[key] = ours
-    targets = {key_map(k) for k in found}
     missing = [f"  missing key {k!r} {list(s)}" for k, s in expected.items() if k not in targets]
     problems = missing + unexpected + wrong_shape
     if problems:
@@ -185,14 +189,11 @@ def load_module(
     with torch.device("meta"):
         module = build()
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    found = read_shapes(files)
-    mapping = check_keys(expected, found, key_map, what)
+    mapped = [MappedFile(path) for path in files]  # each header validated and parsed once
+    mapping = check_keys(expected, _shapes(mapped), key_map, what)
     state: Dict[str, torch.Tensor] = {}
     device = torch.device(device)
-    mapped = []
-    for path in files:
-        f = MappedFile(path)
-        mapped.append(f)
+    for f in mapped:
         for key in f.entries:
             if key not in mapping:
                 continue
