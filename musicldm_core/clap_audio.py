@@ -24,6 +24,7 @@ from torch import nn
 
 from .clap_text import Projection
 from .config import ClapAudioConfig, FeatureExtractorConfig
+from .layers import ACTIVATIONS
 
 # --------------------------------------------------------------------------------------------
 # Resampling
@@ -59,61 +60,73 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: i
 # --------------------------------------------------------------------------------------------
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+def _hz_to_mel(f: np.ndarray, scale: str) -> np.ndarray:
+    """Slaney's mel scale (linear below 1 kHz, logarithmic above) or HTK's 2595 log10(1 + f/700)."""
     f = np.asarray(f, dtype=np.float64)
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
     mel = 3.0 * f / 200.0
     log = f >= 1000.0
     return np.where(log, 15.0 + np.log(np.maximum(f, 1e-12) / 1000.0) * (27.0 / np.log(6.4)), mel)
 
 
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+def _mel_to_hz(m: np.ndarray, scale: str) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
+    if scale == "htk":
+        return 700.0 * (np.power(10, m / 2595.0) - 1.0)
     f = 200.0 * m / 3.0
     return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), f)
 
 
-def slaney_mel_filters(n_freqs: int, n_mels: int, f_min: float, f_max: float, sr: int) -> np.ndarray:
-    """(n_freqs, n_mels) triangular filters with Slaney area normalisation."""
-    mel_edges = np.linspace(_hz_to_mel(np.array(f_min)), _hz_to_mel(np.array(f_max)), n_mels + 2)
-    edges = _mel_to_hz(mel_edges)
+def mel_filters(n_freqs: int, n_mels: int, f_min: float, f_max: float, sr: int, scale: str) -> np.ndarray:
+    """(n_freqs, n_mels) triangular filters: Slaney scale with area normalisation ("slaney"), or the
+    HTK scale unnormalised ("htk", torchaudio's default, which CLAP's "fusion" front end uses)."""
+    mel_edges = np.linspace(_hz_to_mel(np.array(f_min), scale), _hz_to_mel(np.array(f_max), scale), n_mels + 2)
+    edges = _mel_to_hz(mel_edges, scale)
     fft_freqs = np.linspace(0, sr // 2, n_freqs)
     slopes = edges[None, :] - fft_freqs[:, None]
     diff = np.diff(edges)
     down = -slopes[:, :-2] / diff[:-1]
     up = slopes[:, 2:] / diff[1:]
     filters = np.maximum(np.zeros(1), np.minimum(down, up))
-    return filters * (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[None, :]
+    if scale == "slaney":
+        filters = filters * (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[None, :]
+    return filters
+
+
+CROPS = ("random", "start", "center")
 
 
 class LogMel:
-    """Waveforms at the extractor's rate -> (B, 1, frames, mel bins) float32 input features."""
+    """Waveforms at the extractor's rate -> (B, C, frames, mel bins) float32 input features.
+
+    truncation "rand_trunc" (the published checkpoint): C = 1, Slaney filters; audio longer than
+    max_length_s is cropped. "fusion": C = 4, HTK filters; short audio gives its mel four times,
+    long audio [the whole mel shrunk to the window; a front, a middle and a back window].
+    """
 
     def __init__(self, cfg: FeatureExtractorConfig):
         self.config = cfg
         n_fft = cfg.fft_window_size
         self.window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
-        self.filters = slaney_mel_filters(n_fft // 2 + 1, cfg.feature_size, cfg.frequency_min,
-                                          cfg.frequency_max, cfg.sampling_rate)
+        self.filters = mel_filters(n_fft // 2 + 1, cfg.feature_size, cfg.frequency_min, cfg.frequency_max,
+                                   cfg.sampling_rate, "htk" if cfg.truncation == "fusion" else "slaney")
 
-    def crop_or_pad(self, wave: np.ndarray, crop: str) -> np.ndarray:
-        """Fit one waveform to max_length_s: repeat-pad short audio; crop long audio.
+    @property
+    def channels(self) -> int:
+        return 4 if self.config.truncation == "fusion" else 1
 
-        crop="random": at np.random.randint(0, overflow + 1) from numpy's GLOBAL RandomState, the
-        reference's draw (reproducible only if the caller seeds it); "start" / "center": fixed.
-        """
+    @staticmethod
+    def _offset(low: int, high: int, crop: str) -> int:
+        """An offset in [low, high]: numpy's GLOBAL RandomState as the reference ("random"), or fixed."""
+        if crop == "random":
+            return int(np.random.randint(low, high + 1))
+        return low if crop == "start" else (low + high) // 2
+
+    def pad(self, wave: np.ndarray) -> np.ndarray:
+        """Short audio to max_length_s samples: repeated then zero-padded ("repeatpad"), repeated
+        and cut ("repeat"), or zero-padded ("pad")."""
         cfg, n = self.config, self.config.nb_max_samples
-        if len(wave) > n:
-            overflow = len(wave) - n
-            if crop == "random":
-                start = np.random.randint(0, overflow + 1)
-            elif crop == "start":
-                start = 0
-            elif crop == "center":
-                start = overflow // 2
-            else:
-                raise ValueError(f"crop: expected 'random', 'start' or 'center', got {crop!r}")
-            return wave[start:start + n]
         if len(wave) < n:
             if cfg.padding == "repeat":
                 wave = np.tile(wave, int(n / len(wave)) + 1)[:n]
@@ -121,6 +134,34 @@ class LogMel:
                 wave = np.tile(wave, int(n / len(wave)))
             wave = np.pad(wave, (0, n - wave.shape[0]), mode="constant", constant_values=0)
         return wave
+
+    def features(self, wave: np.ndarray, crop: str) -> tuple[np.ndarray, bool]:
+        """One waveform -> ((C, frames, mels) features, whether it was longer than the window)."""
+        n = self.config.nb_max_samples
+        if self.config.truncation == "rand_trunc":
+            if len(wave) > n:
+                start = self._offset(0, len(wave) - n, crop)
+                return self.log_mel(wave[start:start + n])[None], True
+            return self.log_mel(self.pad(wave))[None], False
+        if len(wave) <= n:
+            mel = self.log_mel(self.pad(wave))
+            return np.stack([mel] * 4), False
+        mel = self.log_mel(wave)
+        chunk = n // self.config.hop_length + 1
+        total = mel.shape[0]
+        if chunk == total:
+            return np.stack([mel] * 4), False
+        return self._fusion(mel, total, chunk, crop), True
+
+    def _fusion(self, mel: np.ndarray, total: int, chunk: int, crop: str) -> np.ndarray:
+        """transformers' _random_mel_fusion: a front, middle and back window, drawn in that order."""
+        ranges = np.array_split(list(range(0, total - chunk + 1)), 3)
+        ranges = [r if len(r) else np.array([0]) for r in ranges]
+        starts = [int(np.random.choice(r)) if crop == "random" else self._offset(int(r[0]), int(r[-1]), crop)
+                  for r in ranges]
+        shrunk = F.interpolate(torch.tensor(mel[None, None]), size=[chunk, mel.shape[1]], mode="bilinear",
+                               align_corners=False)[0, 0].numpy()
+        return np.stack([shrunk] + [mel[s:s + chunk] for s in starts])
 
     def log_mel(self, wave: np.ndarray) -> np.ndarray:
         """(N,) float64 -> (frames, mel bins) power dB, frames = 1 + N // hop."""
@@ -134,8 +175,14 @@ class LogMel:
         return db.T.astype(np.float32)
 
     def __call__(self, waves: Sequence[np.ndarray], crop: str = "random") -> torch.Tensor:
-        feats = [self.log_mel(self.crop_or_pad(np.asarray(w, dtype=np.float64), crop)) for w in waves]
-        return torch.from_numpy(np.stack(feats))[:, None]  # (B, 1, frames, mels)
+        if crop not in CROPS:
+            raise ValueError(f"crop: expected one of {', '.join(map(repr, CROPS))}, got {crop!r}")
+        out = [self.features(np.asarray(w, dtype=np.float64), crop) for w in waves]
+        if self.config.truncation == "fusion" and crop == "random" and not any(longer for _, longer in out):
+            # the reference marks one random take as "longer" (unused without a fusion model), drawing
+            # from numpy's global RandomState: draw it too, so that state moves on exactly as there.
+            np.random.randint(0, len(out))
+        return torch.from_numpy(np.stack([f for f, _ in out]))  # (B, C, frames, mels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +251,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.attn = WindowAttention(dim, heads, cfg.window_size, cfg.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.act = ACTIVATIONS[cfg.hidden_act]
         self.fc1 = nn.Linear(dim, int(cfg.mlp_ratio * dim))
         self.fc2 = nn.Linear(int(cfg.mlp_ratio * dim), dim)
 
@@ -222,7 +270,7 @@ class SwinBlock(nn.Module):
         if shift:
             h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
         x = x + h[:, :H, :W, :].reshape(B, H * W, C)
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
 
 
 class PatchMerging(nn.Module):
@@ -258,7 +306,7 @@ class Stage(nn.Module):
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ClapAudioConfig):
         super().__init__()
-        pad = ((cfg.patch_size - cfg.patch_stride[0]) // 2, (cfg.patch_size - cfg.patch_stride[1]) // 2)
+        pad = ((cfg.patch_size[0] - cfg.patch_stride[0]) // 2, (cfg.patch_size[1] - cfg.patch_stride[1]) // 2)
         self.proj = nn.Conv2d(cfg.patch_embed_input_channels, cfg.patch_embeds_hidden_size, cfg.patch_size,
                               stride=cfg.patch_stride, padding=pad)
         self.norm = nn.LayerNorm(cfg.patch_embeds_hidden_size) if cfg.enable_patch_layer_norm else nn.Identity()
@@ -283,7 +331,7 @@ class MelNorm(nn.Module):
 
 
 class HTSAT(nn.Module):
-    """(B, 1, frames, mel bins) log-mel -> unnormalised joint-space embedding (B, projection_dim)."""
+    """(B, C, frames, mel bins) log-mel -> unnormalised joint-space embedding (B, projection_dim)."""
 
     def __init__(self, cfg: ClapAudioConfig):
         super().__init__()
@@ -292,30 +340,28 @@ class HTSAT(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.stages = nn.ModuleList([Stage(cfg, i) for i in range(len(cfg.depths))])
         self.norm = nn.LayerNorm(cfg.patch_embeds_hidden_size * 2 ** (len(cfg.depths) - 1))
-        self.projection = Projection(self.norm.normalized_shape[0], cfg.projection_dim)
+        self.projection = Projection(self.norm.normalized_shape[0], cfg.projection_dim, cfg.projection_hidden_act)
 
     def mel_to_image(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T, F) -> (B, 1, S, S): stretch time to S*r (bicubic), fold r time chunks into frequency."""
-        S, F_ = self.config.spec_size, self.config.num_mel_bins
-        r = S // F_  # freq_ratio
+        """(B, C, T, F) -> (B, C, S, S): stretch time to S*r (bicubic), fold r time chunks into frequency."""
+        S, r = self.config.spec_size, self.config.spec_size // self.config.num_mel_bins  # r: freq_ratio
         B, C, T, Fr = mel.shape
         if T > S * r or Fr > S // r:
             raise ValueError(f"input_features: {T} frames x {Fr} bins exceed the tower's {S * r} x {S // r}")
         if T < S * r:
             mel = F.interpolate(mel, (S * r, Fr), mode="bicubic", align_corners=True)
-        if Fr < S // r:
-            mel = F.interpolate(mel, (mel.shape[2], S // r), mode="bicubic", align_corners=True)
+        if Fr < S // r:  # back to the original T, as the reference (only consistent when T == S * r)
+            mel = F.interpolate(mel, (T, S // r), mode="bicubic", align_corners=True)
         B, C, T, Fr = mel.shape
         mel = mel.reshape(B, C * r, T // r, Fr).permute(0, 1, 3, 2).contiguous()
         return mel.reshape(B, C, Fr * r, T // r)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, C, frames, mel bins) log-mel, C = patch_embed_input_channels -> (B, projection_dim)."""
         x = self.mel_norm(mel.transpose(1, 3)).transpose(1, 3)  # BatchNorm over mel bins
         x = self.patch_embed(self.mel_to_image(x))
-        H = W = self.config.spec_size // self.config.patch_stride[0]
-        for stage in self.stages:
-            x = stage(x, H, W)
-            if stage.downsample is not None:
-                H, W = (H + 1) // 2, (W + 1) // 2
+        rows, cols = self.config.grid
+        for i, stage in enumerate(self.stages):
+            x = stage(x, rows // 2**i, cols // 2**i)  # the reference's per-stage resolutions
         pooled = self.norm(x).mean(dim=1)  # average over all time-frequency tokens
         return self.projection(pooled)

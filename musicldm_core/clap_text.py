@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ClapTextConfig
+from .layers import ACTIVATIONS
 
 
 def _embedding(rows: int, dim: int) -> nn.Embedding:
@@ -26,15 +27,16 @@ def _embedding(rows: int, dim: int) -> nn.Embedding:
 
 
 class Projection(nn.Module):
-    """Linear-ReLU-Linear into the joint text-audio space (shared by both towers)."""
+    """Linear-act-Linear into the joint text-audio space (shared by both towers; act is ReLU as published)."""
 
-    def __init__(self, dim: int, out: int):
+    def __init__(self, dim: int, out: int, act: str = "relu"):
         super().__init__()
+        self.act = ACTIVATIONS[act]
         self.linear1 = nn.Linear(dim, out)
         self.linear2 = nn.Linear(out, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(F.relu(self.linear1(x)))
+        return self.linear2(self.act(self.linear1(x)))
 
 
 class SelfAttention(nn.Module):
@@ -51,11 +53,12 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LayerNorm BERT layer: x = LN(x + attn(x)); x = LN(x + fc2(gelu(fc1(x))))."""
+    """Post-LayerNorm BERT layer: x = LN(x + attn(x)); x = LN(x + fc2(act(fc1(x)))), act = GELU as published."""
 
     def __init__(self, cfg: ClapTextConfig):
         super().__init__()
         d = cfg.hidden_size
+        self.act = ACTIVATIONS[cfg.hidden_act]
         self.attn = SelfAttention(d, cfg.num_attention_heads)
         self.attn_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.fc1 = nn.Linear(d, cfg.intermediate_size)
@@ -64,7 +67,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         x = self.attn_norm(x + self.attn(x, bias))
-        return self.mlp_norm(x + self.fc2(F.gelu(self.fc1(x))))
+        return self.mlp_norm(x + self.fc2(self.act(self.fc1(x))))
 
 
 class ClapTextEncoder(nn.Module):
@@ -78,7 +81,7 @@ class ClapTextEncoder(nn.Module):
         self.embedding_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.pooler = nn.Linear(d, d)
-        self.projection = Projection(d, cfg.projection_dim)
+        self.projection = Projection(d, cfg.projection_dim, cfg.projection_hidden_act)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask: (B, L) -> unnormalised joint-space embedding (B, projection_dim)."""

@@ -1,25 +1,38 @@
 """Component configs: the one place where the published JSON files are read.
 
-Each dataclass mirrors the constructor arguments of the reference class it stands for
-(diffusers' UNet2DConditionModel / AutoencoderKL / DDIMScheduler, transformers' ClapModel /
-SpeechT5HifiGan / ClapFeatureExtractor). Fields without a default are required: a config file
-that lacks one is an error naming the file and the key. Fields with a default take the
-reference class's default, which is what the reference does when the key is absent. Keys we do
-not know are kept in `extra` and ignored. Options the reference supports but MusicLDM does not
-use are rejected by file and key rather than silently computed wrong.
+Each dataclass holds only the values our modules read, with the reference class's defaults
+(diffusers' UNet2DConditionModel / AutoencoderKL / schedulers, transformers' ClapModel /
+SpeechT5HifiGan / ClapFeatureExtractor): a key missing from the file means what it means there.
+Every other key the reference reads is listed once, per component, in one of two tables:
+
+* FIXED: key -> the values we support (the first is the reference default). Any other value is
+  refused at load with file, key, value and what is supported, never computed wrong.
+* INERT: keys that cannot change inference (dropout rates, weight-init scales, options used
+  only by a code path that FIXED already refuses); each with the reason.
+
+tests/test_config.py checks that the fields, FIXED and INERT together cover every constructor
+argument of the reference class, so a key can be neither forgotten nor silently ignored. Keys
+the reference does not read either (`_class_name`, `_diffusers_version`, ...) are ignored.
+
+Values are converted from the annotations once: JSON lists become tuples, `Pair` fields take an
+int or a pair (transformers accepts both), per-block fields an int or one value per block.
+Wrong types are refused by key rather than left to fail later inside a model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import math
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
 from .errors import CheckpointError
 
 C = TypeVar("C", bound="_Config")
+Pair = Tuple[int, int]  # an int n or a pair [a, b] in the JSON; n means (n, n)
 
 
 def read_json(path: Path) -> dict:
@@ -36,28 +49,61 @@ def read_json(path: Path) -> dict:
     return data
 
 
-@dataclass(frozen=True, kw_only=True)
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """`value` as the annotation `tp` says, or a CheckpointError naming `where`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else _convert(inner[0], value, where)
+    if origin is tuple:
+        if tp == Pair and isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if not isinstance(value, (list, tuple)):
+            raise CheckpointError(f"{where}={value!r} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise CheckpointError(f"{where}={value!r} must have {len(args)} entries")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[tp]
+        raise CheckpointError(f"{where}={value!r} must be {kind}")
+    return float(value) if tp is float else value
+
+
+@dataclass(frozen=True)
 class _Config:
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    FIXED: ClassVar[Mapping[str, tuple]] = {}
+    INERT: ClassVar[Mapping[str, str]] = {}
+    PER_BLOCK: ClassVar[Mapping[str, Any]] = {}  # key -> default scalar, spread over the blocks
 
     @classmethod
     def from_hf(cls: Type[C], data: Mapping[str, Any], source: str = "<config>") -> C:
         """Build from a published config dict; `source` names the file in error messages."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name != "extra"
-            and f.name not in data
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            raise CheckpointError(f"{source}: missing required key(s) {', '.join(map(repr, missing))}")
-        # diffusers writes `null` for unset options; a null where we keep a non-None default means "default".
-        known = {k: v for k, v in data.items() if k in names and (v is not None or _allows_none(cls, k))}
-        extra = {k: v for k, v in data.items() if k not in names}
-        cfg = cls(**cls._normalise(dict(known), source), extra=extra)
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(data).__name__}")
+        check_fixed(cls.FIXED, data, source)
+        hints = typing.get_type_hints(cls)
+        blocks = cls._blocks(data, source) if cls.PER_BLOCK else 0
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in cls.PER_BLOCK:
+                raw = data.get(f.name, cls.PER_BLOCK[f.name])
+                if not isinstance(raw, (list, tuple)):
+                    raw = [raw] * blocks
+                elif len(raw) != blocks:
+                    raise CheckpointError(f"{source}: {f.name} has {len(raw)} entries, expected {blocks} "
+                                          "(one per block)")
+                values[f.name] = _convert(hints[f.name], raw, f"{source}: {f.name}")
+            elif f.name in data:
+                values[f.name] = _convert(hints[f.name], data[f.name], f"{source}: {f.name}")
+        cfg = cls(**values)
         cfg._check(source)
         return cfg
 
@@ -66,34 +112,43 @@ class _Config:
         return cls.from_hf(read_json(path), str(path))
 
     @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        return data
+    def _blocks(cls, data: dict, source: str) -> int:
+        return 0
 
     def _check(self, source: str) -> None:
-        pass
+        """Hook: constraints between values."""
 
 
-def _allows_none(cls, name: str) -> bool:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.default is None
-    return False
+def _allowed(value: Any, allowed: tuple) -> bool:
+    """`value` equals one of `allowed` as JSON means it: true is not 1, 1 is 1.0."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return any(value == a and (type(value) is type(a) or (number(value) and number(a))) for a in allowed)
 
 
-def _reject(source: str, key: str, value: Any, allowed: Tuple[Any, ...]) -> None:
+# Why some FIXED values are refused, where the reason is not just "not implemented".
+WHY = {
+    "enable_fusion": "the fused CLAP audio tower needs per-take `is_longer` flags, which diffusers' MusicLDMPipeline "
+                     "never passes (it crashes when ranking with such a checkpoint); use an unfused CLAP",
+    "num_attention_heads": "diffusers refuses it for UNet2DConditionModel too; use attention_head_dim",
+}
+
+
+def check_fixed(table: Mapping[str, tuple], data: Mapping[str, Any], source: str, what: str = "") -> None:
+    """Refuse, by file and key, a value outside what we support (a missing key is the default)."""
+    for key, allowed in table.items():
+        value = data.get(key, allowed[0])
+        if not _allowed(value, allowed):
+            why = f": {WHY[key]}" if key in WHY else ""
+            raise CheckpointError(f"{source}: {key}={value!r} is not supported{what} "
+                                  f"(musicldm_core supports {' or '.join(map(repr, allowed))}){why}")
+
+
+def _one_of(source: str, key: str, value: Any, allowed: Tuple[Any, ...]) -> None:
     if value not in allowed:
-        raise CheckpointError(
-            f"{source}: {key}={value!r} is not supported (musicldm_core supports {', '.join(map(repr, allowed))})"
-        )
-
-
-def _per_block(value: Any, n: int, key: str, source: str) -> tuple:
-    """Normalise a scalar-or-list option to one value per block, as diffusers does."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise CheckpointError(f"{source}: {key} has {len(value)} entries, expected {n} (one per block)")
-        return tuple(value)
-    return (value,) * n
+        raise CheckpointError(f"{source}: {key}={value!r} is not supported "
+                              f"(musicldm_core supports {' or '.join(map(repr, allowed))})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,129 +156,120 @@ def _per_block(value: Any, n: int, key: str, source: str) -> tuple:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class UNetConfig(_Config):
-    in_channels: int
-    out_channels: int
-    block_out_channels: Tuple[int, ...]
-    down_block_types: Tuple[str, ...]
-    up_block_types: Tuple[str, ...]
     sample_size: Optional[int] = None
-    layers_per_block: Tuple[int, ...] = (2,)
-    transformer_layers_per_block: Tuple[int, ...] = (1,)
-    # diffusers' legacy naming: for this model family `attention_head_dim` is the NUMBER of heads
-    # (see https://github.com/huggingface/diffusers/issues/2011); head width = channels // heads.
-    attention_head_dim: Tuple[int, ...] = (8,)
-    num_attention_heads: Optional[Tuple[int, ...]] = None
-    cross_attention_dim: Tuple[int, ...] = (1280,)
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-5
+    in_channels: int = 4
+    out_channels: int = 4
+    center_input_sample: bool = False
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
+    down_block_types: Tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                         "DownBlock2D")
+    up_block_types: Tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    block_out_channels: Tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: Tuple[int, ...] = ()
+    transformer_layers_per_block: Tuple[int, ...] = ()
+    # diffusers' legacy naming: for this model family `attention_head_dim` is the NUMBER of heads
+    # (see https://github.com/huggingface/diffusers/issues/2011); head width = channels // heads.
+    attention_head_dim: Tuple[int, ...] = ()
+    cross_attention_dim: Tuple[int, ...] = ()
     downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    use_linear_projection: bool = False
+    resnet_time_scale_shift: str = "default"
+    resnet_out_scale_factor: float = 1.0
+    time_embedding_dim: Optional[int] = None
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
     class_embed_type: Optional[str] = None
     projection_class_embeddings_input_dim: Optional[int] = None
     class_embeddings_concat: bool = False
-    mid_block_type: str = "UNetMidBlock2DCrossAttn"
-    act_fn: str = "silu"
-    time_embedding_type: str = "positional"
-    resnet_time_scale_shift: str = "default"
-    use_linear_projection: bool = False
-    only_cross_attention: bool = False
-    upcast_attention: bool = False
-    dual_cross_attention: bool = False
-    center_input_sample: bool = False
-    mid_block_scale_factor: float = 1.0
-    conv_in_kernel: int = 3
-    conv_out_kernel: int = 3
-    addition_embed_type: Optional[str] = None
-    encoder_hid_dim: Optional[int] = None
-    time_cond_proj_dim: Optional[int] = None
-    time_embedding_dim: Optional[int] = None
-    time_embedding_act_fn: Optional[str] = None
-    timestep_post_act: Optional[str] = None
-    num_class_embeds: Optional[int] = None
-    attention_type: str = "default"
-    resnet_skip_time_act: bool = False
-    resnet_out_scale_factor: float = 1.0
-    cross_attention_norm: Optional[str] = None
-    reverse_transformer_layers_per_block: Optional[Any] = None
-    dropout: float = 0.0
+
+    PER_BLOCK = {"layers_per_block": 2, "transformer_layers_per_block": 1, "attention_head_dim": 8,
+                 "cross_attention_dim": 1280}
+    FIXED = {
+        "mid_block_type": ("UNetMidBlock2DCrossAttn",),
+        "act_fn": ("silu",),
+        "time_embedding_type": ("positional",),
+        "only_cross_attention": (False,),
+        "mid_block_only_cross_attention": (None, False),
+        "dual_cross_attention": (False,),
+        "attention_type": ("default",),
+        "num_attention_heads": (None,),  # diffusers itself refuses it for UNet2DConditionModel
+        "reverse_transformer_layers_per_block": (None,),
+        "encoder_hid_dim": (None,),
+        "encoder_hid_dim_type": (None,),
+        "addition_embed_type": (None,),
+        "addition_time_embed_dim": (None,),
+        "num_class_embeds": (None,),
+        "time_cond_proj_dim": (None,),
+        "time_embedding_act_fn": (None,),
+        "timestep_post_act": (None,),
+        "resnet_skip_time_act": (False,),
+        "cross_attention_norm": (None,),
+    }
+    INERT = {
+        "dropout": "dropout is off at inference",
+        "addition_embed_type_num_heads": "used only with addition_embed_type, which is refused",
+        # With torch 2 diffusers runs attention through AttnProcessor2_0 (SDPA), which never reads
+        # upcast_attention: the reference computes in the model dtype either way, and so do we.
+        "upcast_attention": "diffusers' SDPA attention processor does not read it",
+    }
 
     @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        n = len(data["down_block_types"])
-        for key in ("block_out_channels", "down_block_types", "up_block_types"):
-            data[key] = tuple(data[key])
-        if len(data["block_out_channels"]) != n or len(data["up_block_types"]) != n:
-            raise CheckpointError(
-                f"{source}: block_out_channels, down_block_types and up_block_types must have the same length"
-            )
-        for key in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim", "cross_attention_dim"):
-            if key in data:
-                data[key] = _per_block(data[key], n, key, source)
-        for key, default in (("layers_per_block", 2), ("transformer_layers_per_block", 1),
-                             ("attention_head_dim", 8), ("cross_attention_dim", 1280)):
-            data.setdefault(key, (default,) * n)
-        if data.get("num_attention_heads") is not None:
-            data["num_attention_heads"] = _per_block(data["num_attention_heads"], n, "num_attention_heads", source)
-        return data
+    def _blocks(cls, data: dict, source: str) -> int:
+        n = len(_convert(Tuple[str, ...], data.get("down_block_types", cls.down_block_types),
+                         f"{source}: down_block_types"))
+        for key in ("up_block_types", "block_out_channels"):
+            m = len(data.get(key, getattr(cls, key)) or ())
+            if m != n:
+                raise CheckpointError(f"{source}: {key} has {m} entries, down_block_types {n}")
+        return n
 
     def _check(self, source: str) -> None:
         for t in self.down_block_types:
-            _reject(source, "down_block_types[]", t, ("DownBlock2D", "CrossAttnDownBlock2D"))
+            _one_of(source, "down_block_types[]", t, ("DownBlock2D", "CrossAttnDownBlock2D"))
         for t in self.up_block_types:
-            _reject(source, "up_block_types[]", t, ("UpBlock2D", "CrossAttnUpBlock2D"))
-        _reject(source, "mid_block_type", self.mid_block_type, ("UNetMidBlock2DCrossAttn",))
-        _reject(source, "class_embed_type", self.class_embed_type, (None, "simple_projection"))
+            _one_of(source, "up_block_types[]", t, ("UpBlock2D", "CrossAttnUpBlock2D"))
+        _one_of(source, "class_embed_type", self.class_embed_type, (None, "simple_projection"))
+        _one_of(source, "resnet_time_scale_shift", self.resnet_time_scale_shift, ("default", "scale_shift"))
+        for key in ("conv_in_kernel", "conv_out_kernel"):
+            if getattr(self, key) % 2 == 0 or getattr(self, key) < 1:
+                raise CheckpointError(f"{source}: {key}={getattr(self, key)} is not supported (odd sizes only)")
         if self.class_embed_type == "simple_projection" and self.projection_class_embeddings_input_dim is None:
             raise CheckpointError(
-                f"{source}: class_embed_type='simple_projection' needs projection_class_embeddings_input_dim"
-            )
+                f"{source}: class_embed_type='simple_projection' needs projection_class_embeddings_input_dim")
         if self.class_embeddings_concat and self.class_embed_type is None:
             raise CheckpointError(f"{source}: class_embeddings_concat=true needs a class_embed_type "
                                   "(diffusers would fail at the first forward)")
-        _reject(source, "act_fn", self.act_fn, ("silu",))
-        _reject(source, "time_embedding_type", self.time_embedding_type, ("positional",))
-        _reject(source, "resnet_time_scale_shift", self.resnet_time_scale_shift, ("default",))
-        _reject(source, "use_linear_projection", self.use_linear_projection, (False,))
-        _reject(source, "only_cross_attention", self.only_cross_attention, (False,))
-        _reject(source, "upcast_attention", self.upcast_attention, (False,))
-        _reject(source, "dual_cross_attention", self.dual_cross_attention, (False,))
-        _reject(source, "conv_in_kernel", self.conv_in_kernel, (3,))
-        _reject(source, "conv_out_kernel", self.conv_out_kernel, (3,))
-        _reject(source, "addition_embed_type", self.addition_embed_type, (None,))
-        _reject(source, "encoder_hid_dim", self.encoder_hid_dim, (None,))
-        _reject(source, "time_cond_proj_dim", self.time_cond_proj_dim, (None,))
-        _reject(source, "time_embedding_dim", self.time_embedding_dim, (None,))
-        _reject(source, "time_embedding_act_fn", self.time_embedding_act_fn, (None,))
-        _reject(source, "timestep_post_act", self.timestep_post_act, (None,))
-        _reject(source, "num_class_embeds", self.num_class_embeds, (None,))
-        _reject(source, "attention_type", self.attention_type, ("default",))
-        _reject(source, "resnet_skip_time_act", self.resnet_skip_time_act, (False,))
-        _reject(source, "resnet_out_scale_factor", self.resnet_out_scale_factor, (1.0,))
-        _reject(source, "cross_attention_norm", self.cross_attention_norm, (None,))
-        _reject(source, "reverse_transformer_layers_per_block", self.reverse_transformer_layers_per_block, (None,))
-        _reject(source, "mid_block_scale_factor", self.mid_block_scale_factor, (1.0,))
-        if self.num_attention_heads is not None:
-            # diffusers itself refuses this for UNet2DConditionModel; so do we.
-            raise CheckpointError(f"{source}: num_attention_heads is not supported by UNet2DConditionModel")
-        for i, (c, h) in enumerate(zip(self.block_out_channels, self.heads)):
+        for i, (c, h, x) in enumerate(zip(self.block_out_channels, self.attention_head_dim, self.cross_attention_dim)):
+            if c % self.norm_num_groups:
+                raise CheckpointError(f"{source}: block_out_channels[{i}]={c} is not divisible by "
+                                      f"norm_num_groups={self.norm_num_groups}")
             if c % h:
-                raise CheckpointError(f"{source}: block_out_channels[{i}]={c} is not divisible by {h} heads")
-
-    @property
-    def heads(self) -> Tuple[int, ...]:
-        """Attention heads per block (diffusers: `num_attention_heads or attention_head_dim`)."""
-        return self.num_attention_heads or self.attention_head_dim
+                raise CheckpointError(f"{source}: block_out_channels[{i}]={c} is not divisible by {h} heads "
+                                      f"(attention_head_dim[{i}])")
+            n = len(self.block_out_channels)
+            has_attention = (self.down_block_types[i] == "CrossAttnDownBlock2D" or i == n - 1
+                             or self.up_block_types[n - 1 - i] == "CrossAttnUpBlock2D")
+            if x != c and has_attention:
+                # attn2 runs on the latent itself (the pipeline passes no text sequence), so its keys
+                # and values come from a width-c input: diffusers fails at the first forward.
+                raise CheckpointError(f"{source}: cross_attention_dim[{i}]={x} must equal block_out_channels[{i}]"
+                                      f"={c}: MusicLDM passes no encoder hidden states")
+        if self.sample_size is not None and self.sample_size < 1:
+            raise CheckpointError(f"{source}: sample_size={self.sample_size} must be positive")
 
     @property
     def time_embed_dim(self) -> int:
-        return self.block_out_channels[0] * 4
+        return self.time_embedding_dim or self.block_out_channels[0] * 4
 
     @property
     def resnet_temb_dim(self) -> int:
-        """Width of the embedding the ResNets see: the CLAP projection is concatenated, doubling it."""
+        """Width of the embedding the ResNets see: a concatenated CLAP projection doubles it."""
         return self.time_embed_dim * (2 if self.class_embeddings_concat else 1)
 
 
@@ -232,30 +278,29 @@ class UNetConfig(_Config):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class VAEConfig(_Config):
-    in_channels: int
-    out_channels: int
-    block_out_channels: Tuple[int, ...]
-    latent_channels: int
-    scaling_factor: float
+    in_channels: int = 3
+    out_channels: int = 3
     down_block_types: Tuple[str, ...] = ("DownEncoderBlock2D",)
     up_block_types: Tuple[str, ...] = ("UpDecoderBlock2D",)
+    block_out_channels: Tuple[int, ...] = (64,)
     layers_per_block: int = 1
+    latent_channels: int = 4
     norm_num_groups: int = 32
-    act_fn: str = "silu"
-    sample_size: Optional[int] = None
-    shift_factor: Optional[float] = None
+    scaling_factor: float = 0.18215
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
 
-    @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        for key in ("block_out_channels", "down_block_types", "up_block_types"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return data
+    FIXED = {"act_fn": ("silu",)}
+    INERT = {
+        "sample_size": "used only by diffusers' tiled decoding, which the pipeline does not enable",
+        "shift_factor": "not read by MusicLDMPipeline (nor by AutoencoderKL itself)",
+        "latents_mean": "not read by MusicLDMPipeline",
+        "latents_std": "not read by MusicLDMPipeline",
+        "force_upcast": "not read by MusicLDMPipeline",
+    }
 
     def _check(self, source: str) -> None:
         n = len(self.block_out_channels)
@@ -264,14 +309,15 @@ class VAEConfig(_Config):
             if len(types) != n:
                 raise CheckpointError(f"{source}: {key} has {len(types)} entries, block_out_channels {n}")
         for t in self.down_block_types:
-            _reject(source, "down_block_types[]", t, ("DownEncoderBlock2D",))
+            _one_of(source, "down_block_types[]", t, ("DownEncoderBlock2D",))
         for t in self.up_block_types:
-            _reject(source, "up_block_types[]", t, ("UpDecoderBlock2D",))
-        _reject(source, "act_fn", self.act_fn, ("silu",))
-        _reject(source, "shift_factor", self.shift_factor, (None, 0, 0.0))
-        _reject(source, "use_quant_conv", self.use_quant_conv, (True,))
-        _reject(source, "use_post_quant_conv", self.use_post_quant_conv, (True,))
-        _reject(source, "mid_block_add_attention", self.mid_block_add_attention, (True,))
+            _one_of(source, "up_block_types[]", t, ("UpDecoderBlock2D",))
+        if self.scaling_factor == 0:
+            raise CheckpointError(f"{source}: scaling_factor=0 (latents are divided by it)")
+        for i, c in enumerate(self.block_out_channels):
+            if c % self.norm_num_groups:
+                raise CheckpointError(f"{source}: block_out_channels[{i}]={c} is not divisible by "
+                                      f"norm_num_groups={self.norm_num_groups}")
 
     @property
     def scale_factor(self) -> int:
@@ -284,7 +330,7 @@ class VAEConfig(_Config):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class VocoderConfig(_Config):
     model_in_dim: int = 80
     sampling_rate: int = 16000
@@ -296,36 +342,33 @@ class VocoderConfig(_Config):
     leaky_relu_slope: float = 0.1
     normalize_before: bool = True
 
-    @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        for key in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes"):
-            if key in data:
-                data[key] = tuple(data[key])
-        if "resblock_dilation_sizes" in data:
-            data["resblock_dilation_sizes"] = tuple(tuple(d) for d in data["resblock_dilation_sizes"])
-        return data
+    INERT = {"initializer_range": "weight initialisation only"}
 
     def _check(self, source: str) -> None:
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
             raise CheckpointError(f"{source}: upsample_rates and upsample_kernel_sizes differ in length")
         if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
             raise CheckpointError(f"{source}: resblock_kernel_sizes and resblock_dilation_sizes differ in length")
+        if self.sampling_rate < 1:
+            raise CheckpointError(f"{source}: sampling_rate={self.sampling_rate} must be positive")
 
     @property
     def hop_length(self) -> int:
         """Waveform samples per mel frame (160 for the published vocoder)."""
-        n = 1
-        for r in self.upsample_rates:
-            n *= r
-        return n
+        return math.prod(self.upsample_rates)
 
 
 # --------------------------------------------------------------------------------------------
 # CLAP (transformers ClapModel: RoBERTa text tower + HTSAT audio tower)
 # --------------------------------------------------------------------------------------------
 
+ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh")  # see layers.ACTIVATIONS
 
-@dataclass(frozen=True, kw_only=True)
+# Keys every transformers PretrainedConfig carries; these few change what a text encoder computes.
+_PRETRAINED_FIXED = {"is_decoder": (False,), "add_cross_attention": (False,), "pruned_heads": ({},)}
+
+
+@dataclass(frozen=True)
 class ClapTextConfig(_Config):
     vocab_size: int = 50265
     hidden_size: int = 768
@@ -337,74 +380,113 @@ class ClapTextConfig(_Config):
     type_vocab_size: int = 1
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 1
-    position_embedding_type: str = "absolute"
-    projection_hidden_act: str = "relu"
+    # set from the top-level ClapConfig, which overrides the tower's own values (as transformers does)
     projection_dim: int = 512
+    projection_hidden_act: str = "relu"
+
+    FIXED = {"position_embedding_type": ("absolute",), **_PRETRAINED_FIXED}
+    INERT = {
+        "hidden_dropout_prob": "dropout is off at inference",
+        "attention_probs_dropout_prob": "dropout is off at inference",
+        "initializer_factor": "weight initialisation only",
+        "bos_token_id": "the tokenizer adds <s>; the model does not read it",
+        "eos_token_id": "the tokenizer adds </s>; the model does not read it",
+        "use_cache": "no decoding: there is nothing to cache",
+    }
 
     def _check(self, source: str) -> None:
-        _reject(source, "text_config.hidden_act", self.hidden_act, ("gelu",))
-        _reject(source, "text_config.position_embedding_type", self.position_embedding_type, ("absolute",))
-        _reject(source, "text_config.projection_hidden_act", self.projection_hidden_act, ("relu",))
+        _one_of(source, "hidden_act", self.hidden_act, ACTIVATIONS)
+        _one_of(source, "projection_hidden_act", self.projection_hidden_act, ACTIVATIONS)
+        if self.hidden_size % self.num_attention_heads:
+            raise CheckpointError(f"{source}: hidden_size={self.hidden_size} is not divisible by "
+                                  f"num_attention_heads={self.num_attention_heads}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ClapAudioConfig(_Config):
     window_size: int = 8
     num_mel_bins: int = 64
     spec_size: int = 256
-    patch_size: int = 4
-    patch_stride: Tuple[int, int] = (4, 4)
+    hidden_act: str = "gelu"
+    patch_size: Pair = (4, 4)
+    patch_stride: Pair = (4, 4)
     hidden_size: int = 768
     depths: Tuple[int, ...] = (2, 2, 6, 2)
     num_attention_heads: Tuple[int, ...] = (4, 8, 16, 32)
-    enable_fusion: bool = False
-    hidden_act: str = "gelu"
-    projection_dim: int = 512
-    flatten_patch_embeds: bool = True
+    patch_embed_input_channels: int = 1
     patch_embeds_hidden_size: int = 96
     enable_patch_layer_norm: bool = True
     qkv_bias: bool = True
     mlp_ratio: float = 4.0
-    patch_embed_input_channels: int = 1
     layer_norm_eps: float = 1e-5
+    projection_dim: int = 512  # from the top-level ClapConfig, as text_config's
     projection_hidden_act: str = "relu"
 
-    @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        for key in ("patch_stride", "depths", "num_attention_heads"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return data
+    # enable_fusion: the reference pipeline itself cannot rank with it (it passes no `is_longer`).
+    FIXED = {"enable_fusion": (False,), "flatten_patch_embeds": (True,), **_PRETRAINED_FIXED}
+    INERT = {
+        "hidden_dropout_prob": "dropout is off at inference",
+        "attention_probs_dropout_prob": "dropout is off at inference",
+        "drop_path_rate": "stochastic depth is off at inference",
+        "initializer_factor": "weight initialisation only",
+        "num_classes": "no classification head in ClapModel",
+        "num_hidden_layers": "the tower's depth comes from `depths`",
+        "fusion_type": "used only with enable_fusion, which is refused",
+        "aff_block_r": "used only with enable_fusion, which is refused",
+    }
 
     def _check(self, source: str) -> None:
-        _reject(source, "audio_config.enable_fusion", self.enable_fusion, (False,))
-        _reject(source, "audio_config.hidden_act", self.hidden_act, ("gelu",))
-        _reject(source, "audio_config.projection_hidden_act", self.projection_hidden_act, ("relu",))
-        _reject(source, "audio_config.flatten_patch_embeds", self.flatten_patch_embeds, (True,))
-        if self.patch_embeds_hidden_size * 2 ** (len(self.depths) - 1) != self.hidden_size:
+        _one_of(source, "hidden_act", self.hidden_act, ACTIVATIONS)
+        if len(self.depths) != len(self.num_attention_heads):
+            raise CheckpointError(f"{source}: depths and num_attention_heads differ in length")
+        width = self.patch_embeds_hidden_size * 2 ** (len(self.depths) - 1)
+        if width != self.hidden_size:
             raise CheckpointError(
-                f"{source}: audio_config.hidden_size={self.hidden_size} must equal patch_embeds_hidden_size "
-                f"* 2**(len(depths)-1) = {self.patch_embeds_hidden_size * 2 ** (len(self.depths) - 1)}"
-            )
+                f"{source}: hidden_size={self.hidden_size} must equal patch_embeds_hidden_size "
+                f"* 2**(len(depths)-1) = {width} (transformers fails at the projection otherwise)")
+        if self.spec_size < self.num_mel_bins:
+            raise CheckpointError(f"{source}: spec_size={self.spec_size} is smaller than "
+                                  f"num_mel_bins={self.num_mel_bins}")
+        rows, cols = self.grid
+        for i in range(len(self.depths)):
+            if min(rows // 2**i, cols // 2**i) < self.window_size:
+                # transformers shrinks the window there but keeps the bias table's size: it fails.
+                raise CheckpointError(
+                    f"{source}: stage {i} has a {rows // 2**i}x{cols // 2**i} patch grid, smaller "
+                    f"than window_size={self.window_size} (spec_size / patch_stride / 2**stage)")
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        """Patch grid (rows, columns) of the spec_size x spec_size image."""
+        return self.spec_size // self.patch_stride[0], self.spec_size // self.patch_stride[1]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ClapConfig(_Config):
-    text_config: ClapTextConfig = field(default_factory=ClapTextConfig)
-    audio_config: ClapAudioConfig = field(default_factory=ClapAudioConfig)
+    text_config: ClapTextConfig = dataclasses.field(default_factory=ClapTextConfig)
+    audio_config: ClapAudioConfig = dataclasses.field(default_factory=ClapAudioConfig)
     projection_dim: int = 512
-    hidden_size: int = 768
+
+    INERT = {
+        "logit_scale_init_value": "initialisation only: the scales are weights",
+        "initializer_factor": "weight initialisation only",
+        "projection_hidden_act": "copied into text_config and audio_config",
+        "hidden_size": "derived from text_config by transformers",
+    }
 
     @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        data["text_config"] = ClapTextConfig.from_hf(data.get("text_config") or {}, source)
-        data["audio_config"] = ClapAudioConfig.from_hf(data.get("audio_config") or {}, source)
-        return data
-
-    def _check(self, source: str) -> None:
-        for tower in ("text_config", "audio_config"):
-            if getattr(self, tower).projection_dim != self.projection_dim:
-                raise CheckpointError(f"{source}: {tower}.projection_dim differs from projection_dim")
+    def from_hf(cls, data: Mapping[str, Any], source: str = "<config>") -> "ClapConfig":
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(data).__name__}")
+        # transformers' ClapConfig overwrites both towers' projection settings with its own.
+        top = {k: data[k] for k in ("projection_dim", "projection_hidden_act") if k in data}
+        towers = {}
+        for tower, config_cls in (("text_config", ClapTextConfig), ("audio_config", ClapAudioConfig)):
+            sub = data.get(tower) or {}
+            if not isinstance(sub, Mapping):
+                raise CheckpointError(f"{source}: {tower} must be a JSON object")
+            towers[tower] = config_cls.from_hf({**sub, **top}, f"{source}: {tower}")
+        return cls(**towers, projection_dim=towers["text_config"].projection_dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,23 +494,30 @@ class ClapConfig(_Config):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class FeatureExtractorConfig(_Config):
     feature_size: int = 64
     sampling_rate: int = 48000
     hop_length: int = 480
     max_length_s: int = 10
     fft_window_size: int = 1024
-    padding_value: float = 0.0
     frequency_min: float = 0.0
     frequency_max: float = 14000.0
-    top_db: Optional[float] = None
     truncation: str = "fusion"
     padding: str = "repeatpad"
 
+    INERT = {
+        "padding_value": "ClapFeatureExtractor pads with zeros whatever this says",
+        "top_db": "stored but never applied by ClapFeatureExtractor",
+        "return_attention_mask": "no attention mask is used for audio",
+    }
+
     def _check(self, source: str) -> None:
-        _reject(source, "truncation", self.truncation, ("rand_trunc",))
-        _reject(source, "padding", self.padding, ("repeatpad", "repeat", "pad"))
+        _one_of(source, "truncation", self.truncation, ("rand_trunc", "fusion"))
+        _one_of(source, "padding", self.padding, ("repeatpad", "repeat", "pad"))
+        for key in ("sampling_rate", "hop_length", "max_length_s", "fft_window_size", "feature_size"):
+            if getattr(self, key) < 1:
+                raise CheckpointError(f"{source}: {key}={getattr(self, key)} must be positive")
 
     @property
     def nb_max_samples(self) -> int:
@@ -436,36 +525,114 @@ class FeatureExtractorConfig(_Config):
 
 
 # --------------------------------------------------------------------------------------------
-# Noise schedule (diffusers DDIMScheduler and its siblings built from the same config)
+# Samplers (diffusers schedulers; each class with its own defaults and keys)
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class SchedulerConfig(_Config):
+    """The values our samplers read. Which of them a class reads, and its defaults, are in
+    SCHEDULER_CLASSES: a class that lacks a key keeps the neutral value below."""
+
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     trained_betas: Optional[Tuple[float, ...]] = None
     prediction_type: str = "epsilon"
-    steps_offset: int = 0
     timestep_spacing: str = "leading"
-    clip_sample: bool = True
+    steps_offset: int = 0
+    clip_sample: bool = False
     clip_sample_range: float = 1.0
-    set_alpha_to_one: bool = True
-    skip_prk_steps: bool = False
-    thresholding: bool = False
-    rescale_betas_zero_snr: bool = False
-
-    @classmethod
-    def _normalise(cls, data: dict, source: str) -> dict:
-        if data.get("trained_betas") is not None:
-            data["trained_betas"] = tuple(data["trained_betas"])
-        return data
+    set_alpha_to_one: bool = False
+    skip_prk_steps: bool = True
+    use_karras_sigmas: bool = False
+    sigma_min: Optional[float] = None
+    sigma_max: Optional[float] = None
+    final_sigmas_type: str = "zero"
+    solver_order: int = 2
+    solver_type: str = "midpoint"
+    lower_order_final: bool = True
+    euler_at_final: bool = False
 
     def _check(self, source: str) -> None:
-        _reject(source, "beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
-        _reject(source, "prediction_type", self.prediction_type, ("epsilon", "v_prediction", "sample"))
-        _reject(source, "timestep_spacing", self.timestep_spacing, ("leading", "trailing", "linspace"))
-        _reject(source, "thresholding", self.thresholding, (False,))
-        _reject(source, "rescale_betas_zero_snr", self.rescale_betas_zero_snr, (False,))
+        _one_of(source, "beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
+        _one_of(source, "prediction_type", self.prediction_type, ("epsilon", "v_prediction", "sample"))
+        _one_of(source, "timestep_spacing", self.timestep_spacing, ("leading", "trailing", "linspace"))
+        _one_of(source, "final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
+        _one_of(source, "solver_order", self.solver_order, (1, 2))
+        _one_of(source, "solver_type", self.solver_type, ("midpoint", "heun"))
+        if self.num_train_timesteps < 1:
+            raise CheckpointError(f"{source}: num_train_timesteps={self.num_train_timesteps} must be positive")
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
+            raise CheckpointError(f"{source}: trained_betas has {len(self.trained_betas)} entries, "
+                                  f"num_train_timesteps is {self.num_train_timesteps}")
+
+
+_SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+                      "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
+_EXTRA_SIGMAS = {"use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)}
+_THRESHOLDING_INERT = {"dynamic_thresholding_ratio": "used only with thresholding, which is refused",
+                       "sample_max_value": "used only with thresholding, which is refused"}
+
+
+@dataclass(frozen=True)
+class SchedulerClass:
+    """One diffusers scheduler class: its defaults for the keys it reads, and its FIXED/INERT tables."""
+
+    defaults: Mapping[str, Any]
+    fixed: Mapping[str, tuple]
+    inert: Mapping[str, str]
+
+
+SCHEDULER_CLASSES: Dict[str, SchedulerClass] = {
+    "DDIMScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "clip_sample": True, "set_alpha_to_one": True, "clip_sample_range": 1.0,
+         "timestep_spacing": "leading"},
+        {"thresholding": (False,), "rescale_betas_zero_snr": (False,)}, _THRESHOLDING_INERT),
+    "PNDMScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "skip_prk_steps": False, "set_alpha_to_one": False, "timestep_spacing": "leading"},
+        {}, {}),
+    "LMSDiscreteScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "use_karras_sigmas": False, "timestep_spacing": "linspace"}, _EXTRA_SIGMAS, {}),
+    "EulerDiscreteScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "use_karras_sigmas": False, "sigma_min": None, "sigma_max": None,
+         "timestep_spacing": "linspace", "final_sigmas_type": "zero"},
+        {**_EXTRA_SIGMAS, "interpolation_type": ("linear",), "timestep_type": ("discrete",),
+         "rescale_betas_zero_snr": (False,)}, {}),
+    "EulerAncestralDiscreteScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "timestep_spacing": "linspace"}, {"rescale_betas_zero_snr": (False,)}, {}),
+    "HeunDiscreteScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "beta_start": 0.00085, "beta_end": 0.012, "use_karras_sigmas": False,
+         "clip_sample": False, "clip_sample_range": 1.0, "timestep_spacing": "linspace"}, _EXTRA_SIGMAS, {}),
+    "DPMSolverMultistepScheduler": SchedulerClass(
+        {**_SCHEDULE_DEFAULTS, "solver_order": 2, "solver_type": "midpoint", "lower_order_final": True,
+         "euler_at_final": False, "use_karras_sigmas": False, "final_sigmas_type": "zero",
+         "timestep_spacing": "linspace"},
+        {**_EXTRA_SIGMAS, "algorithm_type": ("dpmsolver++",), "thresholding": (False,), "use_lu_lambdas": (False,),
+         "use_flow_sigmas": (False,), "lambda_min_clipped": (-math.inf,), "variance_type": (None,),
+         "rescale_betas_zero_snr": (False,), "use_dynamic_shifting": (False,)},
+        {**_THRESHOLDING_INERT, "flow_shift": "used only with use_flow_sigmas, which is refused",
+         "time_shift_type": "used only with use_dynamic_shifting, which is refused"}),
+}
+
+
+def scheduler_config(class_name: str, data: Mapping[str, Any], source: str = "<config>") -> SchedulerConfig:
+    """diffusers' `Class.from_config(data)`: the keys `class_name` reads, its defaults for the rest.
+
+    Keys of other classes in `data` are ignored, as diffusers ignores them.
+    """
+    spec = SCHEDULER_CLASSES[class_name]
+    check_fixed(spec.fixed, data, source, f" by {class_name} here")
+    read = {k: data.get(k, default) for k, default in spec.defaults.items()}
+    if sum(bool(data.get(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+           if k in spec.defaults or k in spec.fixed) > 1:
+        raise CheckpointError(f"{source}: only one of use_karras_sigmas, use_exponential_sigmas and "
+                              "use_beta_sigmas can be set")
+    if class_name == "DPMSolverMultistepScheduler" and read["use_karras_sigmas"] and \
+            read["beta_schedule"] == "squaredcos_cap_v2":
+        # diffusers leaves these timesteps unrounded and truncates them, repeating the first: its step
+        # counter then runs one past the end and fails with an IndexError at the last step.
+        raise CheckpointError(f"{source}: use_karras_sigmas=true with beta_schedule='squaredcos_cap_v2' is not "
+                              "supported by DPMSolverMultistepScheduler (diffusers itself fails at the last step)")
+    return SchedulerConfig.from_hf(read, source)

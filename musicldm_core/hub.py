@@ -112,4 +112,13 @@ def check_folder(folder: Path) -> Path:
     absent = [f"{name}/{cfg}" for name, (cfg, _) in LAYOUT.items() if not (folder / name / cfg).is_file()]
     if absent:
         raise CheckpointError(f"{folder}: checkpoint folder is incomplete, missing {', '.join(absent)}")
+    unweighted = [name for name, (_, stem) in LAYOUT.items()
+                  if stem and not any((folder / name).glob(f"{stem}.safetensors*"))]
+    if unweighted:
+        pickles = [str(p.relative_to(folder)) for name in unweighted for p in sorted((folder / name).glob("*.bin"))]
+        found = f" (it has {', '.join(pickles)})" if pickles else ""
+        raise CheckpointError(
+            f"{folder}: no safetensors weights for {', '.join(unweighted)}{found}. musicldm_core loads safetensors "
+            "only, never pickle .bin files (nor downloads them); a checkpoint published as .bin only can be converted "
+            "once with `python -m weights_convert.to_safetensors FOLDER` on a downloaded copy")
     return folder

@@ -6,12 +6,25 @@ so published checkpoints load without renaming and any tensor can be diffed by n
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """transformers' NewGELUActivation (the tanh approximation, written out as there)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+# transformers' ACT2FN names used by CLAP configs -> the same functions
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu, "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
+}
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
@@ -55,29 +68,41 @@ class Attention(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-    """GroupNorm-SiLU-Conv twice, with an optional time-embedding bias and a 1x1 shortcut.
+    """GroupNorm-SiLU-Conv twice, with an optional time-embedding term and a 1x1 shortcut.
 
     x: (B, C_in, H, W); temb: (B, temb_dim), already passed through SiLU by the caller (the
     reference applies SiLU inside every block; doing it once per step is the same arithmetic).
+    The embedding is added after conv1 ("default"), or with scale_shift=True projected to a
+    (scale, shift) pair applied after norm2: h = norm2(h) * (1 + scale) + shift. The output is
+    (x + h) / output_scale.
     """
 
-    def __init__(self, cin: int, cout: int, temb_dim: Optional[int], groups: int, eps: float):
+    def __init__(self, cin: int, cout: int, temb_dim: Optional[int], groups: int, eps: float,
+                 scale_shift: bool = False, output_scale: float = 1.0):
         super().__init__()
+        self.scale_shift = scale_shift
+        self.output_scale = output_scale
         self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_dim, cout) if temb_dim else None
+        self.time_emb_proj = nn.Linear(temb_dim, cout * (2 if scale_shift else 1)) if temb_dim else None
         self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor, temb_act: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        if self.time_emb_proj is not None:
-            h = h + self.time_emb_proj(temb_act)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        if self.time_emb_proj is None:
+            h = self.norm2(h)
+        elif self.scale_shift:
+            scale, shift = self.time_emb_proj(temb_act)[:, :, None, None].chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + self.time_emb_proj(temb_act)[:, :, None, None])
+        h = self.conv2(F.silu(h))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return x + h
+        out = x + h
+        return out if self.output_scale == 1.0 else out / self.output_scale
 
 
 class Downsample2D(nn.Module):

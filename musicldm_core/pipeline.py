@@ -265,8 +265,10 @@ class MusicLDMPipeline:
             if negative_prompt_embeds is None:
                 n = cond.shape[0] // takes
                 negative = [""] * n if negative_prompt is None else (
-                    [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
-                negative_prompt_embeds = self.encode_prompt(negative, None, device)
+                    [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt))
+                # the reference truncates negative prompts at prompt_embeds.shape[1] tokens (the CLAP
+                # projection width, 512 as published), not at the tokenizer's model_max_length
+                negative_prompt_embeds = self.encode_prompt(negative, None, device, max_length=cond.shape[1])
             uncond = negative_prompt_embeds.to(device=device, dtype=self.dtype).repeat_interleave(takes, dim=0)
             cond = torch.cat([uncond, cond])
 
@@ -308,13 +310,16 @@ class MusicLDMPipeline:
         return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
 
     def encode_prompt(self, prompt: Union[str, List[str], None], embeds: Optional[torch.Tensor],
-                      device: torch.device) -> torch.Tensor:
-        """Prompts -> CLAP text features (B, 512) on `device` in the pipeline's dtype."""
+                      device: torch.device, max_length: Optional[int] = None) -> torch.Tensor:
+        """Prompts -> CLAP text features (B, 512) on `device` in the pipeline's dtype.
+
+        max_length: truncate at this many tokens instead of the tokenizer's model_max_length.
+        """
         if embeds is None:
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
             # The reference pads every prompt to 512 tokens; padding is masked out, so padding only to
             # the longest prompt gives the same vector (to float rounding, ~1e-7) at a fraction of the cost.
-            ids, mask = self.tokenizer(texts, pad_to_max_length=False)
+            ids, mask = self.tokenizer(texts, pad_to_max_length=False, max_length=max_length)
             clap = self._on_device("text_encoder")
             embeds = clap.text_features(ids.to(device), mask.to(device))
         return embeds.to(device=device, dtype=self.dtype)
@@ -349,6 +354,9 @@ class MusicLDMPipeline:
         """Validate every argument; return (seconds, mel frames) of the audio to generate."""
         hop_seconds = self.vocoder.config.hop_length / self.sampling_rate  # 160 / 16000 s per mel frame
         if audio_length_in_s is None:
+            if self.unet.config.sample_size is None:
+                raise ValueError("audio_length_in_s must be given: unet/config.json has no sample_size to take "
+                                 "the default length from")
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * hop_seconds
         check_number("audio_length_in_s", audio_length_in_s, minimum=0, strict=True)
         minimum = hop_seconds * self.vae_scale_factor

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -52,15 +52,15 @@ class ClapTokenizer:
                    else "<pad>")
 
     def __call__(self, texts: Sequence[str], *, pad_to_max_length: bool = True,
-                 truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 truncate: bool = True, max_length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, both (B, L) int64.
 
         pad_to_max_length: L = model_max_length (the pipeline's encoding); else the longest prompt
-        (the ranking's encoding). truncate: cut at model_max_length, `</s>` kept.
+        (the ranking's encoding). truncate: cut at max_length (default model_max_length), `</s>` kept.
         """
         tok = self.tokenizer
         if truncate:
-            tok.enable_truncation(self.model_max_length)
+            tok.enable_truncation(max_length or self.model_max_length)
         else:
             tok.no_truncation()
         tok.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,

@@ -44,18 +44,18 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: self-attention, a second self-attention (attn2), GEGLU feed-forward."""
+    """Pre-LayerNorm block: self-attention, a second self-attention (attn2), GEGLU feed-forward.
 
-    def __init__(self, dim: int, heads: int, cross_attention_dim: int):
+    attn2 is diffusers' cross-attention, but MusicLDM passes no text sequence, so it attends to
+    the latent itself (config.py refuses a cross_attention_dim other than the block width).
+    """
+
+    def __init__(self, dim: int, heads: int):
         super().__init__()
-        if cross_attention_dim != dim:
-            # attn2 runs on the latent itself (no text sequence), so its key width must be `dim`.
-            raise ValueError(f"cross_attention_dim={cross_attention_dim} must equal the block width {dim} "
-                             "because MusicLDM passes no encoder hidden states")
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, kv_dim=cross_attention_dim)
+        self.attn2 = Attention(dim, heads)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
@@ -66,24 +66,45 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer2D(nn.Module):
-    """GroupNorm, 1x1 conv in, transformer blocks over the H*W tokens, 1x1 conv out, residual."""
+    """GroupNorm, projection in, transformer blocks over the H*W tokens, projection out, residual.
 
-    def __init__(self, channels: int, heads: int, cross_attention_dim: int, layers: int, groups: int):
+    The projections are 1x1 convolutions on the (B, C, H, W) map, or with use_linear_projection
+    Linear layers on the (B, HW, C) tokens: the same map, with differently shaped weights.
+    """
+
+    def __init__(self, channels: int, heads: int, layers: int, groups: int, linear: bool):
         super().__init__()
+        self.linear = linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList(
-            [TransformerBlock(channels, heads, cross_attention_dim) for _ in range(layers)])
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.proj_in = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads) for _ in range(layers)])
+        self.proj_out = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = self.proj_in(self.norm(x))
+        h = self.norm(x)
+        if not self.linear:
+            h = self.proj_in(h)
         h = h.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, HW, C)
+        if self.linear:
+            h = self.proj_in(h)
         for block in self.transformer_blocks:
             h = block(h)
+        if self.linear:
+            h = self.proj_out(h)
         h = h.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
-        return self.proj_out(h) + x
+        return (h if self.linear else self.proj_out(h)) + x
+
+
+def _resnet(cfg: UNetConfig, cin: int, cout: int, output_scale: float = 1.0) -> ResnetBlock2D:
+    return ResnetBlock2D(cin, cout, cfg.resnet_temb_dim, cfg.norm_num_groups, cfg.norm_eps,
+                         cfg.resnet_time_scale_shift == "scale_shift", output_scale)
+
+
+def _transformer(cfg: UNetConfig, i: int) -> Transformer2D:
+    """The Transformer2D of down-side block i (up blocks read the same lists reversed)."""
+    return Transformer2D(cfg.block_out_channels[i], cfg.attention_head_dim[i], cfg.transformer_layers_per_block[i],
+                         cfg.norm_num_groups, cfg.use_linear_projection)
 
 
 class DownBlock(nn.Module):
@@ -91,13 +112,10 @@ class DownBlock(nn.Module):
 
     def __init__(self, cfg: UNetConfig, i: int, cin: int, attention: bool, downsample: bool):
         super().__init__()
-        cout, groups, eps, temb = cfg.block_out_channels[i], cfg.norm_num_groups, cfg.norm_eps, cfg.resnet_temb_dim
+        cout = cfg.block_out_channels[i]
         n = cfg.layers_per_block[i]
-        self.resnets = nn.ModuleList(
-            [ResnetBlock2D(cin if j == 0 else cout, cout, temb, groups, eps) for j in range(n)])
-        self.attentions = nn.ModuleList([
-            Transformer2D(cout, cfg.heads[i], cfg.cross_attention_dim[i], cfg.transformer_layers_per_block[i], groups)
-            for _ in range(n)]) if attention else None
+        self.resnets = nn.ModuleList([_resnet(cfg, cin if j == 0 else cout, cout) for j in range(n)])
+        self.attentions = nn.ModuleList([_transformer(cfg, i) for _ in range(n)]) if attention else None
         self.downsamplers = nn.ModuleList([Downsample2D(cout, cfg.downsample_padding)]) if downsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, List[torch.Tensor]]:
@@ -118,12 +136,9 @@ class MidBlock(nn.Module):
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
-        c, groups = cfg.block_out_channels[-1], cfg.norm_num_groups
-        self.resnets = nn.ModuleList(
-            [ResnetBlock2D(c, c, cfg.resnet_temb_dim, groups, cfg.norm_eps) for _ in range(2)])
-        self.attentions = nn.ModuleList(
-            [Transformer2D(c, cfg.heads[-1], cfg.cross_attention_dim[-1], cfg.transformer_layers_per_block[-1],
-                           groups)])
+        c = cfg.block_out_channels[-1]
+        self.resnets = nn.ModuleList([_resnet(cfg, c, c, cfg.mid_block_scale_factor) for _ in range(2)])
+        self.attentions = nn.ModuleList([_transformer(cfg, -1)])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
@@ -144,14 +159,9 @@ class UpBlock(nn.Module):
         prev = chans[min(rev + 1, len(chans) - 1)]  # width coming up from below
         skip_in = chans[max(rev - 1, 0)]  # width of the last skip this block consumes
         n = cfg.layers_per_block[rev] + 1
-        groups, eps, temb = cfg.norm_num_groups, cfg.norm_eps, cfg.resnet_temb_dim
         self.resnets = nn.ModuleList([
-            ResnetBlock2D((prev if j == 0 else cout) + (skip_in if j == n - 1 else cout), cout, temb, groups, eps)
-            for j in range(n)])
-        self.attentions = nn.ModuleList([
-            Transformer2D(cout, cfg.heads[rev], cfg.cross_attention_dim[rev],
-                          cfg.transformer_layers_per_block[rev], groups)
-            for _ in range(n)]) if attention else None
+            _resnet(cfg, (prev if j == 0 else cout) + (skip_in if j == n - 1 else cout), cout) for j in range(n)])
+        self.attentions = nn.ModuleList([_transformer(cfg, rev) for _ in range(n)]) if attention else None
         self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, skips: List[torch.Tensor],
@@ -184,7 +194,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = cfg
         c0 = cfg.block_out_channels[0]
-        self.conv_in = nn.Conv2d(cfg.in_channels, c0, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels, c0, cfg.conv_in_kernel, padding=cfg.conv_in_kernel // 2)
         self.time_embedding = TimestepEmbedding(c0, cfg.time_embed_dim)
         self.class_embedding = (nn.Linear(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim)
                                 if cfg.class_embed_type == "simple_projection" else None)
@@ -198,7 +208,7 @@ class UNet(nn.Module):
         self.up_blocks = nn.ModuleList(
             [UpBlock(cfg, i, kind == "CrossAttnUpBlock2D", i < n - 1) for i, kind in enumerate(cfg.up_block_types)])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
-        self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.conv_out_kernel, padding=cfg.conv_out_kernel // 2)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "UNet":
@@ -225,6 +235,8 @@ class UNet(nn.Module):
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], dtype=torch.float32 if isinstance(timestep, float) else torch.int64)
         temb = self.embed(timestep, class_labels, sample.shape[0])
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:

@@ -40,13 +40,18 @@ class SpatialSelfAttention(Attention):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int, groups: int):
+    """ResNet, self-attention (unless the config's mid_block_add_attention is false), ResNet."""
+
+    def __init__(self, channels: int, groups: int, attention: bool):
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)])
-        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)])
+        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)]) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resnets[1](self.attentions[0](self.resnets[0](x)))
+        x = self.resnets[0](x)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
+        return self.resnets[1](x)
 
 
 class EncoderBlock(nn.Module):
@@ -84,7 +89,7 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             [EncoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, i < n - 1) for i in range(n)])
-        self.mid_block = MidBlock(ch[-1], g)
+        self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=EPS)
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
@@ -103,7 +108,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch, g, n = tuple(reversed(cfg.block_out_channels)), cfg.norm_num_groups, len(cfg.block_out_channels)
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
-        self.mid_block = MidBlock(ch[0], g)
+        self.mid_block = MidBlock(ch[0], g, cfg.mid_block_add_attention)
         self.up_blocks = nn.ModuleList(
             [DecoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, i < n - 1) for i in range(n)])
         self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=EPS)
@@ -139,8 +144,10 @@ class AutoencoderKL(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
+        # 1x1 convolutions around the latent; configs may leave either out
+        c = cfg.latent_channels
+        self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1) if cfg.use_quant_conv else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(c, c, 1) if cfg.use_post_quant_conv else nn.Identity()
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "AutoencoderKL":

@@ -46,8 +46,9 @@ def weight_files(folder: Path, stem: str) -> List[Path]:
         if missing:
             raise CheckpointError(f"{index}: shard file(s) not found: {', '.join(missing)}")
         return [folder / s for s in shards]
-    others = sorted(p.name for p in folder.glob(f"{stem}.*")) if folder.is_dir() else []
-    hint = f" (found {', '.join(others)}: only safetensors is loaded, never pickle)" if others else ""
+    others = sorted(p.name for p in folder.glob("*.bin")) if folder.is_dir() else []
+    hint = (f" (found {', '.join(others)}: only safetensors is loaded, never pickle; convert once with "
+            f"`python -m weights_convert.to_safetensors {folder}`)") if others else ""
     raise CheckpointError(f"{single}: file not found, nor {index.name}{hint}")
 
 

@@ -6,11 +6,20 @@ MusicLDMPipeline assembled from the reference classes at the published configs
 with `save_pretrained(safe_serialization=True)` in the Hub folder layout. Both our loader and
 the reference load the same folder, so parity is measured on identical weights.
 
+Like the published files, the text encoder stores its two CLAP logit scales as float64 (its
+config says torch_dtype float64) and the VAE's scaling_factor is 1.0753 (not diffusers' 0.18215).
+
 Variants:
 - "full": the published shapes (~490 M parameters, ~2 GB on disk).
 - "tiny": the same block types at small widths, for the fast default suite.
+- "fasttest": diffusers' own MusicLDM fast-test components (tests/pipelines/musicldm/
+  test_musicldm.py: same configs, seeds and default init), except two files that test reads from
+  the Hub: its tokenizer is ours (vocabulary 1000, model_max_length 77 as there) and its feature
+  extractor is ClapFeatureExtractor(hop_length=7900) with the class defaults ("fusion").
 - hf_cache(): the full checkpoint laid out as a Hugging Face cache
-  (models--ucsd-reach--musicldm/snapshots/<rev>/..., refs/main) for Hub-id resolution offline.
+  (models--ucsd-reach--musicldm/snapshots/<rev>/..., refs/main) for Hub-id resolution offline,
+  with a pickle `.bin` twin beside every safetensors file as the Hub repo has: a trap whose
+  unpickling would create TRAP_MARKER, so a test can prove it is never opened.
 
 Cache: $MUSICLDM_FIXTURE_CACHE or ~/.cache/musicldm_core/fixtures, one folder per hash of the
 configs, seeds, this file's format version and the reference library versions.
@@ -26,8 +35,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-FORMAT_VERSION = 2  # bump when the way fixtures are built changes
-SCALING_FACTOR = 0.6  # anything but diffusers' default 0.18215: proves it is read from the config
+FORMAT_VERSION = 4  # bump when the way fixtures are built changes
+SCALING_FACTOR = 1.075324296951294  # the published value; not diffusers' default 0.18215
 
 PUBLISHED = {
     "unet": {
@@ -78,7 +87,36 @@ TINY["clap"] = {
     "audio_config": {"patch_embeds_hidden_size": 16, "hidden_size": 128, "depths": [1, 1, 2, 1],
                      "num_attention_heads": [1, 2, 4, 8]},
 }
-VARIANTS = {"full": PUBLISHED, "tiny": TINY}
+# diffusers' MusicLDMPipelineFastTests.get_dummy_components, as constructor arguments
+FASTTEST = {
+    "unet": {"block_out_channels": [32, 64], "layers_per_block": 2, "sample_size": 32, "in_channels": 4,
+             "out_channels": 4, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "cross_attention_dim": [32, 64],
+             "class_embed_type": "simple_projection", "projection_class_embeddings_input_dim": 32,
+             "class_embeddings_concat": True},
+    "scheduler": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
+                  "set_alpha_to_one": False},
+    "vae": {"block_out_channels": [32, 64], "in_channels": 1, "out_channels": 1,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "latent_channels": 4},
+    "clap": {
+        "projection_dim": 32,
+        "text_config": {"bos_token_id": 0, "eos_token_id": 2, "hidden_size": 16, "intermediate_size": 37,
+                        "layer_norm_eps": 1e-05, "num_attention_heads": 2, "num_hidden_layers": 2, "pad_token_id": 1,
+                        "vocab_size": 1000},
+        "audio_config": {"spec_size": 64, "window_size": 4, "num_mel_bins": 64, "intermediate_size": 37,
+                         "layer_norm_eps": 1e-05, "depths": [2, 2], "num_attention_heads": [2, 2],
+                         "num_hidden_layers": 2, "hidden_size": 192, "patch_size": 2, "patch_stride": 2,
+                         "patch_embed_input_channels": 4},
+    },
+    "vocoder": {"model_in_dim": 8, "sampling_rate": 16000, "upsample_initial_channel": 16, "upsample_rates": [2, 2],
+                "upsample_kernel_sizes": [4, 4], "resblock_kernel_sizes": [3, 7],
+                "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]], "normalize_before": False},
+    "feature_extractor": {"hop_length": 7900},
+    "tokenizer": {"vocab_size": 1000, "model_max_length": 77},
+}
+VARIANTS = {"full": PUBLISHED, "tiny": TINY, "fasttest": FASTTEST}
+TRAP_MARKER = "musicldm-bin-was-unpickled"
 SEED = 1234
 REPO_ID = "ucsd-reach/musicldm"
 
@@ -166,28 +204,65 @@ def _train_tokenizer(folder: Path, cfg: dict) -> None:
 def _build(variant: str, out: Path) -> None:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, MusicLDMPipeline, UNet2DConditionModel
-    from transformers import (ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTokenizerFast,
-                              SpeechT5HifiGan, SpeechT5HifiGanConfig)
+    from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
+                              RobertaTokenizerFast, SpeechT5HifiGan, SpeechT5HifiGanConfig)
 
     cfg = VARIANTS[variant]
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(**cfg["unet"])
-    vae = AutoencoderKL(**cfg["vae"])
-    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**cfg["vocoder"]))
-    clap = ClapModel(ClapConfig(**cfg["clap"]))
-    signal_preserving_init_(vocoder, SEED)
-    for i, m in enumerate((unet, vae, vocoder, clap)):
-        randomize_(m, SEED + i)
+    if variant == "fasttest":  # exactly diffusers' get_dummy_components: seed 0 before each, default init
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**cfg["unet"])
+        scheduler = DDIMScheduler(**cfg["scheduler"])
+        torch.manual_seed(0)
+        vae = AutoencoderKL(**cfg["vae"])
+        torch.manual_seed(0)
+        clap = ClapModel(ClapConfig.from_text_audio_configs(
+            text_config=ClapTextConfig(**cfg["clap"]["text_config"]),
+            audio_config=ClapAudioConfig(**cfg["clap"]["audio_config"]), projection_dim=cfg["clap"]["projection_dim"]))
+        torch.manual_seed(0)
+        vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**cfg["vocoder"]))
+    else:
+        torch.manual_seed(SEED)
+        unet = UNet2DConditionModel(**cfg["unet"])
+        vae = AutoencoderKL(**cfg["vae"])
+        vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**cfg["vocoder"]))
+        clap = ClapModel(ClapConfig(**cfg["clap"]))
+        signal_preserving_init_(vocoder, SEED)
+        for i, m in enumerate((unet, vae, vocoder, clap)):
+            randomize_(m, SEED + i)
+        scheduler = DDIMScheduler(**cfg["scheduler"])
+    # as published: the CLAP logit scales are stored in float64, and the config says so
+    with torch.no_grad():
+        clap.logit_scale_a.data = clap.logit_scale_a.data.double()
+        clap.logit_scale_t.data = clap.logit_scale_t.data.double()
+    clap.config.torch_dtype = torch.float64
     work = Path(tempfile.mkdtemp(dir=out.parent))
     _train_tokenizer(work, cfg["tokenizer"])
     tokenizer = RobertaTokenizerFast.from_pretrained(str(work / "tok"))
     pipe = MusicLDMPipeline(
         vae=vae, text_encoder=clap, tokenizer=tokenizer,
         feature_extractor=ClapFeatureExtractor(**cfg["feature_extractor"]),
-        unet=unet, scheduler=DDIMScheduler(**cfg["scheduler"]), vocoder=vocoder,
+        unet=unet, scheduler=scheduler, vocoder=vocoder,
     )
     pipe.save_pretrained(str(out), safe_serialization=True)
     shutil.rmtree(work)
+    # the published text_encoder/config.json was written by transformers 4.32: "torch_dtype", not "dtype"
+    config = out / "text_encoder" / "config.json"
+    data = json.loads(config.read_text())
+    data["torch_dtype"] = data.pop("dtype", None) or data.get("torch_dtype")
+    config.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+class _Trap:
+    """Unpickling this creates TRAP_MARKER in the temp folder: proof that a .bin was loaded."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(tempfile.gettempdir()) / TRAP_MARKER,))
+
+
+def _write_trap(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Trap()))
 
 
 def checkpoint(variant: str) -> Path:
@@ -231,6 +306,8 @@ def hf_cache() -> tuple[Path, str]:
             dst = snap / src.relative_to(full)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, dst)  # hard links: no second 2 GB copy
+            if src.suffix == ".safetensors":  # the published repo has a pickle twin of each
+                _write_trap(dst.with_suffix(".bin"))
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(rev)
     (root / ".complete").write_text(rev)

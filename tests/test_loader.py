@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 import shutil
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musicldm_core.config import UNetConfig, VAEConfig
+from reference_checkpoints import SCALING_FACTOR
 from musicldm_core.errors import CheckpointError
 from musicldm_core.hub import resolve
 from musicldm_core.unet import UNet
@@ -125,11 +128,13 @@ def test_all_problems_in_one_error(unet_dir):
     assert "'conv_out.weight'" in msg and "'bogus'" in msg and "'conv_in.bias'" in msg
 
 
-def test_config_missing_required_key(unet_dir):
+def test_config_missing_key_means_the_reference_default(unet_dir):
+    """A key missing from config.json means what it means to diffusers: its constructor default."""
     cfg = json.loads((unet_dir / "config.json").read_text())
-    del cfg["block_out_channels"]
+    del cfg["block_out_channels"]  # diffusers' default (320, 640, 1280, 1280) then fails the other keys
     (unet_dir / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"config.json: missing required key\(s\) 'block_out_channels'"):
+    with pytest.raises(CheckpointError, match=r"config.json: cross_attention_dim\[1\]=64 must equal "
+                                              r"block_out_channels\[1\]=640"):
         UNet.from_pretrained(unet_dir)
 
 
@@ -139,11 +144,11 @@ def test_config_not_json(unet_dir):
         UNet.from_pretrained(unet_dir)
 
 
-def test_config_unknown_keys_kept_and_ignored(tiny_ckpt):
+def test_config_unknown_keys_are_ignored(tiny_ckpt):
     data = json.loads((tiny_ckpt / "unet" / "config.json").read_text())
     cfg = UNetConfig.from_hf({**data, "some_future_option": 3})
-    assert cfg.extra["some_future_option"] == 3
-    assert cfg.heads == (4, 4, 4, 4)  # legacy attention_head_dim = number of heads
+    assert cfg == UNetConfig.from_hf(data)
+    assert cfg.attention_head_dim == (4, 4, 4, 4)  # legacy attention_head_dim = number of heads, per block
     assert cfg.resnet_temb_dim == 2 * 4 * 32  # CLAP projection concatenated to the time embedding
 
 
@@ -152,10 +157,9 @@ def test_config_rejects_unsupported_option(tiny_ckpt):
     with pytest.raises(CheckpointError, match=r"unet/config.json: class_embed_type='timestep' is not supported"):
         UNetConfig.from_hf({**data, "class_embed_type": "timestep"}, "unet/config.json")
     vae = json.loads((tiny_ckpt / "vae" / "config.json").read_text())
-    assert VAEConfig.from_hf(vae).scaling_factor == 0.6  # read from the file, not diffusers' 0.18215
+    assert VAEConfig.from_hf(vae).scaling_factor == SCALING_FACTOR  # read from the file, not diffusers' 0.18215
     del vae["scaling_factor"]
-    with pytest.raises(CheckpointError, match="missing required key.*'scaling_factor'"):
-        VAEConfig.from_hf(vae, "vae/config.json")
+    assert VAEConfig.from_hf(vae, "vae/config.json").scaling_factor == 0.18215  # absent: diffusers' default
 
 
 def test_folder_that_is_not_a_checkpoint(tmp_path):
@@ -196,3 +200,77 @@ def test_hub_id_resolves_from_cache_offline(hf_cache, monkeypatch):
 def test_revision_on_a_folder_is_an_error(tiny_ckpt):
     with pytest.raises(CheckpointError, match="revision='main' applies to Hub repo ids"):
         resolve(tiny_ckpt, revision="main")
+
+
+# --- the published files as they are ----------------------------------------------------------
+
+_OPENED: list = []
+
+
+def _record_bin_opens(event, args):
+    if event == "open" and args and str(args[0]).endswith(".bin"):
+        _OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_record_bin_opens)  # cannot be removed; it only records
+
+
+def test_text_encoder_float64_tensors_load(tiny_ckpt):
+    """The published text encoder stores float64 tensors (its config says so): the fixture does too."""
+    from safetensors import safe_open
+    from musicldm_core.clap import Clap
+
+    with safe_open(str(tiny_ckpt / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("logit_scale_t").get_dtype() == "F64"
+    assert json.loads((tiny_ckpt / "text_encoder" / "config.json").read_text())["torch_dtype"] == "float64"
+    clap = Clap.from_pretrained(tiny_ckpt / "text_encoder")
+    assert clap.logit_scale_text.dtype == torch.float32  # cast while read, like every weight
+    with safe_open(str(tiny_ckpt / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert clap.logit_scale_text.item() == pytest.approx(f.get_tensor("logit_scale_t").item(), rel=1e-7)
+
+
+def test_hub_pickle_twins_are_never_downloaded_or_opened(hf_cache, monkeypatch, tmp_path):
+    """The Hub repo has a .bin beside every safetensors file; the cache fixture too, each a trap
+    pickle. Loading the whole pipeline by repo id opens none of them."""
+    import fnmatch
+    import tempfile
+
+    from musicldm_core.hub import ALLOW_PATTERNS
+    from musicldm_core.pipeline import MusicLDMPipeline
+    from reference_checkpoints import TRAP_MARKER
+
+    cache, rev = hf_cache
+    snapshot = cache / "models--ucsd-reach--musicldm" / "snapshots" / rev
+    bins = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.bin"))
+    assert len(bins) == 4  # unet, vae, text_encoder, vocoder
+    assert not [b for b in bins if any(fnmatch.fnmatch(b, pattern) for pattern in ALLOW_PATTERNS)]
+    marker = Path(tempfile.gettempdir()) / TRAP_MARKER
+    marker.unlink(missing_ok=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    _OPENED.clear()
+    MusicLDMPipeline.from_pretrained("ucsd-reach/musicldm")
+    assert _OPENED == [] and not marker.exists()
+
+
+def test_pickle_only_weights_are_refused_with_a_way_out(tiny_ckpt, tmp_path):
+    """A folder whose UNet is published only as .bin: one clear line, then the converter fixes it."""
+    from musicldm_core.pipeline import MusicLDMPipeline
+    from weights_convert.to_safetensors import convert_folder
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, folder)
+    state = load_file(folder / "unet" / WEIGHTS)
+    torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
+    (folder / "unet" / WEIGHTS).unlink()
+    with pytest.raises(CheckpointError) as e:
+        MusicLDMPipeline.from_pretrained(folder)
+    message = str(e.value)
+    assert "\n" not in message and "no safetensors weights for unet" in message
+    assert "unet/diffusion_pytorch_model.bin" in message and "weights_convert.to_safetensors" in message
+    _OPENED.clear()
+    assert convert_folder(folder) == [folder / "unet" / WEIGHTS]
+    assert _OPENED == [str(folder / "unet" / "diffusion_pytorch_model.bin")]  # read once, by the converter
+    converted = load_file(folder / "unet" / WEIGHTS)
+    assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
+    MusicLDMPipeline.from_pretrained(folder)

@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..config import SchedulerConfig, read_json
+from ..config import SchedulerConfig, read_json, scheduler_config
 from ..errors import CheckpointError
 from . import ddim, dpmsolver, euler, heun, lms, pndm
 from .schedule import NoiseSchedule, check_steps
@@ -64,20 +64,28 @@ class Scheduler:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, name: Optional[str] = None) -> "Scheduler":
-        """`scheduler/scheduler_config.json`; `name` None = the class the checkpoint names."""
+        """`scheduler/scheduler_config.json`; `name` None = the class the checkpoint names.
+
+        A name builds what diffusers' `Class.from_config(checkpoint's config)` builds: the keys
+        that class reads, its own defaults for the rest. One exception: "pndm" is PLMS
+        (skip_prk_steps=True) unless the file says otherwise, as MusicLDM uses it.
+        """
         path = Path(folder) / "scheduler_config.json"
-        data = read_json(path)
-        if name is None:
+        return cls.from_config(read_json(path), name, str(path))
+
+    @classmethod
+    def from_config(cls, data: dict, name: Optional[str] = None, source: str = "scheduler_config.json") -> "Scheduler":
+        if name is None:  # the checkpoint's own class, exactly as diffusers builds it
             class_name = data.get("_class_name")
             if class_name not in CLASS_NAMES:
-                raise CheckpointError(f"{path}: _class_name={class_name!r} is not a supported scheduler "
-                                      f"({', '.join(CLASS_NAMES)})")
-            name = CLASS_NAMES[class_name]
+                raise CheckpointError(f"{source}: _class_name={class_name!r} is not a supported scheduler "
+                                      f"(musicldm_core supports {', '.join(CLASS_NAMES)})")
+            return cls(CLASS_NAMES[class_name], scheduler_config(class_name, data, source))
         get_sampler(name)
         if name == "pndm" and "skip_prk_steps" not in data:
-            # MusicLDM's PNDM is PLMS (skip_prk_steps=True); the published DDIM config has no such key.
             data = {**data, "skip_prk_steps": True}
-        return cls(name, SchedulerConfig.from_hf(data, str(path)))
+        class_name = {v: k for k, v in CLASS_NAMES.items()}[name]
+        return cls(name, scheduler_config(class_name, data, source))
 
     def sample(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int,
                **kwargs) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095): second-order multistep in log-SNR.
 
-Reference: diffusers 0.36.0 `DPMSolverMultistepScheduler` with its defaults (algorithm
-dpmsolver++, solver_order 2, midpoint, lower_order_final, final sigma 0). Legend:
+Reference: diffusers 0.36.0 `DPMSolverMultistepScheduler`, algorithm dpmsolver++, solver order 1
+or 2, solver_type midpoint or heun, lower_order_final / euler_at_final, final sigma 0 or
+sigma_min, optional Karras sigmas. Legend:
     alpha_t, sigma_t -> the VP scalings with x_t = alpha_t x_0 + sigma_t eps (from sigma = sigma_t / alpha_t)
     lambda_t         -> log(alpha_t / sigma_t), h = lambda_t - lambda_s0
     D0, D1           -> the x0 prediction and its first divided difference (eq. 18, "2M")
-The first step and the last (final sigma 0) are first-order (DDIM in x0 form). Timesteps use
-the solver's own spacing with N+1 points, as the reference; the update is computed in float32.
+The first step is first-order (DDIM in x0 form), and so is the last where the reference says so.
+Timesteps use the solver's own spacing with N+1 points, as the reference (Karras: the whole
+trained range); the update is computed in float32.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import Callback, Model, NoiseSchedule, check_steps, reports
+from .schedule import Callback, Model, NoiseSchedule, check_steps, karras_sigmas, reports, sigma_to_t
 
 ORDER = 1
 
@@ -39,15 +41,30 @@ def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha_t, sigma * alpha_t
 
 
+def _plan(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, torch.Tensor]:
+    """(int64 timesteps (N,), float32 sigmas (N+1,)) as the reference's set_timesteps."""
+    cfg = schedule.config
+    if cfg.use_karras_sigmas:  # the whole trained range, Karras-spaced; timesteps rounded back
+        table = schedule.sigma_table()
+        sigmas = karras_sigmas(float(table[0]), float(table[-1]), steps, cfg)
+        ts = np.array([sigma_to_t(sigma, np.log(table)) for sigma in sigmas]).round().astype(np.int64)
+    else:
+        ts = schedule.check(_timesteps(schedule, steps), steps)
+        sigmas = schedule.sigmas_at(ts)
+    if len(np.unique(sigmas)) != len(sigmas):  # a zero log-SNR step: diffusers divides by it and returns NaN
+        raise ValueError(f"num_inference_steps={steps} with timestep_spacing={cfg.timestep_spacing!r} repeats a "
+                         "timestep, which DPM-Solver++ cannot step over; use fewer steps or another spacing")
+    return ts, torch.from_numpy(np.concatenate([sigmas, [schedule.final_sigma()]]).astype(np.float32))
+
+
 def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
            generator: Generator = None, callback: Callback = None) -> torch.Tensor:
     cfg = schedule.config
     steps = check_steps(steps, cfg.num_train_timesteps)
-    ts = schedule.check(_timesteps(schedule, steps), steps)
-    if len(np.unique(ts)) != len(ts):  # a zero log-SNR step: diffusers divides by it and returns NaN
-        raise ValueError(f"num_inference_steps={steps} with timestep_spacing={cfg.timestep_spacing!r} repeats a "
-                         "timestep, which DPM-Solver++ cannot step over; use fewer steps or another spacing")
-    sigmas = schedule.sigmas_at(ts)
+    ts, sigmas = _plan(schedule, steps)
+    n = len(ts)
+    # the reference ends first-order at the last step in these cases
+    last_first_order = cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
     x0_history: list[torch.Tensor] = []
     for i, t in enumerate(torch.from_numpy(ts).to(x.device)):
         out = model(x, t)
@@ -66,17 +83,21 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
         lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
         h = lambda_t - lambda_s0
         x32 = x.to(torch.float32)
-        if i == 0 or i == len(ts) - 1:  # first order: the history is too short / final sigma is 0
+        if cfg.solver_order == 1 or i == 0 or (i == n - 1 and last_first_order):
             new = (sigma_t / sigma_s0) * x32 - (alpha_t * (torch.exp(-h) - 1.0)) * x0
-        else:  # 2M, midpoint form
+        else:  # 2M: D1 is the divided difference of the last two x0 predictions
             alpha_s1, sigma_s1 = _alpha_sigma(sigmas[i - 1])
             lambda_s1 = torch.log(alpha_s1) - torch.log(sigma_s1)
             r0 = (lambda_s0 - lambda_s1) / h
             m0, m1 = x0_history[-1], x0_history[-2]
             D0, D1 = m0, (1.0 / r0) * (m0 - m1)
-            new = ((sigma_t / sigma_s0) * x32 - (alpha_t * (torch.exp(-h) - 1.0)) * D0
-                   - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1)
+            if cfg.solver_type == "midpoint":
+                new = ((sigma_t / sigma_s0) * x32 - (alpha_t * (torch.exp(-h) - 1.0)) * D0
+                       - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1)
+            else:  # heun
+                new = ((sigma_t / sigma_s0) * x32 - (alpha_t * (torch.exp(-h) - 1.0)) * D0
+                       + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * D1)
         x = new.to(x0.dtype)
-        if callback is not None and reports(i, len(ts), steps, ORDER):
+        if callback is not None and reports(i, n, steps, ORDER):
             callback(i, t, x)
     return x

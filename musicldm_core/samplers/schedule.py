@@ -100,25 +100,64 @@ class NoiseSchedule:
         ts = self.spaced(steps)
         return self.check((ts.round() if self.config.timestep_spacing == "linspace" else ts).astype(np.int64), steps)
 
-    def sigma_timesteps(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(timesteps float32 (N,), sigmas float32 (N+1,) ending in 0) for LMS/Euler/Heun.
+    def sigma_table(self) -> np.ndarray:
+        """sigma_t = sqrt((1 - alpha-bar_t) / alpha-bar_t) for t = 0..T-1, float32 as the reference."""
+        return (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
 
-        sigma(t) = sqrt((1 - alpha-bar_t) / alpha-bar_t), linearly interpolated at fractional t.
+    def sigma_timesteps(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps float32 (N,), sigmas float32 (N+1,)) for LMS/Euler/Heun.
+
+        sigma(t) linearly interpolated at the spaced (possibly fractional) t; with
+        use_karras_sigmas, N sigmas spaced as Karras et al. (rho = 7) between the end points and
+        their timesteps found back by interpolating log sigma; then the final sigma.
         """
         ts = self.check(self.spaced(steps).astype(np.float32), steps)
-        return torch.from_numpy(ts), self.sigmas_at(ts)
+        table = self.sigma_table()
+        sigmas = np.interp(ts, np.arange(0, len(table)), table)
+        if self.config.use_karras_sigmas:
+            sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), steps, self.config)
+            ts = np.array([sigma_to_t(sigma, np.log(table)) for sigma in sigmas]).astype(np.float32)
+        return torch.from_numpy(ts), torch.from_numpy(np.concatenate([sigmas, [self.final_sigma()]]).astype(np.float32))
 
-    def sigmas_at(self, timesteps: np.ndarray) -> torch.Tensor:
-        """float32 sigmas (N+1,) at the given (possibly fractional) timesteps, then a final 0."""
-        table = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()  # float32, as the reference
-        sigmas = np.interp(timesteps, np.arange(0, len(table)), table)
-        return torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+    def sigmas_at(self, timesteps: np.ndarray) -> np.ndarray:
+        """float64 sigmas (N,) at the given (possibly fractional) timesteps, interpolated in the float32 table."""
+        table = self.sigma_table()
+        return np.interp(timesteps, np.arange(0, len(table)), table)
+
+    def final_sigma(self) -> float:
+        """The sigma a sampler ends at: 0, or sigma_0 with final_sigmas_type="sigma_min"."""
+        if self.config.final_sigmas_type == "sigma_min":
+            return float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        return 0.0
 
     def init_sigma(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Initial noise scale of the sigma samplers (diffusers' `init_noise_sigma`)."""
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return sigmas.max()
         return (sigmas.max() ** 2 + 1) ** 0.5
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, config: SchedulerConfig) -> np.ndarray:
+    """Karras et al. 2022 (eq. 5, rho = 7): `steps` sigmas from sigma_max down to sigma_min, float64.
+
+    The config's sigma_min / sigma_max (Euler's keys) replace the end points when set.
+    """
+    lo = config.sigma_min if config.sigma_min is not None else sigma_min
+    hi = config.sigma_max if config.sigma_max is not None else sigma_max
+    rho = 7.0
+    ramp = np.linspace(0, 1, steps)
+    return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The (fractional) timestep of a sigma: linear interpolation of log sigma in the table."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).reshape(np.shape(sigma))
 
 
 def predicted_x0_and_eps(config: SchedulerConfig, out: torch.Tensor, x: torch.Tensor,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+
 import pytest
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
@@ -17,9 +19,9 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        UNet2DConditionModel)
 
 from helpers import assert_detects, errors
-from musicldm_core.config import SchedulerConfig
+from musicldm_core.config import scheduler_config
 from musicldm_core.samplers import SAMPLERS, NoiseSchedule, Scheduler
-from musicldm_core.samplers.lms import lms_coefficient
+from musicldm_core.samplers.lms import gauss_kronrod_21, lms_coefficient
 from musicldm_core.unet import UNet
 
 PUBLISHED = {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear",
@@ -66,7 +68,7 @@ def our_run(name, cfg, steps, x, model, eta=0.0, seed=None):
         ts.append(float(t))
         return model(x_in, t)
 
-    SAMPLERS[name].sample(counted, x, NoiseSchedule(SchedulerConfig.from_hf(cfg)), steps, eta=eta,
+    SAMPLERS[name].sample(counted, x, NoiseSchedule(scheduler_config(REFERENCE[name].__name__, cfg)), steps, eta=eta,
                           generator=torch.Generator().manual_seed(seed) if seed is not None else None,
                           callback=lambda i, t, x: traj.append((i, x)))
     return ts, traj
@@ -103,10 +105,27 @@ def _variants(name):
         if v.get("prediction_type") == "sample" and name in ("pndm", "euler_ancestral"):
             continue  # diffusers does not implement these
         yield v
-    if name == "pndm":
-        yield {"skip_prk_steps": False}
-    if name in ("ddim", "heun"):
-        yield {"clip_sample": True, "prediction_type": "sample"}
+    yield from CLASS_VARIANTS.get(name, [])
+
+
+# Each class's own keys, at values that change the trajectory if ignored
+CLASS_VARIANTS = {
+    "ddim": [{"clip_sample": True, "prediction_type": "sample"},
+             {"clip_sample": True, "clip_sample_range": 0.3, "prediction_type": "sample"},
+             {"set_alpha_to_one": True, "steps_offset": 0}],
+    "pndm": [{"skip_prk_steps": False}, {"set_alpha_to_one": True, "steps_offset": 0}],
+    "heun": [{"clip_sample": True, "prediction_type": "sample"},
+             {"clip_sample": True, "clip_sample_range": 0.3, "prediction_type": "sample"},
+             {"use_karras_sigmas": True}, {"use_karras_sigmas": True, "timestep_spacing": "trailing"}],
+    "lms": [{"use_karras_sigmas": True}, {"use_karras_sigmas": True, "timestep_spacing": "linspace"}],
+    "euler": [{"use_karras_sigmas": True}, {"use_karras_sigmas": True, "sigma_min": 0.1, "sigma_max": 40.0},
+              {"final_sigmas_type": "sigma_min"}, {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}],
+    "dpmsolver++": [{"use_karras_sigmas": True},
+                    {"solver_order": 1}, {"solver_type": "heun"}, {"final_sigmas_type": "sigma_min"},
+                    {"final_sigmas_type": "sigma_min", "lower_order_final": False},
+                    {"final_sigmas_type": "sigma_min", "euler_at_final": True, "lower_order_final": False},
+                    {"timestep_spacing": "trailing", "solver_type": "heun", "use_karras_sigmas": True}],
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -176,21 +195,29 @@ def test_ancestral_noise_uses_the_generator():
     assert torch.equal(a[-1][1], b[-1][1]) and not torch.equal(a[-1][1], c[-1][1])
 
 
-def test_lms_coefficients_are_exact_without_scipy():
-    """Closed-form integration of the Lagrange basis equals adaptive quadrature (as the reference uses)."""
+def test_lms_coefficients_equal_the_references_quadrature():
+    """Our float32 Gauss-Kronrod pass equals scipy.integrate.quad over the reference's float32 integrand."""
     from scipy import integrate
 
-    sigmas = [14.6, 9.1, 5.3, 2.9, 1.4, 0.0]
-    for k in range(3, 5):
-        for j in range(4):
-            def basis(tau):
-                prod = 1.0
-                for m in range(4):
-                    if m != j:
-                        prod *= (tau - sigmas[k - m]) / (sigmas[k - j] - sigmas[k - m])
-                return prod
-            expected = integrate.quad(basis, sigmas[k], sigmas[k + 1], epsrel=1e-12)[0]
-            assert lms_coefficient(sigmas, 4, k, j) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    for sigmas in ([14.6, 9.1, 5.3, 2.9, 1.4, 0.0], [0.0412, 0.0406, 0.0401, 0.0397, 0.0393, 0.0]):
+        table = torch.tensor(sigmas, dtype=torch.float32)  # the reference's sigmas are float32 tensors
+        for k in range(3, 5):
+            for j in range(4):
+                def basis(tau):
+                    prod = 1.0
+                    for m in range(4):
+                        if m != j:
+                            prod *= (tau - table[k - m]) / (table[k - j] - table[k - m])
+                    return prod
+                expected = integrate.quad(basis, table[k], table[k + 1], epsrel=1e-4)[0]
+                assert lms_coefficient(table.double().tolist(), 4, k, j) == expected
+
+
+def test_gauss_kronrod_is_exact_for_polynomials():
+    rng = np.random.RandomState(0)
+    for degree in (3, 17, 31):
+        p = np.polynomial.Polynomial(rng.randn(degree + 1))
+        assert gauss_kronrod_21(p, -0.3, 0.7) == pytest.approx(p.integ()(0.7) - p.integ()(-0.3), rel=1e-13, abs=1e-14)
 
 
 @pytest.mark.parametrize("steps", [0, -3, 2.5, True, 1001, "10"])
@@ -198,7 +225,7 @@ def test_bad_step_counts(steps):
     x = torch.zeros(1, 8, 2, 2)
     for name in SAMPLERS:
         with pytest.raises(ValueError, match="num_inference_steps"):
-            SAMPLERS[name].sample(stand_in, x, NoiseSchedule(SchedulerConfig.from_hf(PUBLISHED)), steps)
+            SAMPLERS[name].sample(stand_in, x, NoiseSchedule(scheduler_config(REFERENCE[name].__name__, PUBLISHED)), steps)
 
 
 def test_scheduler_from_checkpoint(tiny_ckpt):
