@@ -106,3 +106,39 @@ def test_hub_id_from_the_cache_offline(hf_cache, tmp_path):
     assert sf.read(tmp_path / "a.wav")[0].shape == (640,)
     r = musicldm("calm piano", "-o", tmp_path / "b.wav", "--weights", "someone/else", env=env)
     assert r.returncode == 1 and "not available: HF_HUB_OFFLINE=1 is set" in r.stderr
+
+
+def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
+    """The command's arguments, as the pipeline receives them (a silently dropped --negative shows)."""
+    import torch
+
+    from musicldm_core.pipeline import MusicLDMPipeline
+
+    seen = {}
+    real = MusicLDMPipeline.from_pretrained
+
+    def load(source, **kw):
+        seen["load"] = dict(kw, source=source)
+        pipe = real(source, **kw)
+        call = pipe.__call__
+
+        class Recording:
+            sampling_rate = pipe.sampling_rate
+
+            def __call__(self, prompt, **kw):
+                seen["call"] = dict(kw, prompt=prompt)
+                return call(prompt, **kw)
+
+        return Recording()
+
+    monkeypatch.setattr(MusicLDMPipeline, "from_pretrained", staticmethod(load))
+    assert cli.main(["jazz", "-o", str(tmp_path / "a.wav"), "--negative", "noise", "--seconds", "0.5", "--steps",
+                     "3", "--guidance", "3.5", "--seed", "9", "--takes", "2", "--sampler", "heun", "--weights",
+                     str(tiny_ckpt), "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    call, load_kw = seen["call"], seen["load"]
+    assert call["prompt"] == "jazz" and call["negative_prompt"] == "noise"
+    assert call["audio_length_in_s"] == 0.5 and call["num_inference_steps"] == 3 and call["guidance_scale"] == 3.5
+    assert call["num_waveforms_per_prompt"] == 2
+    assert call["generator"].initial_seed() == 9
+    assert load_kw["source"] == str(tiny_ckpt) and load_kw["scheduler"] == "heun"
+    assert str(load_kw["device"]) == "cpu" and load_kw["dtype"] == "bfloat16"

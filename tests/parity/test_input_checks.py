@@ -113,3 +113,39 @@ def test_no_sample_size_needs_a_length(tiny_ckpt, tmp_path):
     with pytest.raises(ValueError, match="audio_length_in_s must be given: unet/config.json has no sample_size"):
         pipe("a", num_inference_steps=2)
     assert pipe("a", num_inference_steps=2, audio_length_in_s=0.04).audios.shape == (1, 640)
+
+
+@pytest.mark.parametrize("guidance, batch", [(1.0, 1), (0.5, 1), (1.01, 2)])
+def test_guidance_runs_the_unet_as_the_reference(ours, guidance, batch, monkeypatch):
+    """diffusers guides only when guidance_scale > 1: at 1.0 one UNet row per take, not two."""
+    calls = []
+    forward = ours.unet.forward
+    monkeypatch.setattr(ours.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    ours("a", num_inference_steps=2, audio_length_in_s=0.08, guidance_scale=guidance)
+    assert calls == [batch, batch]
+
+
+SAMPLER_CLASSES = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+                   "euler": "EulerDiscreteScheduler", "euler_ancestral": "EulerAncestralDiscreteScheduler",
+                   "heun": "HeunDiscreteScheduler", "dpmsolver++": "DPMSolverMultistepScheduler"}
+
+
+@pytest.mark.parametrize("name", list(SAMPLER_CLASSES))
+def test_callbacks_and_audio_for_every_sampler(reference, tiny_ckpt, name):
+    """The callback's (step index, timestep) pairs and the audio, against diffusers, sampler by sampler
+    (Heun's two evaluations per step report i // order, as the reference's loop does)."""
+    import diffusers
+
+    base = dict(reference.scheduler.config) if not hasattr(reference, "_base") else reference._base
+    reference._base = base
+    extra = {"skip_prk_steps": True} if name == "pndm" else {}
+    reference.scheduler = getattr(diffusers, SAMPLER_CLASSES[name]).from_config(base, **extra)
+    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler=name)
+    calls_ref, calls = [], []
+    kw = dict(prompt="a", num_inference_steps=4, audio_length_in_s=0.2, guidance_scale=2.0, callback_steps=1)
+    a = reference(**kw, generator=torch.Generator().manual_seed(2),
+                  callback=lambda i, t, x: calls_ref.append((i, float(t)))).audios
+    b = pipe(**kw, generator=torch.Generator().manual_seed(2), callback=lambda i, t, x: calls.append((i, float(t)))).audios
+    reference.scheduler = diffusers.DDIMScheduler.from_config(base)
+    assert calls == calls_ref
+    assert_close(b, a, 1e-4, f"pipeline {name}, 4 steps")

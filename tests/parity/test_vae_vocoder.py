@@ -140,3 +140,25 @@ def test_cuda(full_ckpt, dtype, rtol):
         out = voc(m.to(dtype)).float()
         assert torch.isfinite(out).all() and out.abs().max() > 0
         assert_close(out, ref_voc(m), rtol, f"vocoder cuda {dtype} (reference in fp32)")
+
+
+def test_tiled_cross_fade_is_symmetric(tiny_ckpt):
+    """With a stand-in decoder that paints each tile one constant (its mean), the overlap is a pure
+    cross-fade between two constants: a symmetric linear ramp puts out[k] + out[ramp-1-k] = m1 + m2."""
+    vae = AutoencoderKL.from_pretrained(tiny_ckpt / "vae")
+
+    class TileMean(torch.nn.Module):
+        def forward(self, z):
+            B, _, T, F = z.shape
+            return z.mean(dim=(1, 2, 3), keepdim=True).expand(B, 1, T * 4, F * 4)
+
+    vae.decoder, vae.post_quant_conv = TileMean(), torch.nn.Identity()
+    z = _latents(40, seed=5)
+    tile, overlap = 16, 6
+    with torch.no_grad():
+        out = vae.decode(z, tile_frames=tile, tile_overlap=overlap)[0, 0, :, 0].double()
+    stride, ramp = tile - overlap, overlap * 4
+    m1, m2 = z[:, :, :tile].mean().double(), z[:, :, stride:stride + tile].mean().double()
+    seam = out[stride * 4:stride * 4 + ramp]
+    assert torch.allclose(seam + seam.flip(0), (m1 + m2).expand(ramp), rtol=0, atol=1e-6)
+    assert torch.allclose(out[:stride * 4], m1.expand(stride * 4), atol=1e-6)  # before the seam: tile 1 only
