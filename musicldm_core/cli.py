@@ -1,13 +1,16 @@
 """`musicldm "techno with a fast beat" -o techno.wav`: text to a 16 kHz WAV file.
 
-Errors print as one line and exit non-zero (with --debug: the traceback). Files are written to a
-temporary name in the target folder and renamed, so a failure never leaves a partial file.
+Errors print as one line and exit non-zero (with --debug: the traceback); everything that can be
+checked without the model (arguments, every output path) is checked before loading it. Files are
+written to temporary names in the target folder and renamed, all takes or none, so a failure never
+leaves a partial file or a partial set.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -59,39 +62,86 @@ def output_paths(output: str, takes: int) -> List[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, takes + 1)]
 
 
-def write_wav(path: Path, audio, rate: int) -> None:
-    """Write atomically: a temporary file in the same folder, renamed over the target."""
+def check_outputs(paths: List[Path]) -> None:
+    """Every target usable before any work: its folder exists and is writable, it is not a folder,
+    and its name fits the file system. Errors name the user's path."""
+    folder = paths[0].parent
+    if not folder.is_dir():
+        raise ValueError(f"--output: folder {str(folder)!r} does not exist")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for path in paths:
+        try:
+            size = len(os.fsencode(path.name))
+        except UnicodeError:
+            raise ValueError(f"--output: the file system cannot encode the name {path.name!r}") from None
+        if size > limit:
+            raise ValueError(f"--output: the name {path.name[:40]!r}... is {size} bytes, longer than the "
+                             f"{limit} this file system allows")
+        if path.is_dir():
+            raise ValueError(f"--output: {str(path)!r} is a folder; give a .wav file name")
+    try:  # a probe where the files will go: a read-only folder fails now, not after generating
+        os.unlink(_temp_file(folder))
+    except OSError as e:
+        raise ValueError(f"--output: cannot write in {str(folder)!r} ({e.strerror})") from None
+
+
+def _temp_file(folder: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=".musicldm-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def write_wavs(paths: List[Path], audios, rate: int) -> None:
+    """Write all files or none: each to a temporary file in its folder, then all renamed into place.
+
+    If anything fails, the temporary files and any target already renamed are removed.
+    """
     import soundfile as sf
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    temps: List[str] = []
+    done: List[Path] = []
+    path = paths[0]
     try:
-        sf.write(tmp, audio, rate, subtype="FLOAT", format="WAV")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for path, audio in zip(paths, audios):
+            temps.append(_temp_file(path.parent))
+            sf.write(temps[-1], audio, rate, subtype="FLOAT", format="WAV")
+            os.chmod(temps[-1], 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException as e:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        for path in done:
+            path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ValueError(f"--output: cannot write {str(path)!r} ({e.strerror or e})") from None
         raise
 
 
 def run(args: argparse.Namespace) -> List[Path]:
     import torch
 
-    from .pipeline import MusicLDMPipeline, check_int, check_number, check_prompt, parse_device
+    from .pipeline import MusicLDMPipeline, check_int, check_number, check_prompt, check_text, parse_device
 
     # What can be checked without the checkpoint is checked before loading it.
     check_prompt(args.prompt)
+    if args.negative is not None:
+        check_text("--negative", args.negative)
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise ValueError(f"--seed must be between 0 and {2**64 - 1}, got {args.seed}")
     if args.seconds is not None:
         check_number("--seconds", args.seconds, minimum=0, strict=True)
     check_int("--steps", args.steps, minimum=1)
     check_number("--guidance", args.guidance, minimum=0)
     check_int("--takes", args.takes, minimum=1)
     paths = output_paths(args.output, args.takes)
-    folder = paths[0].parent
-    if not folder.is_dir():
-        raise ValueError(f"--output: folder {str(folder)!r} does not exist")
+    check_outputs(paths)
     device = parse_device(args.device or default_device())
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype,
@@ -104,8 +154,7 @@ def run(args: argparse.Namespace) -> List[Path]:
         out = pipe(args.prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
                    guidance_scale=args.guidance, negative_prompt=args.negative,
                    num_waveforms_per_prompt=args.takes, generator=generator, progress=bar.update)
-    for path, audio in zip(paths, out.audios):
-        write_wav(path, audio, pipe.sampling_rate)
+    write_wavs(paths, out.audios, pipe.sampling_rate)
     return paths
 
 
@@ -114,6 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         for path in run(args):
             print(path)
+        # done: a Ctrl-C from here on (during shutdown) must not print a traceback over a finished run
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:
         print("musicldm: interrupted", file=sys.stderr)
         return 130

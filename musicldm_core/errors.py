@@ -6,3 +6,7 @@ class CheckpointError(ValueError):
 
     The message always names the file (and the key or shape where one is at fault).
     """
+
+
+class NonFiniteError(RuntimeError):
+    """A stage of generation produced NaN or infinite values (half-precision overflow, a damaged weight)."""

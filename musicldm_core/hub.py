@@ -56,6 +56,9 @@ def resolve(source: str | os.PathLike = DEFAULT_REPO, revision: Optional[str] = 
     HF_HUB_OFFLINE=1), limited to ALLOW_PATTERNS. HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE are read
     when this is called, not when the module was imported.
     """
+    if not isinstance(source, (str, os.PathLike)):
+        raise CheckpointError(f"source: expected a checkpoint folder or a Hub repo id such as 'ucsd-reach/musicldm', "
+                              f"got {source!r}")
     text = os.fspath(source)
     if not text.strip():
         raise CheckpointError("source: empty; give a checkpoint folder or a Hub repo id such as 'ucsd-reach/musicldm'")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -26,6 +27,7 @@ import torch
 from .clap import Clap
 from .clap_audio import LogMel, resample
 from .config import FeatureExtractorConfig
+from .errors import NonFiniteError
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
 from .samplers import Scheduler, get_sampler
@@ -72,11 +74,11 @@ def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     raise ValueError(f"dtype: {dtype!r} is not supported (use float32, float16 or bfloat16)")
 
 
-def check_number(name: str, value, *, minimum: float, strict: bool = False) -> float:
-    """A finite real number >= minimum (> minimum when strict), else a ValueError naming it."""
+def check_number(name: str, value, *, minimum: float, strict: bool = False, maximum: Optional[float] = None) -> float:
+    """A finite real number >= minimum (> minimum when strict, <= maximum if given), else a ValueError naming it."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
-        bound = f"{'>' if strict else '>='} {minimum}"
+    if not ok or value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
+        bound = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
@@ -98,9 +100,76 @@ def check_prompt(prompt) -> int:
         raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
     texts = [prompt] if isinstance(prompt, str) else prompt
     for i, p in enumerate(texts):
+        name = "prompt" if isinstance(prompt, str) else f"prompt[{i}]"
         if not p.strip():
-            raise ValueError(f"prompt{'' if isinstance(prompt, str) else f'[{i}]'} is empty or only whitespace")
+            raise ValueError(f"{name} is empty or only whitespace")
+        check_text(name, p)
     return len(texts)
+
+
+def check_text(name: str, text: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (bytes that were not UTF-8, e.g. an argument typed
+    in a shell with another locale) is refused rather than silently replaced."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode at character {e.start} ({text[e.start:e.end]!r}): "
+                         "was it typed in a non-UTF-8 locale? Re-encode it as UTF-8") from None
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes free for new tensors on `device` (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def estimate_memory(pipe: "MusicLDMPipeline", takes: int, height: int, guided: bool,
+                    vae_slicing: bool) -> tuple[int, str]:
+    """(bytes, stage): activations of the stage that needs most, plus latents and waveforms.
+
+    UNet: every resolution level holds its skip connections and a few temporaries (2L + 4 maps of
+    C x T x F per row, twice the rows with guidance). VAE decoder: about four maps per level at
+    the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
+    the residual branches. Counted in float32 (the widest the models compute in).
+    """
+    u, v, h = pipe.unet.config, pipe.vae.config, pipe.vocoder.config
+    f, bins = pipe.vae_scale_factor, h.model_in_dim
+    rows = takes * (2 if guided else 1)
+    unet = sum(c * (height // f >> i) * (bins // f >> i) * (2 * n + 4)
+               for i, (c, n) in enumerate(zip(u.block_out_channels, u.layers_per_block))) * rows
+    chans = list(reversed(v.block_out_channels))
+    vae = sum(c * (height >> (len(chans) - 1 - i)) * (bins >> (len(chans) - 1 - i)) * 4
+              for i, c in enumerate(chans)) * (1 if vae_slicing else takes)
+    frames, vocoder = height, 0
+    for i, rate in enumerate(h.upsample_rates):
+        frames *= rate
+        vocoder = max(vocoder, (h.upsample_initial_channel >> (i + 1)) * frames * (len(h.resblock_kernel_sizes) + 3))
+    vocoder *= takes
+    stages = {"UNet": unet, "VAE decoder": vae, "vocoder": vocoder}
+    stage = max(stages, key=stages.get)
+    waves = takes * height * h.hop_length * 8  # the waveforms, and their 3x resampled copy when ranking
+    return 4 * (stages[stage] + waves + rows * u.in_channels * (height // f) * (bins // f)), stage
+
+
+def check_finite(x: torch.Tensor, what: str, component: str) -> None:
+    """NaN or inf never leaves silently: name the stage and the likely causes."""
+    if not torch.isfinite(x).all():
+        cause = (f"{x.dtype} overflowed (try float32)" if x.dtype in (torch.float16, torch.bfloat16)
+                 else f"a damaged (NaN or infinite) weight in {component}/ is the likely cause")
+        raise NonFiniteError(f"{what} contain NaN or infinite values: {cause}")
 
 
 class MusicLDMPipeline:
@@ -255,7 +324,7 @@ class MusicLDMPipeline:
         seconds, height = self.check_inputs(
             prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
             num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-            callback_steps, cross_attention_kwargs, output_type, crop)
+            callback_steps, cross_attention_kwargs, output_type, crop, callback, progress)
         device, takes = self.device, num_waveforms_per_prompt
         guided = guidance_scale > 1.0
 
@@ -296,12 +365,15 @@ class MusicLDMPipeline:
 
         z = self.scheduler.sample(predict, noise, num_inference_steps, eta=eta, generator=generator,
                                   callback=on_step)
+        check_finite(z, "the denoised latents", "unet")
         if output_type == "latent":
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
         mel = self._on_device("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=self.vae_slicing)
+        check_finite(mel, "the decoded mel spectrogram", "vae")
         audio = self._on_device("vocoder")(mel.squeeze(1)).cpu().float()
+        check_finite(audio, "the waveform", "vocoder")
         audio = audio[:, :int(seconds * self.sampling_rate)]
         if takes > 1 and prompt is not None:
             audio = self.rank(prompt, audio, takes, rank_within_prompt, crop)
@@ -350,7 +422,8 @@ class MusicLDMPipeline:
 
     def check_inputs(self, prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
                      num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-                     callback_steps, cross_attention_kwargs, output_type, crop) -> tuple[float, int]:
+                     callback_steps, cross_attention_kwargs, output_type, crop, callback=None,
+                     progress=None) -> tuple[float, int]:
         """Validate every argument; return (seconds, mel frames) of the audio to generate."""
         hop_seconds = self.vocoder.config.hop_length / self.sampling_rate  # 160 / 16000 s per mel frame
         if audio_length_in_s is None:
@@ -373,12 +446,18 @@ class MusicLDMPipeline:
         self.scheduler.validate(num_inference_steps)
         check_number("guidance_scale", guidance_scale, minimum=0)
         check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, minimum=1)
-        check_number("eta", eta, minimum=0)
+        check_number("eta", eta, minimum=0, maximum=1)  # DDIM's variance goes negative past 1: NaN audio
         check_int("callback_steps", callback_steps, minimum=1)
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be a function (i, t, latents) or None, got {type(callback).__name__}")
+        if progress is not None and not callable(progress):
+            raise ValueError(f"progress must be a function or None, got {type(progress).__name__}")
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         if crop not in ("random", "start", "center"):
             raise ValueError(f"crop must be 'random', 'start' or 'center', got {crop!r}")
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise ValueError(f"cross_attention_kwargs must be a dict or None, got {cross_attention_kwargs!r}")
         if cross_attention_kwargs is not None:
             # diffusers reads only "scale", and only to weight LoRA layers; with no LoRA it changes nothing.
             unknown = set(cross_attention_kwargs) - {"scale"}
@@ -398,6 +477,10 @@ class MusicLDMPipeline:
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("give either negative_prompt or negative_prompt_embeds, not both")
         if negative_prompt is not None:
+            for i, p in enumerate([negative_prompt] if isinstance(negative_prompt, str) else
+                                  negative_prompt if isinstance(negative_prompt, list) else []):
+                if isinstance(p, str):
+                    check_text("negative_prompt" if isinstance(negative_prompt, str) else f"negative_prompt[{i}]", p)
             if prompt is not None and type(prompt) is not type(negative_prompt):
                 raise TypeError(f"negative_prompt must have the same type as prompt ({type(prompt).__name__}), "
                                 f"got {type(negative_prompt).__name__}")
@@ -440,13 +523,32 @@ class MusicLDMPipeline:
                 raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
             if not torch.isfinite(latents).all():
                 raise ValueError("latents contains NaN or infinite values")
+        self.check_memory(total, height, guidance_scale > 1.0, audio_length_in_s)
         return float(audio_length_in_s), height
+
+    def check_memory(self, takes: int, height: int, guided: bool, seconds: float) -> None:
+        """Refuse a request whose activations cannot fit in the memory available on the device.
+
+        A coarse estimate (activations of the largest stage, the latents and the waveforms; the
+        weights are already resident), meant to stop what cannot possibly run (an hour of audio,
+        a million takes) with a clear line instead of an allocator error after loading.
+        """
+        need, stage = estimate_memory(self, takes, height, guided, self.vae_slicing)
+        available = available_memory(self.device)
+        if available is not None and need > 0.9 * available:
+            sliced, _ = estimate_memory(self, takes, height, guided, True)
+            hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
+            raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
+                             f"{stage}, but {available / 2**30:.1f} GiB is available on {self.device}: ask for fewer "
+                             f"takes or shorter audio{hint}")
 
     def _check_embeds(self, name: str, embeds) -> int:
         dim = self.unet.config.projection_class_embeddings_input_dim
         if not torch.is_tensor(embeds) or embeds.dim() != 2 or embeds.shape[1] != dim:
             shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
             raise ValueError(f"{name} must be a (batch, {dim}) tensor, got {shape}")
+        if embeds.shape[0] == 0:
+            raise ValueError(f"{name} has no rows: give at least one (batch, {dim}) embedding")
         if not embeds.is_floating_point() or not torch.isfinite(embeds).all():
             raise ValueError(f"{name} must hold finite floating-point values")
         return embeds.shape[0]

@@ -20,11 +20,12 @@ from .config import read_json
 from .errors import CheckpointError
 
 # RoBERTa's special tokens and how they match in text (<mask> swallows the space before it).
+NO_LIMIT = int(1e29)  # transformers writes int(1e30) for "no model_max_length": anything this large means none
 SPECIALS = {"<s>": {}, "<pad>": {}, "</s>": {}, "<unk>": {}, "<mask>": {"lstrip": True, "normalized": False}}
 
 
 class ClapTokenizer:
-    def __init__(self, tokenizer: Tokenizer, model_max_length: int, pad_token: str = "<pad>"):
+    def __init__(self, tokenizer: Tokenizer, model_max_length: Optional[int], pad_token: str = "<pad>"):
         self.tokenizer = tokenizer
         self.model_max_length = model_max_length
         self.pad_token_id = tokenizer.token_to_id(pad_token)
@@ -38,7 +39,9 @@ class ClapTokenizer:
         folder = Path(folder)
         config = read_json(folder / "tokenizer_config.json")
         max_length = config.get("model_max_length")
-        if not isinstance(max_length, int) or max_length < 3:
+        if isinstance(max_length, (int, float)) and not isinstance(max_length, bool) and max_length >= NO_LIMIT:
+            max_length = None  # transformers' "no limit" (int(1e30)): no truncation
+        elif not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 3:
             raise CheckpointError(f"{folder / 'tokenizer_config.json'}: model_max_length must be an integer >= 3, "
                                   f"got {max_length!r}")
         if (folder / "tokenizer.json").is_file():
@@ -59,8 +62,9 @@ class ClapTokenizer:
         (the ranking's encoding). truncate: cut at max_length (default model_max_length), `</s>` kept.
         """
         tok = self.tokenizer
-        if truncate:
-            tok.enable_truncation(max_length or self.model_max_length)
+        limit = max_length or self.model_max_length  # None: the config sets no limit
+        if truncate and limit is not None:
+            tok.enable_truncation(limit)
         else:
             tok.no_truncation()
         tok.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,

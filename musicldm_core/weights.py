@@ -192,6 +192,11 @@ def load_module(
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     mapped = [MappedFile(path) for path in files]  # each header validated and parsed once
     mapping = check_keys(expected, _shapes(mapped), key_map, what)
+    floating = {k for k, v in module.state_dict().items() if v.is_floating_point()}
+    wrong = [f"  {key!r} is {f.entries[key][0]} in {f.path}, where the model needs floating-point values"
+             for f in mapped for key in f.entries if mapping.get(key) in floating and not f.entries[key][0].is_floating_point]
+    if wrong:
+        raise CheckpointError(f"{what}: {len(wrong)} weight(s) of an integer or boolean dtype:\n" + "\n".join(wrong))
     state: Dict[str, torch.Tensor] = {}
     device = torch.device(device)
     for f in mapped:

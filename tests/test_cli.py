@@ -67,6 +67,12 @@ def test_progress_bar(tiny_ckpt, tmp_path):
     (["x", "--weights", "{ckpt}", "--device", "cuda:3"], "device: 'cuda:3' requested but"),
     (["x", "--weights", "/no/such/checkpoint"], "no such checkpoint folder"),
     (["x", "--weights", "{ckpt}", "--seconds", "0.001"], "audio_length_in_s must be at least"),
+    (["x", "--weights", "{ckpt}", "-o", "a" * 300 + ".wav"], "is 304 bytes, longer than the 255 this file system"),
+    (["x", "--weights", "{ckpt}", "--seed", str(2**64)], "--seed must be between 0 and 18446744073709551615"),
+    (["x", "--weights", "{ckpt}", "--seed", "-1"], "--seed must be between 0"),
+    (["x", "--weights", "{ckpt}", "--seconds", "1e9"], "need about"),
+    (["x", "--weights", "{ckpt}", "--takes", "1000000"], "1000000 take(s) of 1.28 s need about"),
+    (["x", "--weights", "{ckpt}", "--negative", "bad \udcff"], "--negative is not valid Unicode"),
 ])
 def test_errors_are_one_line(tiny_ckpt, tmp_path, args, message):
     r = musicldm(*[a.replace("{ckpt}", str(tiny_ckpt)) for a in args], cwd=tmp_path)
@@ -77,24 +83,59 @@ def test_errors_are_one_line(tiny_ckpt, tmp_path, args, message):
     assert not list(tmp_path.glob("*.wav"))
 
 
+def test_a_folder_among_the_takes_stops_before_generating(tiny_ckpt, tmp_path):
+    (tmp_path / "x-2.wav").mkdir()
+    r = musicldm("x", "-o", tmp_path / "x.wav", "--takes", 3, "--weights", tiny_ckpt, "--steps", 2)
+    assert r.returncode == 1 and "x-2.wav' is a folder" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-2.wav"]  # nothing written
+
+
+def test_a_prompt_that_is_not_utf8(tiny_ckpt, tmp_path):
+    """A shell in another locale passes bytes that are not UTF-8: one clear line, before loading."""
+    r = subprocess.run([sys.executable, "-m", "musicldm_core.cli", b"techno \xff\xfe beat", "--weights", str(tiny_ckpt)],
+                       capture_output=True, env={**os.environ, "LC_ALL": "C.UTF-8"}, cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.decode().strip().startswith("musicldm: error: prompt is not valid Unicode at character 7")
+
+
+def test_a_nan_weight_writes_no_file(tiny_ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, folder)
+    path = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    state["decoder.conv_out.bias"][0] = float("inf")
+    save_file(state, path)
+    r = musicldm("x", "-o", tmp_path / "x.wav", "--weights", folder, "--steps", 2, "--seconds", 0.2)
+    assert r.returncode == 1
+    assert "the decoded mel spectrogram contain NaN or infinite values" in r.stderr and "vae/" in r.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     r = musicldm("x", "--weights", "/no/such/checkpoint", "--debug", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    target = tmp_path / "song.wav"
+    """Takes are written all or none: the second file failing leaves neither, and the old file as it was."""
+    target = tmp_path / "song-1.wav"
     target.write_bytes(b"the previous song")
+    real_write, calls = sf.write, []
 
     def broken_write(path, *args, **kwargs):
-        Path(path).write_bytes(b"half a file")
-        raise OSError("disk full")
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"half a file")
+            raise OSError(28, "No space left on device")
+        real_write(path, *args, **kwargs)
 
     monkeypatch.setattr(sf, "write", broken_write)
-    with pytest.raises(OSError, match="disk full"):
-        cli.write_wav(target, np.zeros(10, dtype=np.float32), 16000)
+    with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(No space left on device\)"):
+        cli.write_wavs([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert target.read_bytes() == b"the previous song"  # untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["song.wav"]  # no temporary left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["song-1.wav"]  # no temporary, no half set left behind
 
 
 def test_hub_id_from_the_cache_offline(hf_cache, tmp_path):

@@ -64,6 +64,17 @@ CASES = [
     (dict(latents=LAT + math.inf), ValueError, "latents contains NaN or infinite values"),
     (dict(cross_attention_kwargs={"gligen": 1}), ValueError, r"cross_attention_kwargs: unsupported key\(s\) \['gligen'\]"),
     (dict(crop="middle"), ValueError, "crop must be"),
+    (dict(eta=1.5), ValueError, r"eta must be a finite number >= 0 and <= 1, got 1.5"),
+    (dict(callback=5), ValueError, "callback must be a function"),
+    (dict(progress="bar"), ValueError, "progress must be a function"),
+    (dict(cross_attention_kwargs="scale"), ValueError, "cross_attention_kwargs must be a dict or None"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(0, 32)), ValueError, "prompt_embeds has no rows"),
+    (dict(prompt="techno \udcff\udcfe"), ValueError, r"prompt is not valid Unicode at character 7"),
+    (dict(prompt=["ok", "bad \ud800"]), ValueError, r"prompt\[1\] is not valid Unicode"),
+    (dict(negative_prompt="x \udcff"), ValueError, "negative_prompt is not valid Unicode"),
+    (dict(audio_length_in_s=1e9), ValueError, r"1 take\(s\) of 1e\+09 s need about .* GiB of memory in the .*GiB "
+                                                r"is available on cpu"),
+    (dict(num_waveforms_per_prompt=1_000_000), ValueError, r"1000000 take\(s\) of 1 s need about .* GiB"),
 ]
 
 
@@ -125,3 +136,78 @@ def test_low_memory_and_offload_give_the_same_audio(tiny_ckpt):
     p.enable_model_cpu_offload("cpu")  # the offload path, on the one device this machine has
     c = p(**kw, generator=torch.Generator().manual_seed(0)).audios
     assert (a == b).all() and (a == c).all()
+
+
+def _copy(tiny_ckpt, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, folder)
+    return folder
+
+
+def _edit_weights(path, edit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path)
+    edit(state)
+    save_file(state, path)
+
+
+def test_a_nan_weight_is_named_not_written(tiny_ckpt, tmp_path):
+    from musicldm_core.errors import NonFiniteError
+
+    folder = _copy(tiny_ckpt, tmp_path)
+    _edit_weights(folder / "unet" / "diffusion_pytorch_model.safetensors",
+                  lambda s: s["conv_in.weight"].view(-1).__setitem__(0, float("nan")))
+    pipe = MusicLDMPipeline.from_pretrained(folder)
+    with pytest.raises(NonFiniteError, match=r"the denoised latents contain NaN or infinite values: a damaged "
+                                             r"\(NaN or infinite\) weight in unet/"):
+        pipe("calm piano", num_inference_steps=2, audio_length_in_s=0.1)
+
+
+def test_an_integer_weight_is_named(tiny_ckpt, tmp_path):
+    from musicldm_core.errors import CheckpointError
+
+    folder = _copy(tiny_ckpt, tmp_path)
+    _edit_weights(folder / "vocoder" / "model.safetensors", lambda s: s.__setitem__("conv_pre.bias", s["conv_pre.bias"].long()))
+    with pytest.raises(CheckpointError, match=r"1 weight\(s\) of an integer or boolean dtype:\n  'conv_pre.bias' is "
+                                              r"torch.int64 in .*vocoder/model.safetensors"):
+        MusicLDMPipeline.from_pretrained(folder)
+
+
+def test_no_limit_model_max_length(tiny_ckpt, tmp_path):
+    """transformers writes int(1e30) for "no limit": no truncation, instead of an overflow."""
+    import json
+
+    from musicldm_core.tokenizer import ClapTokenizer
+
+    folder = _copy(tiny_ckpt, tmp_path)
+    path = folder / "tokenizer" / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": 1000000000000000019884624838656}))
+    tok = ClapTokenizer.from_pretrained(folder / "tokenizer")
+    assert tok.model_max_length is None
+    ids, _ = tok(["calm piano " * 300], pad_to_max_length=False)
+    assert ids.shape[1] > 512  # not truncated
+    assert MusicLDMPipeline.from_pretrained(folder)("calm piano", num_inference_steps=2,
+                                                    audio_length_in_s=0.1).audios.shape == (1, 1600)
+
+
+def test_prk_needs_four_steps(tiny_ckpt):
+    """diffusers fails with a numpy broadcasting error there; we say what is wrong."""
+    import json
+
+    from musicldm_core.samplers import Scheduler
+
+    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+    config = json.loads((tiny_ckpt / "scheduler" / "scheduler_config.json").read_text())
+    pipe.scheduler = Scheduler.from_config({**config, "_class_name": "PNDMScheduler", "skip_prk_steps": False})
+    with pytest.raises(ValueError, match=r"num_inference_steps=3: PNDM with Runge-Kutta warm-up steps .* at least 4"):
+        pipe("calm piano", num_inference_steps=3)
+
+
+def test_from_pretrained_without_a_source():
+    from musicldm_core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="source: expected a checkpoint folder or a Hub repo id"):
+        MusicLDMPipeline.from_pretrained(None)

@@ -48,6 +48,9 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
     if cfg.prediction_type == "sample":
         raise ValueError("scheduler_config.json: prediction_type='sample' is not supported by PNDM")
     steps = check_steps(steps, cfg.num_train_timesteps)
+    if not cfg.skip_prk_steps and steps < 4:  # diffusers fails there (its PRK warm-up needs 4 timesteps)
+        raise ValueError(f"num_inference_steps={steps}: PNDM with Runge-Kutta warm-up steps (skip_prk_steps=false) "
+                         "needs at least 4 steps")
     stride = cfg.num_train_timesteps // steps
     all_ts, n_prk = timesteps(schedule, steps)
     ets: list[torch.Tensor] = []

@@ -63,12 +63,14 @@ def _tokens(vocab: int, pad: int = 1):
 
 @pytest.mark.parametrize("option", list(TEXT_OPTIONS))
 def test_text_tower_option(option, tmp_path):
+    """In float64 (the reference's softmax stays float32: 1e-7), so a slightly wrong constant shows."""
     text = {**TEXT, **TEXT_OPTIONS[option]}
-    ref, ours = _build(text, AUDIO, tmp_path, 5)
+    ref, _ = _build(text, AUDIO, tmp_path, 5)
+    ref, ours = ref.double(), Clap.from_pretrained(tmp_path, dtype=torch.float64)
     ids, mask = _tokens(TEXT["vocab_size"], text.get("pad_token_id", 1))
     with torch.no_grad():
         a = ref.get_text_features(ids, attention_mask=mask)
-        assert_close(ours.text_features(ids, mask), a, RTOL, f"text features, {option}")
+        assert_close(ours.text_features(ids, mask), a, 1e-7, f"text features float64, {option}")
 
 
 def test_text_layer_norm_eps_is_read(tmp_path):
@@ -84,13 +86,20 @@ def test_text_layer_norm_eps_is_read(tmp_path):
 
 
 def test_projection_act_comes_from_the_top_level_config(tmp_path):
-    """transformers' ClapConfig overwrites the towers' projection_hidden_act with its own."""
-    ref, ours = _build({**TEXT, "projection_hidden_act": "relu"}, AUDIO, tmp_path, 6, projection_hidden_act="silu")
-    assert ours.config.text_config.projection_hidden_act == "silu"
+    """transformers' ClapConfig overwrites the towers' projection_hidden_act with its own: a file whose
+    towers say relu and whose top level says silu projects with silu, in both towers."""
+    _build(TEXT, AUDIO, tmp_path, 6, projection_hidden_act="silu")
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["text_config"]["projection_hidden_act"] = data["audio_config"]["projection_hidden_act"] = "relu"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    ref, ours = ClapModel.from_pretrained(tmp_path).eval(), Clap.from_pretrained(tmp_path)
+    assert ours.config.text_config.projection_hidden_act == ours.config.audio_config.projection_hidden_act == "silu"
     ids, mask = _tokens(TEXT["vocab_size"])
+    mel = torch.randn(2, 1, 61, 64, generator=torch.Generator().manual_seed(1)) * 10 - 40
     with torch.no_grad():
         assert_close(ours.text_features(ids, mask), ref.get_text_features(ids, attention_mask=mask), RTOL,
                      "text features, projection silu")
+        assert_close(ours.audio_features(mel), ref.get_audio_features(mel), RTOL, "audio features, projection silu")
 
 
 @pytest.mark.parametrize("option", list(AUDIO_OPTIONS))
@@ -143,6 +152,10 @@ EXTRACTOR_CASES = {
                                                     [SECOND // 10, 11 * SECOND]),
     "other bands": ({"truncation": "rand_trunc", "frequency_min": 50, "frequency_max": 8000, "feature_size": 32},
                     [3 * SECOND]),
+    "other rate, window and FFT size": ({"truncation": "rand_trunc", "sampling_rate": 32000, "max_length_s": 4,
+                                         "fft_window_size": 512, "hop_length": 320}, [SECOND, 5 * SECOND]),
+    "fusion, other window": ({"truncation": "fusion", "max_length_s": 3, "fft_window_size": 2048},
+                             [SECOND, 7 * SECOND]),
 }
 
 
@@ -154,7 +167,7 @@ def test_feature_extractor_modes(case, tmp_path):
     ours = LogMel(FeatureExtractorConfig.from_json(tmp_path / "preprocessor_config.json"))
     waves = _waves(lengths)
     np.random.seed(11)
-    a = torch.as_tensor(np.stack(ref(list(waves), sampling_rate=48000)["input_features"]))
+    a = torch.as_tensor(np.stack(ref(list(waves), sampling_rate=ref.sampling_rate)["input_features"]))
     after_ref = np.random.randint(0, 2**31)  # the global RandomState must move on exactly as the reference's
     np.random.seed(11)
     b = ours(waves)

@@ -131,6 +131,7 @@ VAE_OPTIONS = {
     "mid_block_add_attention": dict(mid_block_add_attention=False),
     "no quant convs": dict(use_quant_conv=False, use_post_quant_conv=False),
     "layers_per_block": dict(layers_per_block=2),
+    "channels": dict(in_channels=2, out_channels=3),
     "force_upcast, shift_factor (unread)": dict(force_upcast=False, shift_factor=0.3),
 }
 
@@ -144,7 +145,7 @@ def test_vae_option(option, tmp_path):
     ours = AutoencoderKL.from_pretrained(tmp_path)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(2, 4, 5, 4, generator=g)
-    mel = torch.randn(2, 1, 12, 8, generator=g)
+    mel = torch.randn(2, ours.config.in_channels, 12, 8, generator=g)
     with torch.no_grad():
         assert_close(ours.decode(z), ref.decode(z).sample, RTOL, f"vae decode {option}")
         post, ref_post = ours.encode(mel), ref.encode(mel).latent_dist

@@ -157,3 +157,11 @@ def test_to_dtype(folder):
         assert {p.dtype for p in ours.components[name].parameters()} == {torch.float16}, name
     assert ours.text_encoder.logit_scale_text.dtype == torch.float16
     assert {p.dtype for p in ours.vocoder.parameters()} == {torch.float32}
+
+
+def test_long_negative_prompt_is_cut_at_the_embedding_width(pipes):
+    """The reference tokenizes negative prompts with max_length = prompt_embeds.shape[1] (32 here), not
+    the tokenizer's 77: a 60-word negative prompt shows which."""
+    negative = " ".join(["noisy distorted low quality muffled"] * 12)
+    b, a = _both(*pipes, prompt=PROMPT, negative_prompt=negative, num_inference_steps=3, guidance_scale=6.0)
+    assert_close(b, a, RTOL, "fast-test long negative prompt")
