@@ -183,3 +183,22 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
     assert call["generator"].initial_seed() == 9
     assert load_kw["source"] == str(tiny_ckpt) and load_kw["scheduler"] == "heun"
     assert str(load_kw["device"]) == "cpu" and load_kw["dtype"] == "bfloat16"
+
+
+def test_takes_are_written_best_first(tiny_ckpt, tmp_path):
+    """NAME-1.wav is the pipeline's first (best-ranked) take, NAME-2.wav its second."""
+    import torch
+
+    from musicldm_core.pipeline import MusicLDMPipeline
+
+    r = musicldm("jazz", "-o", tmp_path / "jazz.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5,
+                 "--takes", 2, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    torch.set_num_threads(2)
+    expected = MusicLDMPipeline.from_pretrained(tiny_ckpt)("jazz", num_inference_steps=2, audio_length_in_s=0.5,
+                                                           num_waveforms_per_prompt=2,
+                                                           generator=torch.Generator().manual_seed(3)).audios
+    for k in (1, 2):
+        written = sf.read(tmp_path / f"jazz-{k}.wav", dtype="float32")[0]
+        assert np.allclose(written, expected[k - 1], rtol=0, atol=1e-6), k
+    assert not np.allclose(expected[0], expected[1], atol=1e-3)  # the two takes differ, so the order shows
