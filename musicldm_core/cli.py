@@ -18,7 +18,9 @@ from typing import List, Optional
 
 from .hub import DEFAULT_REPO
 
-SAMPLER_NAMES = ["ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++"]
+# the pipeline's argument names -> the flags a user of the command typed, for error messages
+FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+         "num_waveforms_per_prompt": "--takes", "negative_prompt": "--negative"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2.0)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--takes", type=int, default=1, help="takes to generate and rank with CLAP (default: 1)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None,
-                   help="sampler (default: the checkpoint's own, DDIM)")
+    p.add_argument("--sampler", default=None, help="ddim, pndm, lms, euler, euler_ancestral, heun or dpmsolver++ "
+                   "(default: the checkpoint's own, DDIM)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="precision (default: float16 on cuda, else float32)")
@@ -127,19 +129,19 @@ def write_wavs(paths: List[Path], audios, rate: int) -> None:
 def run(args: argparse.Namespace) -> List[Path]:
     import torch
 
-    from .pipeline import MusicLDMPipeline, check_int, check_number, check_prompt, check_text, parse_device
+    from .pipeline import MusicLDMPipeline, parse_device
+    from .request import Request
+    from .samplers import SAMPLERS
 
     # What can be checked without the checkpoint is checked before loading it.
-    check_prompt(args.prompt)
-    if args.negative is not None:
-        check_text("--negative", args.negative)
+    request = Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.takes,
+                      names=FLAGS)
+    request.check()
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise ValueError(f"--seed must be between 0 and {2**64 - 1}, got {args.seed}")
-    if args.seconds is not None:
-        check_number("--seconds", args.seconds, minimum=0, strict=True)
-    check_int("--steps", args.steps, minimum=1)
-    check_number("--guidance", args.guidance, minimum=0)
-    check_int("--takes", args.takes, minimum=1)
     paths = output_paths(args.output, args.takes)
     check_outputs(paths)
     device = parse_device(args.device or default_device())
@@ -151,9 +153,10 @@ def run(args: argparse.Namespace) -> List[Path]:
     from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
 
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:  # one update per step, any sampler
-        out = pipe(args.prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
-                   guidance_scale=args.guidance, negative_prompt=args.negative,
-                   num_waveforms_per_prompt=args.takes, generator=generator, progress=bar.update)
+        out = pipe(request.prompt, audio_length_in_s=request.audio_length_in_s,
+                   num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+                   negative_prompt=request.negative_prompt, num_waveforms_per_prompt=request.num_waveforms_per_prompt,
+                   generator=generator, progress=bar.update)
     write_wavs(paths, out.audios, pipe.sampling_rate)
     return paths
 

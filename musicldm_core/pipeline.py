@@ -9,19 +9,16 @@ The inference procedure of the paper, as diffusers' MusicLDMPipeline runs it:
      CLAP text-audio similarity.
 
 `MusicLDMPipeline(...)(prompt, ...)` takes the reference's parameters with the same names,
-defaults and meaning; every input is checked in `check_inputs` before any heavy work.
+defaults and meaning; every input is checked by request.py before any heavy work.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 
 from .clap import Clap
@@ -30,6 +27,7 @@ from .config import FeatureExtractorConfig
 from .errors import NonFiniteError
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
+from .request import Request
 from .samplers import Scheduler, get_sampler
 from .tokenizer import ClapTokenizer
 from .unet import UNet
@@ -72,49 +70,6 @@ def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, str) and dtype in names:
         return names[dtype]
     raise ValueError(f"dtype: {dtype!r} is not supported (use float32, float16 or bfloat16)")
-
-
-def check_number(name: str, value, *, minimum: float, strict: bool = False, maximum: Optional[float] = None) -> float:
-    """A finite real number >= minimum (> minimum when strict, <= maximum if given), else a ValueError naming it."""
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
-        bound = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value, *, minimum: int, maximum: Optional[int] = None) -> int:
-    """An integer in [minimum, maximum], else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
-def check_prompt(prompt) -> int:
-    """A non-empty string or non-empty list of them; returns how many prompts."""
-    if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and (
-            not prompt or not all(isinstance(p, str) for p in prompt))):
-        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-    texts = [prompt] if isinstance(prompt, str) else prompt
-    for i, p in enumerate(texts):
-        name = "prompt" if isinstance(prompt, str) else f"prompt[{i}]"
-        if not p.strip():
-            raise ValueError(f"{name} is empty or only whitespace")
-        check_text(name, p)
-    return len(texts)
-
-
-def check_text(name: str, text: str) -> None:
-    """Text must be valid Unicode: a lone surrogate (bytes that were not UTF-8, e.g. an argument typed
-    in a shell with another locale) is refused rather than silently replaced."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{name} is not valid Unicode at character {e.start} ({text[e.start:e.end]!r}): "
-                         "was it typed in a non-UTF-8 locale? Re-encode it as UTF-8") from None
 
 
 def available_memory(device: torch.device) -> Optional[int]:
@@ -321,12 +276,12 @@ class MusicLDMPipeline:
             or "center" are deterministic.
         progress: called with 1 after each denoising step (e.g. a progress bar's update).
         """
-        seconds, height = self.check_inputs(
-            prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
-            num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-            callback_steps, cross_attention_kwargs, output_type, crop, callback, progress)
+        request = Request(prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
+                          num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
+                          callback, callback_steps, cross_attention_kwargs, output_type, crop, progress)
+        seconds, height, _, _ = request.plan(self)  # every input checked before any model runs
         device, takes = self.device, num_waveforms_per_prompt
-        guided = guidance_scale > 1.0
+        guided = request.guided
 
         # 1. Encode the prompts into CLAP vectors; with guidance, [negative; positive] in one batch.
         cond = self.encode_prompt(prompt, prompt_embeds, device).repeat_interleave(takes, dim=0)
@@ -351,9 +306,7 @@ class MusicLDMPipeline:
             return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
         # 3. Sample the latent from noise. Shape (B, 8, T/4, mel_bins/4); noise drawn as diffusers draws it.
-        batch = cond.shape[0] // (2 if guided else 1)
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor,
-                 self.vocoder.config.model_in_dim // self.vae_scale_factor)
+        shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), height)
         noise = randn(shape, generator, device, self.dtype) if latents is None else latents.to(device, self.dtype)
         order = self.scheduler.order
 
@@ -420,111 +373,10 @@ class MusicLDMPipeline:
     # Input checks: all of them, before any heavy work
     # ---------------------------------------------------------------------------------------
 
-    def check_inputs(self, prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
-                     num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-                     callback_steps, cross_attention_kwargs, output_type, crop, callback=None,
-                     progress=None) -> tuple[float, int]:
-        """Validate every argument; return (seconds, mel frames) of the audio to generate."""
-        hop_seconds = self.vocoder.config.hop_length / self.sampling_rate  # 160 / 16000 s per mel frame
-        if audio_length_in_s is None:
-            if self.unet.config.sample_size is None:
-                raise ValueError("audio_length_in_s must be given: unet/config.json has no sample_size to take "
-                                 "the default length from")
-            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * hop_seconds
-        check_number("audio_length_in_s", audio_length_in_s, minimum=0, strict=True)
-        minimum = hop_seconds * self.vae_scale_factor
-        if audio_length_in_s < minimum:
-            raise ValueError(f"audio_length_in_s must be at least {minimum} s (one latent frame), "
-                             f"got {audio_length_in_s}")
-        if self.vocoder.config.model_in_dim % self.vae_scale_factor:
-            raise ValueError(f"the vocoder's {self.vocoder.config.model_in_dim} mel bins are not divisible by the "
-                             f"VAE scale factor {self.vae_scale_factor}")
-        height = int(audio_length_in_s / hop_seconds)
-        height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
-
-        # an integer in [1, T], and a count this sampler's spacing can take (1000 "leading" steps cannot)
-        self.scheduler.validate(num_inference_steps)
-        check_number("guidance_scale", guidance_scale, minimum=0)
-        check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, minimum=1)
-        check_number("eta", eta, minimum=0, maximum=1)  # DDIM's variance goes negative past 1: NaN audio
-        check_int("callback_steps", callback_steps, minimum=1)
-        if callback is not None and not callable(callback):
-            raise ValueError(f"callback must be a function (i, t, latents) or None, got {type(callback).__name__}")
-        if progress is not None and not callable(progress):
-            raise ValueError(f"progress must be a function or None, got {type(progress).__name__}")
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
-        if crop not in ("random", "start", "center"):
-            raise ValueError(f"crop must be 'random', 'start' or 'center', got {crop!r}")
-        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
-            raise ValueError(f"cross_attention_kwargs must be a dict or None, got {cross_attention_kwargs!r}")
-        if cross_attention_kwargs is not None:
-            # diffusers reads only "scale", and only to weight LoRA layers; with no LoRA it changes nothing.
-            unknown = set(cross_attention_kwargs) - {"scale"}
-            if unknown:
-                raise ValueError(f"cross_attention_kwargs: unsupported key(s) {sorted(unknown)}; only 'scale' "
-                                 "(a LoRA weight, which has no effect without LoRA layers) is accepted")
-
-        # prompts
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("give either prompt or prompt_embeds, not both")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("give prompt (a string or a list of strings) or prompt_embeds")
-        if prompt is not None:
-            batch = check_prompt(prompt)
-        else:
-            batch = self._check_embeds("prompt_embeds", prompt_embeds)
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("give either negative_prompt or negative_prompt_embeds, not both")
-        if negative_prompt is not None:
-            for i, p in enumerate([negative_prompt] if isinstance(negative_prompt, str) else
-                                  negative_prompt if isinstance(negative_prompt, list) else []):
-                if isinstance(p, str):
-                    check_text("negative_prompt" if isinstance(negative_prompt, str) else f"negative_prompt[{i}]", p)
-            if prompt is not None and type(prompt) is not type(negative_prompt):
-                raise TypeError(f"negative_prompt must have the same type as prompt ({type(prompt).__name__}), "
-                                f"got {type(negative_prompt).__name__}")
-            if isinstance(negative_prompt, list):
-                if not all(isinstance(p, str) for p in negative_prompt):
-                    raise ValueError("negative_prompt must be a string or a list of strings")
-                if len(negative_prompt) != batch:
-                    raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch}")
-            elif not isinstance(negative_prompt, str):
-                raise ValueError(f"negative_prompt must be a string or a list of strings, "
-                                 f"got {type(negative_prompt).__name__}")
-        if negative_prompt_embeds is not None:
-            self._check_embeds("negative_prompt_embeds", negative_prompt_embeds)
-            if prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
-                raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
-                                 f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
-            if negative_prompt_embeds.shape[0] != batch:
-                raise ValueError(f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows but there are "
-                                 f"{batch} prompts")
-
-        # noise
-        total = batch * num_waveforms_per_prompt
-        if isinstance(generator, list):
-            if not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError("generator must be a torch.Generator or a list of them")
-            if len(generator) not in (1, total):
-                raise ValueError(f"generator: a list of {len(generator)} generators for {total} takes "
-                                 f"({batch} prompts x {num_waveforms_per_prompt}); give one, or one per take")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
-        if latents is not None:
-            shape = (total, self.unet.config.in_channels, height // self.vae_scale_factor,
-                     self.vocoder.config.model_in_dim // self.vae_scale_factor)
-            if not torch.is_tensor(latents):
-                raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {shape} for {total} takes of "
-                                 f"{audio_length_in_s} s")
-            if not latents.is_floating_point():
-                raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
-            if not torch.isfinite(latents).all():
-                raise ValueError("latents contains NaN or infinite values")
-        self.check_memory(total, height, guidance_scale > 1.0, audio_length_in_s)
-        return float(audio_length_in_s), height
+    def latent_shape(self, takes: int, frames: int) -> tuple[int, int, int, int]:
+        """(takes, latent channels, frames / f, mel bins / f): the latent of `frames` mel frames."""
+        f = self.vae_scale_factor
+        return takes, self.unet.config.in_channels, frames // f, self.vocoder.config.model_in_dim // f
 
     def check_memory(self, takes: int, height: int, guided: bool, seconds: float) -> None:
         """Refuse a request whose activations cannot fit in the memory available on the device.
@@ -541,14 +393,3 @@ class MusicLDMPipeline:
             raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
                              f"{stage}, but {available / 2**30:.1f} GiB is available on {self.device}: ask for fewer "
                              f"takes or shorter audio{hint}")
-
-    def _check_embeds(self, name: str, embeds) -> int:
-        dim = self.unet.config.projection_class_embeddings_input_dim
-        if not torch.is_tensor(embeds) or embeds.dim() != 2 or embeds.shape[1] != dim:
-            shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
-            raise ValueError(f"{name} must be a (batch, {dim}) tensor, got {shape}")
-        if embeds.shape[0] == 0:
-            raise ValueError(f"{name} has no rows: give at least one (batch, {dim}) embedding")
-        if not embeds.is_floating_point() or not torch.isfinite(embeds).all():
-            raise ValueError(f"{name} must hold finite floating-point values")
-        return embeds.shape[0]

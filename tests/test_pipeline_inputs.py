@@ -37,7 +37,7 @@ CASES = [
     (dict(audio_length_in_s=math.nan), ValueError, "audio_length_in_s"),
     (dict(audio_length_in_s=math.inf), ValueError, "audio_length_in_s"),
     (dict(audio_length_in_s=0.01), ValueError, r"audio_length_in_s must be at least 0.04 s"),
-    (dict(num_inference_steps=0), ValueError, "num_inference_steps must be between 1 and 1000, got 0"),
+    (dict(num_inference_steps=0), ValueError, "num_inference_steps must be >= 1, got 0"),
     (dict(num_inference_steps=-1), ValueError, "num_inference_steps"),
     (dict(num_inference_steps=2.5), ValueError, "num_inference_steps must be an integer"),
     (dict(num_inference_steps=1000), ValueError, "gives timesteps outside 0..999"),

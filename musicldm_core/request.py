@@ -1,0 +1,233 @@
+"""One generation request: the arguments of `pipe(...)` and of the command line, checked where they enter.
+
+`Request.check()` needs no model: types, ranges and the consistency of the arguments with each
+other, so the command line refuses a bad request before it loads anything. `Request.plan(pipe)`
+adds what only the checkpoint can tell (the default length, the frames a length rounds to, the
+sampler's step counts, embedding widths, the latent shape, memory) and returns the Plan the
+pipeline runs. Every message names the argument (or, through `names`, the command-line flag),
+its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Union
+
+import torch
+
+from .clap_audio import CROPS
+
+if TYPE_CHECKING:
+    from .pipeline import MusicLDMPipeline
+
+OUTPUT_TYPES = ("np", "pt", "latent")
+
+
+def check_number(name: str, value, *, minimum: float, strict: bool = False, maximum: Optional[float] = None) -> float:
+    """A finite real number >= minimum (> minimum when strict, <= maximum if given), else a ValueError naming it."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not ok or value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
+        bound = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value, *, minimum: int, maximum: Optional[int] = None) -> int:
+    """An integer in [minimum, maximum], else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_text(name: str, text: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (bytes that were not UTF-8, e.g. an argument typed
+    in a shell with another locale) is refused rather than silently replaced."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode at character {e.start} ({text[e.start:e.end]!r}): "
+                         "was it typed in a non-UTF-8 locale? Re-encode it as UTF-8") from None
+
+
+def check_prompt(prompt, name: str = "prompt") -> int:
+    """A non-empty string or non-empty list of them, each valid Unicode with some text; returns how many."""
+    if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and (
+            not prompt or not all(isinstance(p, str) for p in prompt))):
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    for i, p in enumerate(texts):
+        item = name if isinstance(prompt, str) else f"{name}[{i}]"
+        if not p.strip():
+            raise ValueError(f"{item} is empty or only whitespace")
+        check_text(item, p)
+    return len(texts)
+
+
+def check_embeds(name: str, embeds) -> int:
+    """A (rows >= 1, width) floating-point tensor of finite values; returns the rows."""
+    if not torch.is_tensor(embeds) or embeds.dim() != 2:
+        shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
+        raise ValueError(f"{name} must be a (batch, width) tensor, got {shape}")
+    if embeds.shape[0] == 0:
+        raise ValueError(f"{name} has no rows: give at least one embedding")
+    if not embeds.is_floating_point() or not torch.isfinite(embeds).all():
+        raise ValueError(f"{name} must hold finite floating-point values")
+    return embeds.shape[0]
+
+
+class Plan(NamedTuple):
+    """What a checked request asks of the models."""
+
+    seconds: float  # the audio length to trim to
+    frames: int  # mel frames generated: the length rounded up to whole latent frames
+    prompts: int
+    takes: int  # prompts x num_waveforms_per_prompt
+
+
+@dataclass
+class Request:
+    """The arguments of `MusicLDMPipeline.__call__` (see there) that shape the generation."""
+
+    prompt: Union[str, List[str], None] = None
+    audio_length_in_s: Optional[float] = None
+    num_inference_steps: int = 200
+    guidance_scale: float = 2.0
+    negative_prompt: Union[str, List[str], None] = None
+    num_waveforms_per_prompt: int = 1
+    eta: float = 0.0
+    generator: Union[torch.Generator, List[torch.Generator], None] = None
+    latents: Optional[torch.Tensor] = None
+    prompt_embeds: Optional[torch.Tensor] = None
+    negative_prompt_embeds: Optional[torch.Tensor] = None
+    callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None
+    callback_steps: Optional[int] = 1
+    cross_attention_kwargs: Optional[Dict[str, Any]] = None
+    output_type: Optional[str] = "np"
+    crop: str = "random"
+    progress: Optional[Callable[[int], None]] = None
+    names: Mapping[str, str] = field(default_factory=dict, repr=False)  # argument -> name in messages (CLI flags)
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs only above 1, as in the reference (at 1 it would change nothing)."""
+        return self.guidance_scale > 1.0
+
+    def _name(self, argument: str) -> str:
+        return self.names.get(argument, argument)
+
+    def check(self) -> int:
+        """Every check that needs no model; returns the number of prompts."""
+        n = self._name
+        if self.audio_length_in_s is not None:
+            check_number(n("audio_length_in_s"), self.audio_length_in_s, minimum=0, strict=True)
+        check_int(n("num_inference_steps"), self.num_inference_steps, minimum=1)
+        check_number(n("guidance_scale"), self.guidance_scale, minimum=0)
+        check_int(n("num_waveforms_per_prompt"), self.num_waveforms_per_prompt, minimum=1)
+        check_number("eta", self.eta, minimum=0, maximum=1)  # DDIM's variance goes negative past 1: NaN audio
+        check_int("callback_steps", self.callback_steps, minimum=1)
+        for name in ("callback", "progress"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(f"{name} must be a function or None, got {type(getattr(self, name)).__name__}")
+        if self.output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {self.output_type!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be 'random', 'start' or 'center', got {self.crop!r}")
+        if self.cross_attention_kwargs is not None:
+            if not isinstance(self.cross_attention_kwargs, dict):
+                raise ValueError(f"cross_attention_kwargs must be a dict or None, got {self.cross_attention_kwargs!r}")
+            # diffusers reads only "scale", and only to weight LoRA layers; with no LoRA it changes nothing.
+            unknown = set(self.cross_attention_kwargs) - {"scale"}
+            if unknown:
+                raise ValueError(f"cross_attention_kwargs: unsupported key(s) {sorted(unknown)}; only 'scale' "
+                                 "(a LoRA weight, which has no effect without LoRA layers) is accepted")
+        prompts = self._check_prompts()
+        self._check_noise(prompts * self.num_waveforms_per_prompt, prompts)
+        return prompts
+
+    def _check_prompts(self) -> int:
+        prompt, negative, embeds, negative_embeds = (self.prompt, self.negative_prompt, self.prompt_embeds,
+                                                     self.negative_prompt_embeds)
+        if prompt is not None and embeds is not None:
+            raise ValueError("give either prompt or prompt_embeds, not both")
+        if prompt is None and embeds is None:
+            raise ValueError("give prompt (a string or a list of strings) or prompt_embeds")
+        prompts = check_prompt(prompt) if prompt is not None else check_embeds("prompt_embeds", embeds)
+        if negative is not None and negative_embeds is not None:
+            raise ValueError("give either negative_prompt or negative_prompt_embeds, not both")
+        if negative is not None:
+            name = self._name("negative_prompt")
+            if prompt is not None and type(prompt) is not type(negative):
+                raise TypeError(f"{name} must have the same type as prompt ({type(prompt).__name__}), "
+                                f"got {type(negative).__name__}")
+            if not isinstance(negative, (str, list)) or not all(isinstance(p, str) for p in negative):
+                raise ValueError(f"{name} must be a string or a list of strings, got {type(negative).__name__}")
+            if isinstance(negative, list) and len(negative) != prompts:
+                raise ValueError(f"{name} has {len(negative)} entries but prompt has {prompts}")
+            for i, p in enumerate([negative] if isinstance(negative, str) else negative):
+                check_text(name if isinstance(negative, str) else f"{name}[{i}]", p)
+        if negative_embeds is not None:
+            check_embeds("negative_prompt_embeds", negative_embeds)
+            if embeds is not None and embeds.shape != negative_embeds.shape:
+                raise ValueError(f"prompt_embeds {tuple(embeds.shape)} and negative_prompt_embeds "
+                                 f"{tuple(negative_embeds.shape)} must have the same shape")
+            if negative_embeds.shape[0] != prompts:
+                raise ValueError(f"negative_prompt_embeds has {negative_embeds.shape[0]} rows but there are "
+                                 f"{prompts} prompts")
+        return prompts
+
+    def _check_noise(self, takes: int, prompts: int) -> None:
+        generator, latents = self.generator, self.latents
+        if isinstance(generator, list):
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError("generator must be a torch.Generator or a list of them")
+            if len(generator) not in (1, takes):
+                raise ValueError(f"generator: a list of {len(generator)} generators for {takes} takes "
+                                 f"({prompts} prompts x {self.num_waveforms_per_prompt}); give one, or one per take")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        if latents is not None:
+            if not torch.is_tensor(latents):
+                raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+            if not latents.is_floating_point():
+                raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
+            if not torch.isfinite(latents).all():
+                raise ValueError("latents contains NaN or infinite values")
+
+    def plan(self, pipe: "MusicLDMPipeline") -> Plan:
+        """check(), then what needs the checkpoint; the Plan of the generation."""
+        prompts = self.check()
+        takes = prompts * self.num_waveforms_per_prompt
+        hop_seconds = pipe.vocoder.config.hop_length / pipe.sampling_rate  # 160 / 16000 s per mel frame
+        f = pipe.vae_scale_factor
+        seconds = self.audio_length_in_s
+        if seconds is None:
+            if pipe.unet.config.sample_size is None:
+                raise ValueError("audio_length_in_s must be given: unet/config.json has no sample_size to take "
+                                 "the default length from")
+            seconds = pipe.unet.config.sample_size * f * hop_seconds
+        if seconds < hop_seconds * f:
+            raise ValueError(f"{self._name('audio_length_in_s')} must be at least {hop_seconds * f} s (one latent "
+                             f"frame), got {seconds}")
+        if pipe.vocoder.config.model_in_dim % f:
+            raise ValueError(f"the vocoder's {pipe.vocoder.config.model_in_dim} mel bins are not divisible by the "
+                             f"VAE scale factor {f}")
+        frames = math.ceil(int(seconds / hop_seconds) / f) * f
+        # an integer in [1, T], and a count this sampler's spacing can take (1000 "leading" steps cannot)
+        pipe.scheduler.validate(self.num_inference_steps)
+        width = pipe.unet.config.projection_class_embeddings_input_dim
+        for name in ("prompt_embeds", "negative_prompt_embeds"):
+            embeds = getattr(self, name)
+            if embeds is not None and width is not None and embeds.shape[1] != width:
+                raise ValueError(f"{name} must be a (batch, {width}) tensor, got {tuple(embeds.shape)}")
+        if self.latents is not None:
+            shape = pipe.latent_shape(takes, frames)
+            if tuple(self.latents.shape) != shape:
+                raise ValueError(f"latents has shape {tuple(self.latents.shape)}, expected {shape} for {takes} takes "
+                                 f"of {seconds} s")
+        pipe.check_memory(takes, frames, self.guided, seconds)
+        return Plan(float(seconds), frames, prompts, takes)
