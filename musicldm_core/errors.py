@@ -8,5 +8,6 @@ class CheckpointError(ValueError):
     """
 
 
-class NonFiniteError(RuntimeError):
-    """A stage of generation produced NaN or infinite values (half-precision overflow, a damaged weight)."""
+class DamagedOutputError(RuntimeError):
+    """A stage of generation produced NaN or infinite values, or a constant waveform (half-precision
+    overflow, a damaged weight): raised instead of returning or writing it."""

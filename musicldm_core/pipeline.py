@@ -24,7 +24,7 @@ import torch
 from .clap import Clap
 from .clap_audio import LogMel, resample
 from .config import FeatureExtractorConfig
-from .errors import NonFiniteError
+from .errors import DamagedOutputError
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
 from .request import Request
@@ -124,7 +124,7 @@ def check_finite(x: torch.Tensor, what: str, component: str) -> None:
     if not torch.isfinite(x).all():
         cause = (f"{x.dtype} overflowed (try float32)" if x.dtype in (torch.float16, torch.bfloat16)
                  else f"a damaged (NaN or infinite) weight in {component}/ is the likely cause")
-        raise NonFiniteError(f"{what} contain NaN or infinite values: {cause}")
+        raise DamagedOutputError(f"{what} contain NaN or infinite values: {cause}")
 
 
 class MusicLDMPipeline:
@@ -278,7 +278,7 @@ class MusicLDMPipeline:
         """
         request = Request(prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
                           num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-                          callback, callback_steps, cross_attention_kwargs, output_type, crop, progress)
+                          callback, callback_steps, cross_attention_kwargs, output_type, return_dict, crop, progress)
         seconds, height, _, _ = request.plan(self)  # every input checked before any model runs
         device, takes = self.device, num_waveforms_per_prompt
         guided = request.guided
@@ -327,6 +327,9 @@ class MusicLDMPipeline:
         check_finite(mel, "the decoded mel spectrogram", "vae")
         audio = self._on_device("vocoder")(mel.squeeze(1)).cpu().float()
         check_finite(audio, "the waveform", "vocoder")
+        if audio.shape[-1] > 1 and (audio.amax(dim=-1) == audio.amin(dim=-1)).any():  # e.g. tanh of an inf
+            raise DamagedOutputError("the waveform of a take is constant: a damaged weight in vocoder/ is the "
+                                     "likely cause")
         audio = audio[:, :int(seconds * self.sampling_rate)]
         if takes > 1 and prompt is not None:
             audio = self.rank(prompt, audio, takes, rank_within_prompt, crop)

@@ -108,6 +108,7 @@ class Request:
     callback_steps: Optional[int] = 1
     cross_attention_kwargs: Optional[Dict[str, Any]] = None
     output_type: Optional[str] = "np"
+    return_dict: bool = True
     crop: str = "random"
     progress: Optional[Callable[[int], None]] = None
     names: Mapping[str, str] = field(default_factory=dict, repr=False)  # argument -> name in messages (CLI flags)
@@ -133,6 +134,8 @@ class Request:
         for name in ("callback", "progress"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be a function or None, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.return_dict, bool):
+            raise ValueError(f"return_dict must be True or False, got {self.return_dict!r}")
         if self.output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {self.output_type!r}")
         if self.crop not in CROPS:

@@ -166,9 +166,10 @@ def check_keys(
     problems = missing + unexpected + wrong_shape
     if problems:
         files = sorted({str(p) for _, p in found.values()})
-        raise CheckpointError(
+        first = "; ".join(p.strip() for p in problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
+        raise CheckpointError(  # the first line stands alone (the command line shows only it); then every problem
             f"{what}: the checkpoint does not fit the model ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(wrong_shape)} of the wrong shape) in {', '.join(files) or 'no file'}:\n"
+            f"unexpected, {len(wrong_shape)} of the wrong shape; {first}) in {', '.join(files) or 'no file'}:\n"
             + "\n".join(problems)
         )
     return mapping

@@ -83,6 +83,20 @@ def test_errors_are_one_line(tiny_ckpt, tmp_path, args, message):
     assert not list(tmp_path.glob("*.wav"))
 
 
+def test_a_bad_weight_file_is_named_on_one_line(tiny_ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, folder)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    del state["conv_in.bias"]
+    save_file(state, path)
+    r = musicldm("x", "--weights", folder, cwd=tmp_path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "missing key 'conv_in.bias' [32]" in r.stderr and str(path) in r.stderr
+
+
 def test_a_folder_among_the_takes_stops_before_generating(tiny_ckpt, tmp_path):
     (tmp_path / "x-2.wav").mkdir()
     r = musicldm("x", "-o", tmp_path / "x.wav", "--takes", 3, "--weights", tiny_ckpt, "--steps", 2)

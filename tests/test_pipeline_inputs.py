@@ -64,6 +64,7 @@ CASES = [
     (dict(latents=LAT + math.inf), ValueError, "latents contains NaN or infinite values"),
     (dict(cross_attention_kwargs={"gligen": 1}), ValueError, r"cross_attention_kwargs: unsupported key\(s\) \['gligen'\]"),
     (dict(crop="middle"), ValueError, "crop must be"),
+    (dict(return_dict="no"), ValueError, "return_dict must be True or False, got 'no'"),
     (dict(eta=1.5), ValueError, r"eta must be a finite number >= 0 and <= 1, got 1.5"),
     (dict(callback=5), ValueError, "callback must be a function"),
     (dict(progress="bar"), ValueError, "progress must be a function"),
@@ -155,13 +156,13 @@ def _edit_weights(path, edit):
 
 
 def test_a_nan_weight_is_named_not_written(tiny_ckpt, tmp_path):
-    from musicldm_core.errors import NonFiniteError
+    from musicldm_core.errors import DamagedOutputError
 
     folder = _copy(tiny_ckpt, tmp_path)
     _edit_weights(folder / "unet" / "diffusion_pytorch_model.safetensors",
                   lambda s: s["conv_in.weight"].view(-1).__setitem__(0, float("nan")))
     pipe = MusicLDMPipeline.from_pretrained(folder)
-    with pytest.raises(NonFiniteError, match=r"the denoised latents contain NaN or infinite values: a damaged "
+    with pytest.raises(DamagedOutputError, match=r"the denoised latents contain NaN or infinite values: a damaged "
                                              r"\(NaN or infinite\) weight in unet/"):
         pipe("calm piano", num_inference_steps=2, audio_length_in_s=0.1)
 
@@ -211,3 +212,13 @@ def test_from_pretrained_without_a_source():
 
     with pytest.raises(CheckpointError, match="source: expected a checkpoint folder or a Hub repo id"):
         MusicLDMPipeline.from_pretrained(None)
+
+
+def test_a_saturated_vocoder_is_named(tiny_ckpt, tmp_path):
+    """An infinite output bias makes tanh put out a constant, not NaN: still refused, by stage."""
+    from musicldm_core.errors import DamagedOutputError
+
+    folder = _copy(tiny_ckpt, tmp_path)
+    _edit_weights(folder / "vocoder" / "model.safetensors", lambda s: s["conv_post.bias"].fill_(float("inf")))
+    with pytest.raises(DamagedOutputError, match="the waveform of a take is constant: a damaged weight in vocoder/"):
+        MusicLDMPipeline.from_pretrained(folder)("calm piano", num_inference_steps=2, audio_length_in_s=0.1)
