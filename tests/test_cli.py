@@ -165,8 +165,6 @@ def test_hub_id_from_the_cache_offline(hf_cache, tmp_path):
 
 def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
     """The command's arguments, as the pipeline receives them (a silently dropped --negative shows)."""
-    import torch
-
     from musicldm_core.pipeline import MusicLDMPipeline
 
     seen = {}

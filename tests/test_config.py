@@ -19,7 +19,7 @@ from transformers import ClapAudioConfig as RefAudio, ClapConfig as RefClap, Cla
 from transformers import ClapTextConfig as RefText, SpeechT5HifiGanConfig
 
 from musicldm_core.config import (SCHEDULER_CLASSES, ClapAudioConfig, ClapConfig, ClapTextConfig,
-                                  FeatureExtractorConfig, UNetConfig, VAEConfig, VocoderConfig, scheduler_config)
+                                  FeatureExtractorConfig, UNetConfig, VAEConfig, VocoderConfig)
 from musicldm_core.errors import CheckpointError
 from musicldm_core.samplers import CLASS_NAMES, Scheduler
 

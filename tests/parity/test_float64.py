@@ -8,7 +8,6 @@ a margin of six orders of magnitude: an eps, a missing upcast or a wrong constan
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from diffusers import AutoencoderKL as RefVAE, UNet2DConditionModel
 from transformers import ClapFeatureExtractor, ClapModel, SpeechT5HifiGan
