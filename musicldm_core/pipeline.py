@@ -276,9 +276,13 @@ class MusicLDMPipeline:
             or "center" are deterministic.
         progress: called with 1 after each denoising step (e.g. a progress bar's update).
         """
-        request = Request(prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt,
-                          num_waveforms_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-                          callback, callback_steps, cross_attention_kwargs, output_type, return_dict, crop, progress)
+        request = Request(prompt=prompt, audio_length_in_s=audio_length_in_s, num_inference_steps=num_inference_steps,
+                          guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                          num_waveforms_per_prompt=num_waveforms_per_prompt, eta=eta, generator=generator,
+                          latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                          callback=callback, callback_steps=callback_steps,
+                          cross_attention_kwargs=cross_attention_kwargs, output_type=output_type,
+                          return_dict=return_dict, crop=crop, progress=progress)
         seconds, height, _, _ = request.plan(self)  # every input checked before any model runs
         device, takes = self.device, num_waveforms_per_prompt
         guided = request.guided
