@@ -31,3 +31,12 @@ def assert_detects(ours, ref, rtol: float, name: str) -> None:
     _, rel_err, _ = errors(ours, ref)
     print(f"[mutation] {name}: rel {rel_err:.3e} (must exceed {rtol:.1e})")
     assert rel_err > rtol, f"{name}: a deliberate break went unnoticed (rel {rel_err:.3e} <= {rtol:.1e})"
+
+
+def reference_pipeline(folder, **kwargs):
+    """diffusers' MusicLDMPipeline from a checkpoint folder, without its progress bar."""
+    from diffusers import MusicLDMPipeline
+
+    pipe = MusicLDMPipeline.from_pretrained(folder, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

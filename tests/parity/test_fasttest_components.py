@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import MusicLDMPipeline as Reference, PNDMScheduler
+from diffusers import PNDMScheduler
 from transformers import SpeechT5HifiGan
 
 import reference_checkpoints
-from helpers import assert_close
+from helpers import assert_close, reference_pipeline
 from musicldm_core.pipeline import MusicLDMPipeline
 from musicldm_core.samplers import Scheduler
 from musicldm_core.vocoder import HifiGan
@@ -32,9 +32,7 @@ def folder():
 
 @pytest.fixture()
 def pipes(folder):
-    ref = Reference.from_pretrained(folder)
-    ref.set_progress_bar_config(disable=True)
-    return ref, MusicLDMPipeline.from_pretrained(folder)
+    return reference_pipeline(folder), MusicLDMPipeline.from_pretrained(folder)
 
 
 def _both(ref, ours, seed=0, **kw):

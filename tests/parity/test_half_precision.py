@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL as RefVAE, MusicLDMPipeline as Reference, UNet2DConditionModel
+from diffusers import AutoencoderKL as RefVAE, UNet2DConditionModel
 from transformers import ClapModel, SpeechT5HifiGan
 
-from helpers import assert_close
+from helpers import assert_close, reference_pipeline
 from musicldm_core.clap import Clap
 from musicldm_core.pipeline import MusicLDMPipeline
 from musicldm_core.unet import UNet
@@ -42,8 +42,7 @@ def _healthy(x: torch.Tensor, name: str) -> None:
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_pipeline(tiny_ckpt, dtype):
-    ref = Reference.from_pretrained(tiny_ckpt, torch_dtype=dtype)
-    ref.set_progress_bar_config(disable=True)
+    ref = reference_pipeline(tiny_ckpt, torch_dtype=dtype)
     ours = MusicLDMPipeline.from_pretrained(tiny_ckpt, dtype=dtype)
     kw = dict(prompt="calm piano", negative_prompt="drums", num_inference_steps=4, guidance_scale=2.5,
               audio_length_in_s=0.5)

@@ -10,17 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import MusicLDMPipeline as Reference
 
-from helpers import assert_close
+from helpers import assert_close, reference_pipeline
 from musicldm_core.pipeline import MusicLDMPipeline
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_ckpt):
-    pipe = Reference.from_pretrained(tiny_ckpt)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return reference_pipeline(tiny_ckpt)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, LMSDiscreteScheduler, MusicLDMPipeline as Reference, PNDMScheduler
+from diffusers import DDIMScheduler, LMSDiscreteScheduler, PNDMScheduler
 
 from conftest import requires_cuda
-from helpers import assert_close, assert_detects
+from helpers import assert_close, assert_detects, reference_pipeline
 from musicldm_core.pipeline import MusicLDMPipeline
 
 RTOL = 1e-4
@@ -19,9 +19,7 @@ REF_SCHEDULERS = {"ddim": (DDIMScheduler, {}), "pndm": (PNDMScheduler, {"skip_pr
 
 @pytest.fixture(scope="module")
 def reference(full_ckpt):
-    pipe = Reference.from_pretrained(full_ckpt)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return reference_pipeline(full_ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +153,7 @@ def test_same_seed_is_bit_identical(tiny_ckpt):
 @requires_cuda
 @pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-3), (torch.float16, 5e-2)])
 def test_cuda(full_ckpt, dtype, rtol):
-    reference = Reference.from_pretrained(full_ckpt, torch_dtype=dtype).to("cuda")
-    reference.set_progress_bar_config(disable=True)
+    reference = reference_pipeline(full_ckpt, torch_dtype=dtype).to("cuda")
     ours = MusicLDMPipeline.from_pretrained(full_ckpt, device="cuda", dtype=dtype)
     kw = dict(prompt=["techno", "jazz"], num_inference_steps=10, guidance_scale=2.5)
     a = reference(**kw, generator=torch.Generator().manual_seed(0)).audios
