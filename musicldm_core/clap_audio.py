@@ -112,10 +112,6 @@ class LogMel:
         self.filters = mel_filters(n_fft // 2 + 1, cfg.feature_size, cfg.frequency_min, cfg.frequency_max,
                                    cfg.sampling_rate, "htk" if cfg.truncation == "fusion" else "slaney")
 
-    @property
-    def channels(self) -> int:
-        return 4 if self.config.truncation == "fusion" else 1
-
     @staticmethod
     def _offset(low: int, high: int, crop: str) -> int:
         """An offset in [low, high]: numpy's GLOBAL RandomState as the reference ("random"), or fixed."""

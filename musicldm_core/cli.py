@@ -119,9 +119,9 @@ def write_wavs(paths: List[Path], audios, rate: int) -> None:
     except BaseException as e:
         for tmp in temps:
             Path(tmp).unlink(missing_ok=True)
-        for path in done:
-            path.unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        for written in done:
+            written.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # `path` is the file that failed
             raise ValueError(f"--output: cannot write {str(path)!r} ({e.strerror or e})") from None
         raise
 

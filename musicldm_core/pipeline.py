@@ -283,7 +283,7 @@ class MusicLDMPipeline:
                           callback=callback, callback_steps=callback_steps,
                           cross_attention_kwargs=cross_attention_kwargs, output_type=output_type,
                           return_dict=return_dict, crop=crop, progress=progress)
-        seconds, height, _, _ = request.plan(self)  # every input checked before any model runs
+        seconds, height = request.plan(self)  # every input checked before any model runs
         device, takes = self.device, num_waveforms_per_prompt
         guided = request.guided
 

@@ -85,8 +85,6 @@ class Plan(NamedTuple):
 
     seconds: float  # the audio length to trim to
     frames: int  # mel frames generated: the length rounded up to whole latent frames
-    prompts: int
-    takes: int  # prompts x num_waveforms_per_prompt
 
 
 @dataclass
@@ -233,4 +231,4 @@ class Request:
                 raise ValueError(f"latents has shape {tuple(self.latents.shape)}, expected {shape} for {takes} takes "
                                  f"of {seconds} s")
         pipe.check_memory(takes, frames, self.guided, seconds)
-        return Plan(float(seconds), frames, prompts, takes)
+        return Plan(float(seconds), frames)

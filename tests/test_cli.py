@@ -214,3 +214,19 @@ def test_takes_are_written_best_first(tiny_ckpt, tmp_path):
         written = sf.read(tmp_path / f"jazz-{k}.wav", dtype="float32")[0]
         assert np.allclose(written, expected[k - 1], rtol=0, atol=1e-6), k
     assert not np.allclose(expected[0], expected[1], atol=1e-3)  # the two takes differ, so the order shows
+
+
+def test_a_failed_rename_names_its_file_and_undoes_the_set(tmp_path, monkeypatch):
+    """The second rename fails: the message names song-2.wav, and song-1.wav (already in place) is removed."""
+    real_replace, calls = os.replace, []
+
+    def broken_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(Permission denied\)"):
+        cli.write_wavs([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+    assert list(tmp_path.iterdir()) == []
