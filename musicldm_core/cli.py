@@ -129,7 +129,8 @@ def write_wavs(paths: List[Path], audios, rate: int) -> None:
 def run(args: argparse.Namespace) -> List[Path]:
     import torch
 
-    from .pipeline import MusicLDMPipeline, parse_device
+    from .pipeline import MusicLDMPipeline
+    from .placement import parse_device
     from .request import Request
     from .samplers import SAMPLERS
 

@@ -14,7 +14,6 @@ defaults and meaning; every input is checked by request.py before any heavy work
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -27,13 +26,13 @@ from .config import FeatureExtractorConfig
 from .errors import DamagedOutputError
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
+from .placement import Placement, component_dtype, parse_device, parse_dtype
 from .request import Request
-from .samplers import Scheduler, get_sampler
+from .samplers import Scheduler, check_sampler
 from .tokenizer import ClapTokenizer
 from .unet import UNet
 from .vae import AutoencoderKL
 from .vocoder import HifiGan
-from .weights import page_out
 
 Generator = Union[torch.Generator, List[torch.Generator], None]
 
@@ -43,80 +42,6 @@ class AudioPipelineOutput:
     """`.audios`: float32 waveforms (N, samples) as numpy ("np") or torch ("pt"), or latents ("latent")."""
 
     audios: Any
-
-
-def parse_device(device: Union[str, torch.device]) -> torch.device:
-    """A torch device that exists here; a clear error otherwise."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: unknown device {device!r} (use 'cpu', 'cuda', 'cuda:1', 'mps')") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device: {device!r} requested but MPS is not available")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device: {device!r} is not supported (use 'cpu', 'cuda' or 'mps')")
-    return dev
-
-
-def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if isinstance(dtype, torch.dtype) and dtype in names.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in names:
-        return names[dtype]
-    raise ValueError(f"dtype: {dtype!r} is not supported (use float32, float16 or bfloat16)")
-
-
-def available_memory(device: torch.device) -> Optional[int]:
-    """Bytes free for new tensors on `device` (None where it cannot be told)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
-
-
-def estimate_memory(pipe: "MusicLDMPipeline", takes: int, height: int, guided: bool,
-                    vae_slicing: bool) -> tuple[int, str]:
-    """(bytes, stage): activations of the stage that needs most, plus latents and waveforms.
-
-    UNet: every resolution level holds its skip connections and a few temporaries (2L + 4 maps of
-    C x T x F per row, twice the rows with guidance). VAE decoder: about four maps per level at
-    the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
-    the residual branches. Counted in float32 (the widest the models compute in).
-    """
-    u, v, h = pipe.unet.config, pipe.vae.config, pipe.vocoder.config
-    f, bins = pipe.vae_scale_factor, h.model_in_dim
-    rows = takes * (2 if guided else 1)
-    unet = sum(c * (height // f >> i) * (bins // f >> i) * (2 * n + 4)
-               for i, (c, n) in enumerate(zip(u.block_out_channels, u.layers_per_block))) * rows
-    chans = list(reversed(v.block_out_channels))
-    vae = sum(c * (height >> (len(chans) - 1 - i)) * (bins >> (len(chans) - 1 - i)) * 4
-              for i, c in enumerate(chans)) * (1 if vae_slicing else takes)
-    frames, vocoder = height, 0
-    for i, rate in enumerate(h.upsample_rates):
-        frames *= rate
-        vocoder = max(vocoder, (h.upsample_initial_channel >> (i + 1)) * frames * (len(h.resblock_kernel_sizes) + 3))
-    vocoder *= takes
-    stages = {"UNet": unet, "VAE decoder": vae, "vocoder": vocoder}
-    stage = max(stages, key=stages.get)
-    waves = takes * height * h.hop_length * 8  # the waveforms, and their 3x resampled copy when ranking
-    return 4 * (stages[stage] + waves + rows * u.in_channels * (height // f) * (bins // f)), stage
 
 
 def check_finite(x: torch.Tensor, what: str, component: str) -> None:
@@ -139,8 +64,7 @@ class MusicLDMPipeline:
         self.feature_extractor = feature_extractor
         self.vae_scale_factor = vae.config.scale_factor
         self.vae_slicing = False
-        self.offload_device: Optional[torch.device] = None  # set by enable_model_cpu_offload
-        self.low_memory = False  # set by enable_low_memory
+        self.placement = Placement(self.components)
 
     # ---------------------------------------------------------------------------------------
     # Loading and placement
@@ -162,7 +86,7 @@ class MusicLDMPipeline:
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype if torch_dtype is not None else torch.float32)
         device = parse_device(device)
         if scheduler is not None:
-            get_sampler(scheduler)  # unknown names fail before any download or load
+            check_sampler(scheduler)  # unknown names fail before any download or load
         folder = resolve(source, revision)
         kw = dict(device=device, dtype=dtype)
         return cls(
@@ -170,7 +94,7 @@ class MusicLDMPipeline:
             text_encoder=Clap.from_pretrained(folder / "text_encoder", **kw),
             unet=UNet.from_pretrained(folder / "unet", **kw),
             vae=AutoencoderKL.from_pretrained(folder / "vae", **kw),
-            vocoder=HifiGan.from_pretrained(folder / "vocoder", **kw),
+            vocoder=HifiGan.from_pretrained(folder / "vocoder", device=device, dtype=component_dtype("vocoder", dtype)),
             scheduler=Scheduler.from_pretrained(folder / "scheduler", scheduler),
             feature_extractor=LogMel(FeatureExtractorConfig.from_json(
                 folder / "feature_extractor" / "preprocessor_config.json")),
@@ -182,11 +106,11 @@ class MusicLDMPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.offload_device or self.unet.conv_in.weight.device
+        return self.placement.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.conv_in.weight.dtype
+        return self.placement.dtype
 
     @property
     def sampling_rate(self) -> int:
@@ -194,12 +118,8 @@ class MusicLDMPipeline:
 
     def to(self, device: Union[str, torch.device, None] = None,
            dtype: Union[str, torch.dtype, None] = None) -> "MusicLDMPipeline":
-        device = parse_device(device) if device is not None else None
-        dtype = parse_dtype(dtype) if dtype is not None else None
-        for module in self.components.values():
-            module.to(device=device, dtype=dtype)
-        if device is not None:
-            self.offload_device = None
+        self.placement.to(parse_device(device) if device is not None else None,
+                          parse_dtype(dtype) if dtype is not None else None)
         return self
 
     def enable_vae_slicing(self) -> None:
@@ -211,33 +131,12 @@ class MusicLDMPipeline:
 
     def enable_model_cpu_offload(self, device: Union[str, torch.device] = "cuda") -> None:
         """Keep every component on the CPU and move each to `device` only while it runs."""
-        device = parse_device(device)
-        for module in self.components.values():
-            module.to("cpu")
-        self.offload_device = device
+        self.placement.offload(parse_device(device))
 
     def enable_low_memory(self) -> None:
-        """On the CPU, keep only the running component's weights resident.
-
-        The weights are memory-mapped from the checkpoint; when a stage starts, the pages of the
-        other components are handed back to the kernel (they stay in the page cache and are read
-        back on the next run). Peak RSS becomes the largest component plus activations instead of
-        the whole model, for a small cost on each run.
-        """
-        self.low_memory = True
-
-    def _on_device(self, name: str) -> torch.nn.Module:
-        """The component `name`, ready to run: on the execution device (with offload: it alone) and,
-        in low-memory mode, the only one whose weights stay resident."""
-        module = self.components[name]
-        if self.offload_device is not None:
-            for other, m in self.components.items():
-                m.to(self.offload_device if other == name else "cpu")
-        if self.low_memory:
-            for other, m in self.components.items():
-                if other != name:
-                    page_out(m)
-        return module
+        """On the CPU, keep only the running component's weights resident (see placement.py): peak
+        RSS becomes the largest component plus activations, for a small cost on each run."""
+        self.placement.low_memory = True
 
     # ---------------------------------------------------------------------------------------
     # Generation
@@ -283,7 +182,7 @@ class MusicLDMPipeline:
                           callback=callback, callback_steps=callback_steps,
                           cross_attention_kwargs=cross_attention_kwargs, output_type=output_type,
                           return_dict=return_dict, crop=crop, progress=progress)
-        seconds, height = request.plan(self)  # every input checked before any model runs
+        run = request.plan(self)  # every input checked before any model runs
         device, takes = self.device, num_waveforms_per_prompt
         guided = request.guided
 
@@ -301,7 +200,7 @@ class MusicLDMPipeline:
             cond = torch.cat([uncond, cond])
 
         # 2. The guided noise predictor eps(x_t, t | c).
-        unet = self._on_device("unet")
+        unet = self.placement.ready("unet")
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if not guided:
@@ -310,31 +209,29 @@ class MusicLDMPipeline:
             return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
         # 3. Sample the latent from noise. Shape (B, 8, T/4, mel_bins/4); noise drawn as diffusers draws it.
-        shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), height)
+        shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), run.frames)
         noise = randn(shape, generator, device, self.dtype) if latents is None else latents.to(device, self.dtype)
-        order = self.scheduler.order
 
         def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
             if progress is not None:
                 progress(1)
             if callback is not None and i % callback_steps == 0:
-                callback(i // order, t, x)
+                callback(i // run.sampling.evals_per_step, t, x)
 
-        z = self.scheduler.sample(predict, noise, num_inference_steps, eta=eta, generator=generator,
-                                  callback=on_step)
+        z = self.scheduler.sample(predict, noise, run.sampling, eta=eta, generator=generator, callback=on_step)
         check_finite(z, "the denoised latents", "unet")
         if output_type == "latent":
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
-        mel = self._on_device("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=self.vae_slicing)
+        mel = self.placement.ready("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=self.vae_slicing)
         check_finite(mel, "the decoded mel spectrogram", "vae")
-        audio = self._on_device("vocoder")(mel.squeeze(1)).cpu().float()
+        audio = self.placement.ready("vocoder")(mel.squeeze(1)).cpu().float()
         check_finite(audio, "the waveform", "vocoder")
         if audio.shape[-1] > 1 and (audio.amax(dim=-1) == audio.amin(dim=-1)).any():  # e.g. tanh of an inf
             raise DamagedOutputError("the waveform of a take is constant: a damaged weight in vocoder/ is the "
                                      "likely cause")
-        audio = audio[:, :int(seconds * self.sampling_rate)]
+        audio = audio[:, :int(run.seconds * self.sampling_rate)]
         if takes > 1 and prompt is not None:
             audio = self.rank(prompt, audio, takes, rank_within_prompt, crop)
         if output_type == "np":
@@ -352,7 +249,7 @@ class MusicLDMPipeline:
             # The reference pads every prompt to 512 tokens; padding is masked out, so padding only to
             # the longest prompt gives the same vector (to float rounding, ~1e-7) at a fraction of the cost.
             ids, mask = self.tokenizer(texts, pad_to_max_length=False, max_length=max_length)
-            clap = self._on_device("text_encoder")
+            clap = self.placement.ready("text_encoder")
             embeds = clap.text_features(ids.to(device), mask.to(device))
         return embeds.to(device=device, dtype=self.dtype)
 
@@ -367,7 +264,7 @@ class MusicLDMPipeline:
         ids, mask = self.tokenizer(texts, pad_to_max_length=False)
         waves = resample(audio, self.sampling_rate, self.feature_extractor.config.sampling_rate)
         mel = self.feature_extractor(list(waves.numpy()), crop=crop)
-        clap = self._on_device("text_encoder")
+        clap = self.placement.ready("text_encoder")
         dev = self.device
         logits = clap.logits_per_text(ids.to(dev), mask.to(dev), mel.to(dev, self.dtype)).float().cpu()
         if within_prompt:
@@ -376,27 +273,7 @@ class MusicLDMPipeline:
         order = torch.argsort(logits, dim=1, descending=True)[:, :takes]
         return torch.index_select(audio, 0, order.reshape(-1))
 
-    # ---------------------------------------------------------------------------------------
-    # Input checks: all of them, before any heavy work
-    # ---------------------------------------------------------------------------------------
-
     def latent_shape(self, takes: int, frames: int) -> tuple[int, int, int, int]:
         """(takes, latent channels, frames / f, mel bins / f): the latent of `frames` mel frames."""
         f = self.vae_scale_factor
         return takes, self.unet.config.in_channels, frames // f, self.vocoder.config.model_in_dim // f
-
-    def check_memory(self, takes: int, height: int, guided: bool, seconds: float) -> None:
-        """Refuse a request whose activations cannot fit in the memory available on the device.
-
-        A coarse estimate (activations of the largest stage, the latents and the waveforms; the
-        weights are already resident), meant to stop what cannot possibly run (an hour of audio,
-        a million takes) with a clear line instead of an allocator error after loading.
-        """
-        need, stage = estimate_memory(self, takes, height, guided, self.vae_slicing)
-        available = available_memory(self.device)
-        if available is not None and need > 0.9 * available:
-            sliced, _ = estimate_memory(self, takes, height, guided, True)
-            hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
-            raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
-                             f"{stage}, but {available / 2**30:.1f} GiB is available on {self.device}: ask for fewer "
-                             f"takes or shorter audio{hint}")

@@ -3,8 +3,8 @@
 `Request.check()` needs no model: types, ranges and the consistency of the arguments with each
 other, so the command line refuses a bad request before it loads anything. `Request.plan(pipe)`
 adds what only the checkpoint can tell (the default length, the frames a length rounds to, the
-sampler's step counts, embedding widths, the latent shape, memory) and returns the Plan the
-pipeline runs. Every message names the argument (or, through `names`, the command-line flag),
+sampler's step counts, embedding widths, the latent shape, memory) and returns the Run the
+pipeline carries out. Every message names the argument (or, through `names`, the command-line flag),
 its value and what is allowed.
 """
 
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple
 import torch
 
 from .clap_audio import CROPS
+from .placement import check_memory
+from .samplers import Plan as SamplingPlan
 
 if TYPE_CHECKING:
     from .pipeline import MusicLDMPipeline
@@ -80,11 +82,12 @@ def check_embeds(name: str, embeds) -> int:
     return embeds.shape[0]
 
 
-class Plan(NamedTuple):
-    """What a checked request asks of the models."""
+class Run(NamedTuple):
+    """A checked request, made concrete for one checkpoint."""
 
-    seconds: float  # the audio length to trim to
-    frames: int  # mel frames generated: the length rounded up to whole latent frames
+    seconds: float  # the audio length returned
+    frames: int  # mel frames generated (the length rounded up to whole latent frames)
+    sampling: SamplingPlan  # the sampler's timesteps and sigmas
 
 
 @dataclass
@@ -199,8 +202,8 @@ class Request:
             if not torch.isfinite(latents).all():
                 raise ValueError("latents contains NaN or infinite values")
 
-    def plan(self, pipe: "MusicLDMPipeline") -> Plan:
-        """check(), then what needs the checkpoint; the Plan of the generation."""
+    def plan(self, pipe: "MusicLDMPipeline") -> Run:
+        """check(), then what needs the checkpoint; the Run of the generation."""
         prompts = self.check()
         takes = prompts * self.num_waveforms_per_prompt
         hop_seconds = pipe.vocoder.config.hop_length / pipe.sampling_rate  # 160 / 16000 s per mel frame
@@ -219,7 +222,7 @@ class Request:
                              f"VAE scale factor {f}")
         frames = math.ceil(int(seconds / hop_seconds) / f) * f
         # an integer in [1, T], and a count this sampler's spacing can take (1000 "leading" steps cannot)
-        pipe.scheduler.validate(self.num_inference_steps)
+        sampling = pipe.scheduler.plan(self.num_inference_steps)
         width = pipe.unet.config.projection_class_embeddings_input_dim
         for name in ("prompt_embeds", "negative_prompt_embeds"):
             embeds = getattr(self, name)
@@ -230,5 +233,5 @@ class Request:
             if tuple(self.latents.shape) != shape:
                 raise ValueError(f"latents has shape {tuple(self.latents.shape)}, expected {shape} for {takes} takes "
                                  f"of {seconds} s")
-        pipe.check_memory(takes, frames, self.guided, seconds)
-        return Plan(float(seconds), frames)
+        check_memory(pipe, takes, frames, self.guided, seconds)
+        return Run(float(seconds), frames, sampling)

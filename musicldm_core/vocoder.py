@@ -5,9 +5,8 @@ stage a leaky ReLU, a transposed-conv upsampler and the mean of several multi-re
 residual blocks; a final leaky ReLU (slope 0.01, torch's default, as the reference), conv_post
 and tanh. Parameter names equal the published ones (upsampler.0, resblocks.3.convs1.2, ...).
 
-Half precision: the residual sums overflow fp16's range with real weights, giving inf/NaN or
-clipped silence. A module loaded in float16 therefore keeps float32 weights and computes in float32
-(and returns float16); bfloat16 has float32's range and runs as it is.
+It computes in its weights' dtype and returns the input's: the pipeline holds it in float32 when
+the rest runs in float16 (fp16 overflows in the residual sums; see placement.py).
 """
 
 from __future__ import annotations
@@ -58,16 +57,8 @@ class HifiGan(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "HifiGan":
-        """Load `vocoder/` of the checkpoint. float16 is held and computed in float32 (see module doc)."""
-        load_dtype = torch.float32 if dtype == torch.float16 else dtype
-        return load_component(cls, VocoderConfig, folder, "model", device=device, dtype=load_dtype)
-
-    def _apply(self, fn, recurse=True):
-        # `.half()` / `.to(torch.float16)` keep float32 weights: fp16 overflows in the residual sums.
-        probe = fn(torch.zeros((), device=self.conv_pre.weight.device))
-        if probe.dtype == torch.float16:
-            return super()._apply(lambda t: fn(t).float() if t.is_floating_point() else fn(t), recurse)
-        return super()._apply(fn, recurse)
+        """Load `vocoder/` of the checkpoint."""
+        return load_component(cls, VocoderConfig, folder, "model", device=device, dtype=dtype)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, T, model_in_dim) or (T, model_in_dim) -> waveform (B, T * hop) or (T * hop,)."""

@@ -1,32 +1,35 @@
-"""Samplers by name. Each is one small module with `sample(model, x, schedule, steps, ...)` and
-`ORDER` (model evaluations per step); see schedule.py for the shared contract."""
+"""Samplers by name, and the one sampling loop they all run in.
+
+Three names to tell apart: `SchedulerConfig` is scheduler_config.json as read (config.py);
+`NoiseSchedule` is the maths it fixes (betas, alpha-bars, sigmas; schedule.py); `Scheduler` is
+what the pipeline holds (diffusers' word): a sampler chosen by name, bound to that schedule.
+Each sampler module gives a pure `plan` and a `stepper` (see schedule.py for the contract).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..config import SchedulerConfig, read_json, scheduler_config
 from ..errors import CheckpointError
+from ..noise import Generator
 from . import ddim, dpmsolver, euler, heun, lms, pndm
-from .schedule import NoiseSchedule, check_steps
+from .schedule import Model, NoiseSchedule, Plan
 
+Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
 
-class Sampler(NamedTuple):
-    sample: Callable
-    order: int
-
-
+# name -> (plan, stepper)
 SAMPLERS = {
-    "ddim": Sampler(ddim.sample, ddim.ORDER),
-    "pndm": Sampler(pndm.sample, pndm.ORDER),
-    "lms": Sampler(lms.sample, lms.ORDER),
-    "euler": Sampler(euler.sample, euler.ORDER),
-    "euler_ancestral": Sampler(euler.sample_ancestral, euler.ORDER),
-    "heun": Sampler(heun.sample, heun.ORDER),
-    "dpmsolver++": Sampler(dpmsolver.sample, dpmsolver.ORDER),
+    "ddim": (ddim.plan, ddim.stepper),
+    "pndm": (pndm.plan, pndm.stepper),
+    "lms": (lms.plan, lms.stepper),
+    "euler": (euler.plan, euler.stepper),
+    "euler_ancestral": (euler.plan_ancestral, euler.stepper_ancestral),
+    "heun": (heun.plan, heun.stepper),
+    "dpmsolver++": (dpmsolver.plan, dpmsolver.stepper),
 }
 
 # diffusers class names found in scheduler_config.json -> our names
@@ -41,26 +44,19 @@ CLASS_NAMES = {
 }
 
 
-def get_sampler(name: str) -> Sampler:
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"scheduler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
-
-
-class _Planned(Exception):
-    """Raised by Scheduler.validate's stand-in model: the timesteps were built and checked."""
+def check_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"scheduler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return name
 
 
 class Scheduler:
     """A named sampler bound to the checkpoint's noise schedule: what the pipeline calls."""
 
     def __init__(self, name: str, config: SchedulerConfig):
-        self.name = name
-        self.sampler = get_sampler(name)
+        self.name = check_sampler(name)
         self.config = config
         self.schedule = NoiseSchedule(config)
-        self.order = self.sampler.order
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, name: Optional[str] = None) -> "Scheduler":
@@ -81,32 +77,34 @@ class Scheduler:
                 raise CheckpointError(f"{source}: _class_name={class_name!r} is not a supported scheduler "
                                       f"(musicldm_core supports {', '.join(CLASS_NAMES)})")
             return cls(CLASS_NAMES[class_name], scheduler_config(class_name, data, source))
-        get_sampler(name)
+        check_sampler(name)
         if name == "pndm" and "skip_prk_steps" not in data:
             data = {**data, "skip_prk_steps": True}
         class_name = {v: k for k, v in CLASS_NAMES.items()}[name]
         return cls(name, scheduler_config(class_name, data, source))
 
-    def sample(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int,
-               **kwargs) -> torch.Tensor:
-        return self.sampler.sample(model, x, self.schedule, steps, **kwargs)
+    def plan(self, steps: int) -> Plan:
+        """What `steps` steps will do; raises, before any model runs, if this sampler cannot take them."""
+        return SAMPLERS[self.name][0](self.schedule, steps)
 
-    def validate(self, steps: int) -> None:
-        """Raise now, before any model runs, if this sampler cannot take `steps` steps.
+    def sample(self, model: Model, noise: torch.Tensor, plan: Plan, *, eta: float = 0.0,
+               generator: Generator = None, callback: Callback = None) -> torch.Tensor:
+        """Integrate from unit Gaussian `noise` to x_0 along `plan` (from `self.plan(steps)`).
 
-        Every sampler builds and checks its timesteps before its first model call, so a dry run
-        that stops at that call validates exactly what a real run would.
+        model(x_in, t) -> the model output; callback(i, t, x) runs where diffusers' pipeline
+        reports a step, with i the model evaluation's index (its step is i // plan.evals_per_step).
         """
-        def stop(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            raise _Planned
-
-        try:
-            self.sample(stop, torch.zeros(1), steps)
-        except _Planned:
-            pass
+        step = SAMPLERS[self.name][1](self.schedule, plan, eta=eta, generator=generator)
+        x = noise * plan.init_scale
+        for i, t in enumerate(plan.timesteps.to(noise.device)):
+            x_in = x / ((plan.sigmas[i] ** 2 + 1) ** 0.5) if plan.scale_input else x
+            x = step(i, x, model(x_in, t))
+            if callback is not None and plan.reports(i):
+                callback(i, t, x)
+        return x
 
     def __repr__(self) -> str:
         return f"Scheduler({self.name!r})"
 
 
-__all__ = ["SAMPLERS", "CLASS_NAMES", "Sampler", "Scheduler", "NoiseSchedule", "check_steps", "get_sampler"]
+__all__ = ["SAMPLERS", "CLASS_NAMES", "Scheduler", "NoiseSchedule", "Plan", "check_sampler"]

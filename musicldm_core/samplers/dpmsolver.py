@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import Callback, Model, NoiseSchedule, check_steps, karras_sigmas, reports, sigma_to_t
-
-ORDER = 1
+from .schedule import NoiseSchedule, Plan, Step, check_steps, karras_sigmas, sigma_to_t, vp_scales, x0_from_vp
 
 
 def _timesteps(schedule: NoiseSchedule, steps: int) -> np.ndarray:
@@ -36,14 +34,10 @@ def _timesteps(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     return np.arange(T, 0, -T / steps).round().copy().astype(np.int64) - 1
 
 
-def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-    return alpha_t, sigma * alpha_t
-
-
-def _plan(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, torch.Tensor]:
-    """(int64 timesteps (N,), float32 sigmas (N+1,)) as the reference's set_timesteps."""
+def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+    """int64 timesteps (N,) and float32 sigmas (N+1,) as the reference's set_timesteps."""
     cfg = schedule.config
+    steps = check_steps(steps, cfg.num_train_timesteps)
     if cfg.use_karras_sigmas:  # the whole trained range, Karras-spaced; timesteps rounded back
         table = schedule.sigma_table()
         sigmas = karras_sigmas(float(table[0]), float(table[-1]), steps, cfg)
@@ -54,31 +48,24 @@ def _plan(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, torch.Tensor
     if len(np.unique(sigmas)) != len(sigmas):  # a zero log-SNR step: diffusers divides by it and returns NaN
         raise ValueError(f"num_inference_steps={steps} with timestep_spacing={cfg.timestep_spacing!r} repeats a "
                          "timestep, which DPM-Solver++ cannot step over; use fewer steps or another spacing")
-    return ts, torch.from_numpy(np.concatenate([sigmas, [schedule.final_sigma()]]).astype(np.float32))
+    sigmas = torch.from_numpy(np.concatenate([sigmas, [schedule.final_sigma()]]).astype(np.float32))
+    return Plan(steps, torch.from_numpy(ts), sigmas=sigmas)
 
 
-def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
-           generator: Generator = None, callback: Callback = None) -> torch.Tensor:
-    cfg = schedule.config
-    steps = check_steps(steps, cfg.num_train_timesteps)
-    ts, sigmas = _plan(schedule, steps)
-    n = len(ts)
+def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+    cfg, sigmas, n = schedule.config, plan.sigmas, len(plan.timesteps)
     # the reference ends first-order at the last step in these cases
     last_first_order = cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
     x0_history: list[torch.Tensor] = []
-    for i, t in enumerate(torch.from_numpy(ts).to(x.device)):
-        out = model(x, t)
+
+    def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        nonlocal x0_history
         # 1. the model output as an x0 prediction
-        alpha_s0, sigma_s0 = _alpha_sigma(sigmas[i])
-        if cfg.prediction_type == "epsilon":
-            x0 = (x - sigma_s0 * out) / alpha_s0
-        elif cfg.prediction_type == "v_prediction":
-            x0 = alpha_s0 * x - sigma_s0 * out
-        else:
-            x0 = out
+        alpha_s0, sigma_s0 = vp_scales(sigmas[i])
+        x0 = x0_from_vp(cfg.prediction_type, out, x, alpha_s0, sigma_s0)
         x0_history = (x0_history + [x0])[-2:]
         # 2. log-SNR step from s0 to t
-        alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
+        alpha_t, sigma_t = vp_scales(sigmas[i + 1])
         lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
         lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
         h = lambda_t - lambda_s0
@@ -86,7 +73,7 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
         if cfg.solver_order == 1 or i == 0 or (i == n - 1 and last_first_order):
             new = (sigma_t / sigma_s0) * x32 - (alpha_t * (torch.exp(-h) - 1.0)) * x0
         else:  # 2M: D1 is the divided difference of the last two x0 predictions
-            alpha_s1, sigma_s1 = _alpha_sigma(sigmas[i - 1])
+            alpha_s1, sigma_s1 = vp_scales(sigmas[i - 1])
             lambda_s1 = torch.log(alpha_s1) - torch.log(sigma_s1)
             r0 = (lambda_s0 - lambda_s1) / h
             m0, m1 = x0_history[-1], x0_history[-2]
@@ -97,7 +84,6 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
             else:  # heun
                 new = ((sigma_t / sigma_s0) * x32 - (alpha_t * (torch.exp(-h) - 1.0)) * D0
                        + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * D1)
-        x = new.to(x0.dtype)
-        if callback is not None and reports(i, n, steps, ORDER):
-            callback(i, t, x)
-    return x
+        return new.to(x0.dtype)
+
+    return step

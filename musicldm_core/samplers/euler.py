@@ -12,42 +12,40 @@ from __future__ import annotations
 import torch
 
 from ..noise import Generator, randn
-from .schedule import Callback, Model, NoiseSchedule, check_steps, reports, sigma_x0
-
-ORDER = 1
+from .schedule import NoiseSchedule, Plan, Step, check_steps, x0_from_ve
 
 
-def _run(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, ancestral: bool,
-         generator: Generator, callback: Callback) -> torch.Tensor:
-    cfg = schedule.config
-    if ancestral and cfg.prediction_type == "sample":
-        raise ValueError("scheduler_config.json: prediction_type='sample' is not supported by Euler ancestral")
-    steps = check_steps(steps, cfg.num_train_timesteps)
+def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+    steps = check_steps(steps, schedule.num_train_timesteps)
     timesteps, sigmas = schedule.sigma_timesteps(steps)
-    x = x * schedule.init_sigma(sigmas)
-    for i, t in enumerate(timesteps.to(x.device)):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        out = model(x / ((sigma**2 + 1) ** 0.5), t)
+    return Plan(steps, timesteps, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas), scale_input=True)
+
+
+def plan_ancestral(schedule: NoiseSchedule, steps: int) -> Plan:
+    if schedule.config.prediction_type == "sample":
+        raise ValueError("scheduler_config.json: prediction_type='sample' is not supported by Euler ancestral")
+    return plan(schedule, steps)
+
+
+def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+    def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
         x32 = x.to(torch.float32)
-        derivative = (x32 - sigma_x0(cfg, out, x32, sigma)) / sigma
-        if ancestral:
-            sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
-            sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
-            x32 = x32 + derivative * (sigma_down - sigma)
-            x32 = x32 + randn(out.shape, generator, out.device, out.dtype) * sigma_up
-        else:
-            x32 = x32 + derivative * (sigma_next - sigma)
-        x = x32.to(out.dtype)
-        if callback is not None and reports(i, len(timesteps), steps, ORDER):
-            callback(i, t, x)
-    return x
+        derivative = (x32 - x0_from_ve(schedule.config.prediction_type, out, x32, sigma)) / sigma
+        return (x32 + derivative * (sigma_next - sigma)).to(out.dtype)
+
+    return step
 
 
-def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
-           generator: Generator = None, callback: Callback = None) -> torch.Tensor:
-    return _run(model, x, schedule, steps, False, generator, callback)
+def stepper_ancestral(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+    def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+        x32 = x.to(torch.float32)
+        derivative = (x32 - x0_from_ve(schedule.config.prediction_type, out, x32, sigma)) / sigma
+        sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        x32 = x32 + derivative * (sigma_down - sigma)
+        x32 = x32 + randn(out.shape, generator, out.device, out.dtype) * sigma_up
+        return x32.to(out.dtype)
 
-
-def sample_ancestral(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
-                     generator: Generator = None, callback: Callback = None) -> torch.Tensor:
-    return _run(model, x, schedule, steps, True, generator, callback)
+    return step

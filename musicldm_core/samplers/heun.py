@@ -2,8 +2,8 @@
 
 Reference: diffusers 0.36.0 `HeunDiscreteScheduler`: two model evaluations per step (an Euler
 predictor at sigma_i, a corrector at sigma_{i+1} averaging the two slopes), except the last step
-(sigma_{i+1} = 0), which is the predictor alone. The reference's timesteps list holds each inner timestep
-twice; callbacks see that list's indices, and one step is ORDER = 2 evaluations.
+(sigma_{i+1} = 0), which is the predictor alone. As in the reference, the plan lists each inner
+timestep and sigma twice (t0, t1, t1, t2, t2, ...; s0, s1, s1, ..., 0), one entry per evaluation.
 """
 
 from __future__ import annotations
@@ -11,40 +11,36 @@ from __future__ import annotations
 import torch
 
 from ..noise import Generator
-from .schedule import Callback, Model, NoiseSchedule, check_steps, reports, sigma_x0
-
-ORDER = 2
+from .schedule import NoiseSchedule, Plan, Step, check_steps, x0_from_ve
 
 
-def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
-           generator: Generator = None, callback: Callback = None) -> torch.Tensor:
-    cfg = schedule.config
-    steps = check_steps(steps, cfg.num_train_timesteps)
+def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+    steps = check_steps(steps, schedule.num_train_timesteps)
     ts, sig = schedule.sigma_timesteps(steps)
-    # Interleaved as the reference: t0, t1, t1, t2, t2, ...; sigmas s0, s1, s1, ..., s_{N-1}, s_{N-1}, 0
     sigmas = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
     timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)])
-    x = x * schedule.init_sigma(sigmas)
-    r = cfg.clip_sample_range
+    return Plan(steps, timesteps, evals_per_step=2, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas),
+                scale_input=True)
 
-    def clip(x0: torch.Tensor) -> torch.Tensor:
-        return x0.clamp(-r, r) if cfg.clip_sample else x0
 
-    first = None  # (slope, dt, x) of the predictor while the corrector is pending
-    for i, t in enumerate(timesteps.to(x.device)):
-        out = model(x / ((sigmas[i] ** 2 + 1) ** 0.5), t)
-        if first is None:  # predictor (Euler) from sigma to sigma_next
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            derivative = (x - clip(sigma_x0(cfg, out, x, sigma))) / sigma
-            dt = sigma_next - sigma
-            first = (derivative, dt, x)
-            x = x + derivative * dt  # at the last step (sigma_next = 0) this is the result
-        else:  # corrector: average the slopes at both ends
-            sigma_next = sigmas[i]
-            derivative = (x - clip(sigma_x0(cfg, out, x, sigma_next))) / sigma_next
-            prev_derivative, dt, x_start = first
-            x = x_start + (prev_derivative + derivative) / 2 * dt
-            first = None
-        if callback is not None and reports(i, len(timesteps), steps, ORDER):
-            callback(i, t, x)
-    return x
+def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+    cfg = schedule.config
+    predictor = None  # (slope, dt, x) of the Euler predictor while its corrector is pending
+
+    def slope(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        x0 = x0_from_ve(cfg.prediction_type, out, x, sigma)
+        if cfg.clip_sample:
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        return (x - x0) / sigma
+
+    def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        nonlocal predictor
+        if predictor is None:  # predictor (Euler) from sigma to sigma_next; at sigma_next = 0, the result
+            derivative, dt = slope(out, x, plan.sigmas[i]), plan.sigmas[i + 1] - plan.sigmas[i]
+            predictor = (derivative, dt, x)
+            return x + derivative * dt
+        first, dt, x_start = predictor  # corrector: average the slopes at both ends
+        predictor = None
+        return x_start + (first + slope(out, x, plan.sigmas[i])) / 2 * dt
+
+    return step

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import Callback, Model, NoiseSchedule, check_steps, reports, sigma_x0
+from .schedule import NoiseSchedule, Plan, Step, check_steps, x0_from_ve
 
-ORDER = 1
-LMS_ORDER = 4
+LMS_ORDER = 4  # how many past derivatives the multistep formula combines
 
 # QUADPACK dqk21: Kronrod abscissae on [-1, 1] (the 10-point Gauss nodes at odd positions), weights
 _KRONROD_X = (0.995657163025808080735527280689003, 0.973906528517171720077964012084452,
@@ -61,21 +60,23 @@ def lms_coefficient(sigmas: list[float], order: int, k: int, j: int) -> float:
     return gauss_kronrod_21(basis, float(s[k]), float(s[k + 1]))
 
 
-def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
-           generator: Generator = None, callback: Callback = None) -> torch.Tensor:
-    cfg = schedule.config
-    steps = check_steps(steps, cfg.num_train_timesteps)
+def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+    steps = check_steps(steps, schedule.num_train_timesteps)
     timesteps, sigmas = schedule.sigma_timesteps(steps)
-    node = sigmas.double().tolist()  # the reference's quad evaluates its integrand at these float32 values
-    x = x * schedule.init_sigma(sigmas)
-    derivatives: list[torch.Tensor] = []
-    for i, t in enumerate(timesteps.to(x.device)):
-        sigma = sigmas[i]
-        out = model(x / ((sigma**2 + 1) ** 0.5), t)
-        derivatives = (derivatives + [(x - sigma_x0(cfg, out, x, sigma)) / sigma])[-LMS_ORDER:]
+    return Plan(steps, timesteps, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas), scale_input=True)
+
+
+def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+    node = plan.sigmas.double().tolist()  # the reference's quad evaluates its integrand at these float32 values
+    derivatives: list[torch.Tensor] = []  # the last LMS_ORDER slopes d, oldest first
+
+    def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        nonlocal derivatives
+        sigma = plan.sigmas[i]
+        derivatives = (derivatives + [(x - x0_from_ve(schedule.config.prediction_type, out, x, sigma)) / sigma])
+        derivatives = derivatives[-LMS_ORDER:]
         order = min(i + 1, LMS_ORDER)
         coeffs = [lms_coefficient(node, order, i, j) for j in range(order)]
-        x = x + sum(c * d for c, d in zip(coeffs, reversed(derivatives)))
-        if callback is not None and reports(i, len(timesteps), steps, ORDER):
-            callback(i, t, x)
-    return x
+        return x + sum(c * d for c, d in zip(coeffs, reversed(derivatives)))
+
+    return step

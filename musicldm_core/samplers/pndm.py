@@ -12,26 +12,23 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import Callback, Model, NoiseSchedule, check_steps, reports
-
-ORDER = 1
+from .schedule import NoiseSchedule, Plan, Step, check_steps, eps_from_vp
 
 
-def _transfer(schedule: NoiseSchedule, x, t: int, prev_t: int, out) -> torch.Tensor:
+def _transfer(schedule: NoiseSchedule, x: torch.Tensor, t: int, prev_t: int, out: torch.Tensor) -> torch.Tensor:
     """phi(x_t, eps, t, t') of eq. 11: DDIM's deterministic step from t to prev_t."""
     ac = schedule.alphas_cumprod
     alpha_prod_t = ac[t]
     alpha_prod_t_prev = ac[prev_t] if prev_t >= 0 else (torch.tensor(1.0) if schedule.config.set_alpha_to_one
                                                         else ac[0])
     beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-    if schedule.config.prediction_type == "v_prediction":
-        out = (alpha_prod_t**0.5) * out + (beta_prod_t**0.5) * x
+    out = eps_from_vp(schedule.config.prediction_type, out, x, alpha_prod_t**0.5, beta_prod_t**0.5)
     sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** (0.5)
     denom = alpha_prod_t * beta_prod_t_prev ** (0.5) + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** (0.5)
     return sample_coeff * x - (alpha_prod_t_prev - alpha_prod_t) * out / denom
 
 
-def timesteps(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, int]:
+def _layout(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, int]:
     """(all model-evaluation timesteps, how many of them are PRK) as diffusers lays them out."""
     ts = schedule.integer_timesteps(steps)[::-1]  # ascending
     if schedule.config.skip_prk_steps:
@@ -42,8 +39,7 @@ def timesteps(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, int]:
     return np.concatenate([prk, ts[:-3][::-1]]).astype(np.int64), len(prk)
 
 
-def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *, eta: float = 0.0,
-           generator: Generator = None, callback: Callback = None) -> torch.Tensor:
+def plan(schedule: NoiseSchedule, steps: int) -> Plan:
     cfg = schedule.config
     if cfg.prediction_type == "sample":
         raise ValueError("scheduler_config.json: prediction_type='sample' is not supported by PNDM")
@@ -51,15 +47,20 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
     if not cfg.skip_prk_steps and steps < 4:  # diffusers fails there (its PRK warm-up needs 4 timesteps)
         raise ValueError(f"num_inference_steps={steps}: PNDM with Runge-Kutta warm-up steps (skip_prk_steps=false) "
                          "needs at least 4 steps")
-    stride = cfg.num_train_timesteps // steps
-    all_ts, n_prk = timesteps(schedule, steps)
-    ets: list[torch.Tensor] = []
+    return Plan(steps, torch.from_numpy(_layout(schedule, steps)[0]))
+
+
+def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+    stride = schedule.num_train_timesteps // plan.steps
+    all_ts, n_prk = _layout(schedule, plan.steps)
+    ets: list[torch.Tensor] = []  # past model outputs (as eps)
     x_start = None  # x at the start of the current multi-evaluation step
     prk_sum = 0.0
-    for i, t in enumerate(torch.from_numpy(all_ts).to(x.device)):
-        out = model(x, t)
-        t = int(t)
-        if i < n_prk:  # pseudo Runge-Kutta: evaluations k = 0..3 of the step starting at prk_ts[i//4*4]
+
+    def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        nonlocal ets, x_start, prk_sum
+        t = int(all_ts[i])
+        if i < n_prk:  # pseudo Runge-Kutta: evaluations k = 0..3 of the step starting at all_ts[i//4*4]
             k = i % 4
             prev_t = t - (0 if i % 2 else stride // 2)
             t = int(all_ts[i // 4 * 4])
@@ -72,25 +73,24 @@ def sample(model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *
             else:
                 out = prk_sum + 1 / 6 * out
                 prk_sum = 0.0
-            x = _transfer(schedule, x_start, t, prev_t, out)
-        else:  # pseudo linear multistep
-            prev_t = t - stride
-            if i != 1:
-                ets = ets[-3:] + [out]
-            else:  # second evaluation of the first step: same t, pseudo improved Euler
-                prev_t, t = t, t + stride
-            if len(ets) == 1 and i == 0:
-                x_start = x
-            elif len(ets) == 1 and i == 1:
-                out = (out + ets[-1]) / 2
-                x, x_start = x_start, None
-            elif len(ets) == 2:
-                out = (3 * ets[-1] - ets[-2]) / 2
-            elif len(ets) == 3:
-                out = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
-            else:
-                out = (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
-            x = _transfer(schedule, x, t, prev_t, out)
-        if callback is not None and reports(i, len(all_ts), steps, ORDER):
-            callback(i, torch.tensor(all_ts[i]), x)
-    return x
+            return _transfer(schedule, x_start, t, prev_t, out)
+        # pseudo linear multistep
+        prev_t = t - stride
+        if i != 1:
+            ets = ets[-3:] + [out]
+        else:  # second evaluation of the first step: same t, pseudo improved Euler
+            prev_t, t = t, t + stride
+        if len(ets) == 1 and i == 0:
+            x_start = x
+        elif len(ets) == 1 and i == 1:
+            out = (out + ets[-1]) / 2
+            x, x_start = x_start, None
+        elif len(ets) == 2:
+            out = (3 * ets[-1] - ets[-2]) / 2
+        elif len(ets) == 3:
+            out = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
+        else:
+            out = (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
+        return _transfer(schedule, x, t, prev_t, out)
+
+    return step

@@ -1,27 +1,25 @@
-"""The noise schedule every sampler shares, and the contract they all follow.
+"""The noise schedule every sampler shares, the plan of a run, and the prediction formulas.
 
-Contract (k-diffusion style, one function per sampler):
+A sampler is two functions (see samplers/__init__.py, which runs the loop once for all):
 
-    sample(model, x, schedule, steps, *, eta=0.0, generator=None, callback=None) -> x_0
+* plan(schedule, steps) -> Plan: pure. The timesteps the model will see, the sigmas, the initial
+  noise scale. Building it is the check of a step count, so it runs before any model does.
+* stepper(schedule, plan, eta, generator) -> step(i, x, out) -> x: the update after model
+  evaluation i, with any multistep history kept inside the closure (nothing survives a run).
 
-* model(x_in, t) -> model output (noise, v or x0, as the config's prediction_type says); x_in is
-  the latent already scaled for the model (sigma samplers divide by sqrt(sigma^2 + 1)) and t is
-  the discrete timestep the reference passes to its UNet (int64, or float32 for sigma samplers).
-* x is unit Gaussian noise; the sampler multiplies it by its initial sigma (`init_noise_sigma`).
-* callback(i, t, x) runs where diffusers' pipeline loop reports a step (`reports`), with i the
-  index of the model evaluation; steps = i // ORDER.
-* Multistep history lives in local lists; nothing is stored between calls.
-
-Each sampler computes in the variable diffusers uses — integer timesteps and float32
-alphas_cumprod for DDIM/PNDM/DPM-Solver, float32 sigmas for LMS/Euler/Heun — so its trajectory
-equals the reference's to rounding, not just mathematically.
+Each sampler computes in the variable diffusers uses -- integer timesteps and float32
+alphas_cumprod for DDIM/PNDM/DPM-Solver, float32 sigmas for LMS/Euler/Heun -- so its trajectory
+equals the reference's to rounding, not just mathematically. Two parameterisations of x_t appear:
+    VP ("variance preserving"):  x_t = alpha_t x_0 + sigma_t eps,   alpha_t^2 + sigma_t^2 = 1
+    VE (Karras' sigma form):     x   = x_0 + sigma eps,             with x_t = x / sqrt(sigma^2 + 1)
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -29,7 +27,7 @@ import torch
 from ..config import SchedulerConfig
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
+Step = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_steps(steps, num_train_timesteps: int) -> int:
@@ -41,10 +39,29 @@ def check_steps(steps, num_train_timesteps: int) -> int:
     return int(steps)
 
 
-def reports(i: int, evaluations: int, steps: int, order: int) -> bool:
-    """diffusers' pipeline loop: does model evaluation i (of `evaluations`) complete a step?"""
-    warmup = evaluations - steps * order
-    return i == evaluations - 1 or ((i + 1) > warmup and (i + 1) % order == 0)
+@dataclass(frozen=True)
+class Plan:
+    """A run of `steps` steps, fixed before any model evaluation.
+
+    timesteps: (E,) the t the model is given at each of the E evaluations (CPU; int64, or float32
+        for the sigma samplers). E = steps * evals_per_step, plus any warm-up evaluations.
+    sigmas: float32 VE sigmas the steps move between (sigma samplers and DPM-Solver), else None.
+    init_scale: x_T = unit noise * init_scale (diffusers' `init_noise_sigma`).
+    scale_input: the model sees x / sqrt(sigmas[i]^2 + 1) instead of x (VE -> VP).
+    """
+
+    steps: int
+    timesteps: torch.Tensor
+    evals_per_step: int = 1
+    sigmas: Optional[torch.Tensor] = None
+    init_scale: Union[float, torch.Tensor] = 1.0
+    scale_input: bool = False
+
+    def reports(self, i: int) -> bool:
+        """diffusers' pipeline loop: does model evaluation i complete a step (so callbacks run)?"""
+        evaluations = len(self.timesteps)
+        warmup = evaluations - self.steps * self.evals_per_step
+        return i == evaluations - 1 or ((i + 1) > warmup and (i + 1) % self.evals_per_step == 0)
 
 
 class NoiseSchedule:
@@ -160,21 +177,36 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return ((1 - w) * low_idx + w * high_idx).reshape(np.shape(sigma))
 
 
-def predicted_x0_and_eps(config: SchedulerConfig, out: torch.Tensor, x: torch.Tensor,
-                         alpha_prod_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0-hat and eps-hat from a model output, for the three prediction types (DDIM's formulas)."""
-    beta_prod_t = 1 - alpha_prod_t
-    if config.prediction_type == "epsilon":
-        return (x - beta_prod_t ** (0.5) * out) / alpha_prod_t ** (0.5), out
-    if config.prediction_type == "sample":
-        return out, (x - alpha_prod_t ** (0.5) * out) / beta_prod_t ** (0.5)
-    return (alpha_prod_t**0.5) * x - (beta_prod_t**0.5) * out, (alpha_prod_t**0.5) * out + (beta_prod_t**0.5) * x
+def vp_scales(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VE sigma -> VP (alpha_t, sigma_t): alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha_t."""
+    alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
+    return alpha_t, sigma * alpha_t
 
 
-def sigma_x0(config: SchedulerConfig, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """x0-hat for the sigma samplers (x = x0 + sigma * eps), for the three prediction types."""
-    if config.prediction_type == "epsilon":
+def x0_from_vp(prediction_type: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
+               sigma: torch.Tensor) -> torch.Tensor:
+    """x0-hat from a model output at x = alpha x0 + sigma eps (eps-, x0- or v-prediction)."""
+    if prediction_type == "epsilon":
+        return (x - sigma * out) / alpha
+    if prediction_type == "sample":
+        return out
+    return alpha * x - sigma * out  # v = alpha eps - sigma x0
+
+
+def eps_from_vp(prediction_type: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
+                sigma: torch.Tensor) -> torch.Tensor:
+    """eps-hat from a model output at x = alpha x0 + sigma eps (eps-, x0- or v-prediction)."""
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "sample":
+        return (x - alpha * out) / sigma
+    return alpha * out + sigma * x
+
+
+def x0_from_ve(prediction_type: str, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x0-hat from a model output at x = x0 + sigma eps (the model saw x / sqrt(sigma^2 + 1))."""
+    if prediction_type == "epsilon":
         return x - sigma * out
-    if config.prediction_type == "v_prediction":
+    if prediction_type == "v_prediction":
         return out * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))
     return out

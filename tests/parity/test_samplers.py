@@ -20,7 +20,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 
 from helpers import assert_detects, errors
 from musicldm_core.config import scheduler_config
-from musicldm_core.samplers import SAMPLERS, NoiseSchedule, Scheduler
+from musicldm_core.samplers import SAMPLERS, Scheduler
 from musicldm_core.samplers.lms import gauss_kronrod_21, lms_coefficient
 from musicldm_core.unet import UNet
 
@@ -68,9 +68,10 @@ def our_run(name, cfg, steps, x, model, eta=0.0, seed=None):
         ts.append(float(t))
         return model(x_in, t)
 
-    SAMPLERS[name].sample(counted, x, NoiseSchedule(scheduler_config(REFERENCE[name].__name__, cfg)), steps, eta=eta,
-                          generator=torch.Generator().manual_seed(seed) if seed is not None else None,
-                          callback=lambda i, t, x: traj.append((i, x)))
+    scheduler = Scheduler(name, scheduler_config(REFERENCE[name].__name__, cfg))
+    scheduler.sample(counted, x, scheduler.plan(steps), eta=eta,
+                     generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+                     callback=lambda i, t, x: traj.append((i, x)))
     return ts, traj
 
 
@@ -224,17 +225,16 @@ def test_gauss_kronrod_is_exact_for_polynomials():
 
 @pytest.mark.parametrize("steps", [0, -3, 2.5, True, 1001, "10"])
 def test_bad_step_counts(steps):
-    x = torch.zeros(1, 8, 2, 2)
     for name in SAMPLERS:
         with pytest.raises(ValueError, match="num_inference_steps"):
-            SAMPLERS[name].sample(stand_in, x, NoiseSchedule(scheduler_config(REFERENCE[name].__name__, PUBLISHED)), steps)
+            Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED)).plan(steps)
 
 
 def test_scheduler_from_checkpoint(tiny_ckpt):
     assert Scheduler.from_pretrained(tiny_ckpt / "scheduler").name == "ddim"
     pndm = Scheduler.from_pretrained(tiny_ckpt / "scheduler", "pndm")
     assert pndm.config.skip_prk_steps  # MusicLDM's PNDM is PLMS
-    assert Scheduler.from_pretrained(tiny_ckpt / "scheduler", "heun").order == 2
+    assert Scheduler.from_pretrained(tiny_ckpt / "scheduler", "heun").plan(10).evals_per_step == 2
     with pytest.raises(ValueError, match="unknown sampler 'dpm3'"):
         Scheduler.from_pretrained(tiny_ckpt / "scheduler", "dpm3")
 

@@ -116,12 +116,17 @@ def test_vocoder_normalize_before(tmp_path):
         assert_close(ours(m), ref(m), RTOL, "vocoder with normalize_before (mean/scale buffers)")
 
 
-def test_vocoder_half_precision_keeps_float32_weights(tiny_ckpt):
-    voc = HifiGan.from_pretrained(tiny_ckpt / "vocoder", dtype=torch.float16)
-    assert voc.conv_pre.weight.dtype == torch.float32
-    voc.half()
-    assert voc.conv_pre.weight.dtype == torch.float32
-    out = voc(_mel(20)[:, 0].half() * 50)  # loud input: fp16 would overflow in the residual sums
+def test_float16_pipeline_keeps_the_vocoder_in_float32(tiny_ckpt):
+    """The precision policy (placement.py): under float16 the vocoder alone stays float32."""
+    from musicldm_core import MusicLDMPipeline
+
+    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt, dtype=torch.float16)
+    assert pipe.vocoder.conv_pre.weight.dtype == torch.float32 and pipe.unet.conv_in.weight.dtype == torch.float16
+    pipe.to(dtype=torch.bfloat16)
+    assert pipe.vocoder.conv_pre.weight.dtype == torch.bfloat16  # float32's range: no exception needed
+    pipe.to(dtype="float16")
+    assert pipe.vocoder.conv_pre.weight.dtype == torch.float32 and pipe.vae.decoder.conv_in.weight.dtype == torch.float16
+    out = pipe.vocoder(_mel(20)[:, 0].half() * 50)  # loud input: fp16 would overflow in the residual sums
     assert out.dtype == torch.float16 and torch.isfinite(out).all() and out.abs().max() > 0
 
 

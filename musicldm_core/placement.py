@@ -1,0 +1,158 @@
+"""Where the components live and in what precision: devices, dtypes, offload, memory.
+
+The precision policy, in one place: every component computes in the pipeline's dtype, except the
+HiFi-GAN vocoder under float16, which stays float32 (`component_dtype`): its residual sums
+overflow fp16's range with real weights (inf/NaN, or clipped silence). bfloat16 has float32's
+range and is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Union
+
+import torch
+
+from .weights import page_out
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_device(device: Union[str, torch.device]) -> torch.device:
+    """A torch device that exists here; a clear error otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: unknown device {device!r} (use 'cpu', 'cuda', 'cuda:1', 'mps')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {device!r} requested but MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: {device!r} is not supported (use 'cpu', 'cuda' or 'mps')")
+    return dev
+
+
+def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype: {dtype!r} is not supported (use float32, float16 or bfloat16)")
+
+
+def component_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype component `name` is held and computed in when the pipeline runs in `dtype`."""
+    return torch.float32 if name == "vocoder" and dtype == torch.float16 else dtype
+
+
+class Placement:
+    """The components' device and dtype, and which of them is resident while another runs.
+
+    Three modes: all on one device (default); model CPU offload (GPU: each component moved to the
+    device only while it runs); low memory (CPU: the memory-mapped weights of the components not
+    running are handed back to the kernel, to be read again from the page cache when next used).
+    """
+
+    def __init__(self, components: Dict[str, torch.nn.Module]):
+        self.components = components
+        self.offload_device: Optional[torch.device] = None
+        self.low_memory = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.offload_device or next(self.components["unet"].parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.components["unet"].parameters()).dtype
+
+    def to(self, device: Optional[torch.device], dtype: Optional[torch.dtype]) -> None:
+        for name, module in self.components.items():
+            module.to(device=device, dtype=component_dtype(name, dtype) if dtype is not None else None)
+        if device is not None:
+            self.offload_device = None
+
+    def offload(self, device: torch.device) -> None:
+        for module in self.components.values():
+            module.to("cpu")
+        self.offload_device = device
+
+    def ready(self, name: str) -> torch.nn.Module:
+        """Component `name`, ready to run: on the execution device (with offload: it alone there)
+        and, in low-memory mode, the only one whose weights stay resident."""
+        if self.offload_device is not None:
+            for other, m in self.components.items():
+                m.to(self.offload_device if other == name else "cpu")
+        if self.low_memory:
+            for other, m in self.components.items():
+                if other != name:
+                    page_out(m)
+        return self.components[name]
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes free for new tensors on `device` (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, vae_slicing: bool) -> tuple[int, str]:
+    """(bytes, stage): activations of the stage that needs most, plus latents and waveforms.
+
+    UNet: every resolution level holds its skip connections and a few temporaries (2L + 4 maps of
+    C x T x F per row, twice the rows with guidance). VAE decoder: about four maps per level at
+    the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
+    the residual branches. Counted in float32 (the widest the models compute in).
+    """
+    u, v, h = unet.config, vae.config, vocoder.config
+    f, bins = v.scale_factor, h.model_in_dim
+    rows = takes * (2 if guided else 1)
+    unet_bytes = sum(c * (frames // f >> i) * (bins // f >> i) * (2 * n + 4)
+                     for i, (c, n) in enumerate(zip(u.block_out_channels, u.layers_per_block))) * rows
+    chans = list(reversed(v.block_out_channels))
+    vae_bytes = sum(c * (frames >> (len(chans) - 1 - i)) * (bins >> (len(chans) - 1 - i)) * 4
+                    for i, c in enumerate(chans)) * (1 if vae_slicing else takes)
+    length, vocoder_bytes = frames, 0
+    for i, rate in enumerate(h.upsample_rates):
+        length *= rate
+        vocoder_bytes = max(vocoder_bytes, (h.upsample_initial_channel >> (i + 1)) * length
+                            * (len(h.resblock_kernel_sizes) + 3))
+    stages = {"UNet": unet_bytes, "VAE decoder": vae_bytes, "vocoder": vocoder_bytes * takes}
+    stage = max(stages, key=stages.get)
+    waves = takes * frames * h.hop_length * 8  # the waveforms, and their 3x resampled copy when ranking
+    return 4 * (stages[stage] + waves + rows * u.in_channels * (frames // f) * (bins // f)), stage
+
+
+def check_memory(pipe, takes: int, frames: int, guided: bool, seconds: float) -> None:
+    """Refuse a request whose activations cannot fit in the memory available on the device.
+
+    A coarse estimate (activations of the largest stage, the latents and the waveforms; the
+    weights are already resident), meant to stop what cannot possibly run (an hour of audio,
+    a million takes) with a clear line instead of an allocator error after loading.
+    """
+    models = (pipe.unet, pipe.vae, pipe.vocoder)
+    need, stage = estimate_memory(*models, takes, frames, guided, pipe.vae_slicing)
+    available = available_memory(pipe.device)
+    if available is not None and need > 0.9 * available:
+        sliced, _ = estimate_memory(*models, takes, frames, guided, True)
+        hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
+        raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
+                         f"{stage}, but {available / 2**30:.1f} GiB is available on {pipe.device}: ask for fewer "
+                         f"takes or shorter audio{hint}")
