@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights_convert.clap import published_to_ours
+from weights_convert import clap as clap_names
 
 from .clap_audio import HTSAT
 from .clap_text import ClapTextEncoder
@@ -34,7 +34,7 @@ class Clap(nn.Module):
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "Clap":
         """Load `text_encoder/` of the checkpoint (transformers ClapModel config + safetensors)."""
         return load_component(cls, ClapConfig, folder, "model", device=device, dtype=dtype,
-                              key_map=published_to_ours)
+                              names=clap_names)
 
     def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """transformers' get_text_features: (B, L) tokens -> (B, projection_dim), unit length."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ClapTextConfig
-from .layers import ACTIVATIONS
+from .layers import ACTIVATIONS, MLP
 
 
 def _embedding(rows: int, dim: int) -> nn.Embedding:
@@ -24,19 +24,6 @@ def _embedding(rows: int, dim: int) -> nn.Embedding:
     (nn.Embedding's random init on the meta device pulls in torch._dynamo: a second of start-up.)
     """
     return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
-
-
-class Projection(nn.Module):
-    """Linear-act-Linear into the joint text-audio space (shared by both towers; act is ReLU as published)."""
-
-    def __init__(self, dim: int, out: int, act: str = "relu"):
-        super().__init__()
-        self.act = ACTIVATIONS[act]
-        self.linear1 = nn.Linear(dim, out)
-        self.linear2 = nn.Linear(out, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.act(self.linear1(x)))
 
 
 class SelfAttention(nn.Module):
@@ -81,7 +68,7 @@ class ClapTextEncoder(nn.Module):
         self.embedding_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.pooler = nn.Linear(d, d)
-        self.projection = Projection(d, cfg.projection_dim, cfg.projection_hidden_act)
+        self.projection = MLP(d, cfg.projection_dim, cfg.projection_hidden_act)  # into the joint space
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask: (B, L) -> unnormalised joint-space embedding (B, projection_dim)."""

@@ -1,7 +1,8 @@
-"""The few building blocks the UNet and the VAE share.
+"""The few building blocks the UNet, the VAE and CLAP share.
 
-Parameter names follow diffusers (`to_q`, `to_out.0`, `conv_shortcut`, `downsamplers.0.conv`...),
-so published checkpoints load without renaming and any tensor can be diffed by name.
+Names follow diffusers where they are readable (`to_q`, `conv_shortcut`, `time_emb_proj`); where
+the published name is a placeholder (`to_out.0`, `downsamplers.0`) ours drops it, and
+weights_convert/diffusers.py maps one onto the other.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
         self.to_k = nn.Linear(kv_dim, dim, bias=qkv_bias)
         self.to_v = nn.Linear(kv_dim, dim, bias=qkv_bias)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers' to_out.1 is a parameter-free Dropout
+        self.to_out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context
@@ -64,7 +65,21 @@ class Attention(nn.Module):
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (y.view(B, -1, self.heads, C // self.heads).transpose(1, 2) for y in (q, k, v))  # (B, h, N, d)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out[0](out.transpose(1, 2).reshape(B, N, C))
+        return self.to_out(out.transpose(1, 2).reshape(B, N, C))
+
+
+class MLP(nn.Module):
+    """Linear(cin -> dim), activation, Linear(dim -> dim): the UNet's timestep embedding (SiLU) and
+    CLAP's projections into the joint space (ReLU as published)."""
+
+    def __init__(self, cin: int, dim: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(cin, dim)
+        self.act = ACTIVATIONS[act]
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class ResnetBlock2D(nn.Module):

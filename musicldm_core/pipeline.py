@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 
 from .clap import Clap
-from .clap_audio import LogMel, resample
+from .audio_frontend import LogMel, resample
 from .config import FeatureExtractorConfig
 from .errors import DamagedOutputError
 from .hub import DEFAULT_REPO, resolve

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple
 
 import torch
 
-from .clap_audio import CROPS
+from .audio_frontend import CROPS
 from .placement import check_memory
 from .samplers import Plan as SamplingPlan
 

@@ -10,7 +10,8 @@ config and the reference pipeline:
 * The transformer blocks still have a second attention (`attn2`), but the pipeline passes no
   encoder hidden states, so `attn2` is a second self-attention over the latent.
 
-Parameter names equal the published ones (down_blocks.1.attentions.0.transformer_blocks.0...).
+Parameter names are the published ones (down_blocks.1.attentions.0.transformer_blocks.0...) less
+their placeholders (weights_convert/diffusers.py).
 Reference: diffusers 0.36.0 `UNet2DConditionModel` with CrossAttnDownBlock2D / DownBlock2D /
 UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D / UpBlock2D / Transformer2DModel.
 """
@@ -25,22 +26,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
+from .layers import MLP, Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
+from weights_convert import diffusers as diffusers_names
+
 from .weights import load_component
 
 
 class FeedForward(nn.Module):
-    """GEGLU: Linear(d -> 2*4d), x * gelu(gate), Linear(4d -> d). Names: net.0.proj, net.2."""
+    """GEGLU: Linear(d -> 2*4d), x * gelu(gate), Linear(4d -> d)."""
 
     def __init__(self, dim: int):
         super().__init__()
         inner = dim * 4
-        self.net = nn.ModuleList([nn.Module(), nn.Identity(), nn.Linear(inner, dim)])
-        self.net[0].proj = nn.Linear(dim, inner * 2)
+        self.proj_in = nn.Linear(dim, inner * 2)
+        self.proj_out = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, gate = self.net[0].proj(x).chunk(2, dim=-1)
-        return self.net[2](h * F.gelu(gate))
+        h, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(h * F.gelu(gate))
 
 
 class TransformerBlock(nn.Module):
@@ -116,7 +119,7 @@ class DownBlock(nn.Module):
         n = cfg.layers_per_block[i]
         self.resnets = nn.ModuleList([_resnet(cfg, cin if j == 0 else cout, cout) for j in range(n)])
         self.attentions = nn.ModuleList([_transformer(cfg, i) for _ in range(n)]) if attention else None
-        self.downsamplers = nn.ModuleList([Downsample2D(cout, cfg.downsample_padding)]) if downsample else None
+        self.downsample = Downsample2D(cout, cfg.downsample_padding) if downsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, List[torch.Tensor]]:
         skips = []
@@ -125,8 +128,8 @@ class DownBlock(nn.Module):
             if self.attentions is not None:
                 x = self.attentions[j](x)
             skips.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
+        if self.downsample is not None:
+            x = self.downsample(x)
             skips.append(x)
         return x, skips
 
@@ -138,11 +141,11 @@ class MidBlock(nn.Module):
         super().__init__()
         c = cfg.block_out_channels[-1]
         self.resnets = nn.ModuleList([_resnet(cfg, c, c, cfg.mid_block_scale_factor) for _ in range(2)])
-        self.attentions = nn.ModuleList([_transformer(cfg, -1)])
+        self.attention = _transformer(cfg, -1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
-        return self.resnets[1](self.attentions[0](x), temb)
+        return self.resnets[1](self.attention(x), temb)
 
 
 class UpBlock(nn.Module):
@@ -162,7 +165,7 @@ class UpBlock(nn.Module):
         self.resnets = nn.ModuleList([
             _resnet(cfg, (prev if j == 0 else cout) + (skip_in if j == n - 1 else cout), cout) for j in range(n)])
         self.attentions = nn.ModuleList([_transformer(cfg, rev) for _ in range(n)]) if attention else None
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
+        self.upsample = Upsample2D(cout) if upsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, skips: List[torch.Tensor],
                 size: Optional[torch.Size]) -> torch.Tensor:
@@ -170,21 +173,9 @@ class UpBlock(nn.Module):
             x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
             if self.attentions is not None:
                 x = self.attentions[j](x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, size)
+        if self.upsample is not None:
+            x = self.upsample(x, size)
         return x
-
-
-class TimestepEmbedding(nn.Module):
-    """Linear-SiLU-Linear on the sinusoidal embedding. Names: linear_1, linear_2."""
-
-    def __init__(self, cin: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(cin, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class UNet(nn.Module):
@@ -195,7 +186,7 @@ class UNet(nn.Module):
         self.config = cfg
         c0 = cfg.block_out_channels[0]
         self.conv_in = nn.Conv2d(cfg.in_channels, c0, cfg.conv_in_kernel, padding=cfg.conv_in_kernel // 2)
-        self.time_embedding = TimestepEmbedding(c0, cfg.time_embed_dim)
+        self.time_embedding = MLP(c0, cfg.time_embed_dim, "silu")  # on the sinusoidal embedding
         self.class_embedding = (nn.Linear(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim)
                                 if cfg.class_embed_type == "simple_projection" else None)
         n = len(cfg.block_out_channels)
@@ -213,7 +204,8 @@ class UNet(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "UNet":
         """Load `unet/` of a diffusers checkpoint folder (config.json + safetensors)."""
-        return load_component(cls, UNetConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype)
+        return load_component(cls, UNetConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype,
+                              names=diffusers_names)
 
     def embed(self, timestep: torch.Tensor, class_labels: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         """The embedding every ResNet sees, after the SiLU each of them applies: (B, temb_dim)."""
@@ -245,6 +237,6 @@ class UNet(nn.Module):
         x = self.mid_block(x, temb)
         for block in self.up_blocks:
             n = len(block.resnets)
-            size = skips[-n - 1].shape[2:] if block.upsamplers is not None else None  # next block's skip size
+            size = skips[-n - 1].shape[2:] if block.upsample is not None else None  # next block's skip size
             x = block(x, temb, skips, size)
         return self.conv_out(F.silu(self.conv_norm_out(x)))

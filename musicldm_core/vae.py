@@ -2,8 +2,9 @@
 
 A mel spectrogram (B, 1, T, 64) is encoded to a diagonal Gaussian over (B, 8, T/4, 16) latents
 and decoded back; MusicLDM samples in that latent space. Reference: diffusers 0.36.0
-`AutoencoderKL` (Encoder, Decoder, DiagonalGaussianDistribution). Parameter names equal the
-published ones (encoder.down_blocks.0.resnets.0.conv1.weight, decoder.mid_block.attentions.0...).
+`AutoencoderKL` (Encoder, Decoder, DiagonalGaussianDistribution). Parameter names are the
+published ones (encoder.down_blocks.0.resnets.0.conv1.weight, ...) less their placeholders
+(weights_convert/diffusers.py).
 
 Memory bounds for long audio: `decode(..., slice_batch=True)` decodes one sample at a time, and
 `decode(..., tile_frames=N)` decodes overlapping windows of N latent frames along time and
@@ -21,6 +22,8 @@ from torch import nn
 
 from .config import VAEConfig
 from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from weights_convert import diffusers as diffusers_names
+
 from .weights import load_component
 
 EPS = 1e-6  # GroupNorm eps of every VAE norm
@@ -45,12 +48,12 @@ class MidBlock(nn.Module):
     def __init__(self, channels: int, groups: int, attention: bool):
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)])
-        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)]) if attention else None
+        self.attention = SpatialSelfAttention(channels, groups) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
-        if self.attentions is not None:
-            x = self.attentions[0](x)
+        if self.attention is not None:
+            x = self.attention(x)
         return self.resnets[1](x)
 
 
@@ -59,12 +62,12 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(cin if j == 0 else cout, cout, None, groups, EPS) for j in range(layers)])
-        self.downsamplers = nn.ModuleList([Downsample2D(cout, padding=0)]) if downsample else None
+        self.downsample = Downsample2D(cout, padding=0) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
             x = resnet(x)
-        return self.downsamplers[0](x) if self.downsamplers is not None else x
+        return self.downsample(x) if self.downsample is not None else x
 
 
 class DecoderBlock(nn.Module):
@@ -72,12 +75,12 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(cin if j == 0 else cout, cout, None, groups, EPS) for j in range(layers)])
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
+        self.upsample = Upsample2D(cout) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
             x = resnet(x)
-        return self.upsamplers[0](x) if self.upsamplers is not None else x
+        return self.upsample(x) if self.upsample is not None else x
 
 
 class Encoder(nn.Module):
@@ -152,7 +155,8 @@ class AutoencoderKL(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "AutoencoderKL":
         """Load `vae/` of a diffusers checkpoint folder (config.json + safetensors)."""
-        return load_component(cls, VAEConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype)
+        return load_component(cls, VAEConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype,
+                              names=diffusers_names)
 
     def encode(self, mel: torch.Tensor) -> DiagonalGaussian:
         """(B, 1, T, F) mel -> posterior over (B, latent_channels, T/4, F/4) latents (unscaled)."""

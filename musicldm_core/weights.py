@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import mmap
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 import torch
@@ -24,6 +25,10 @@ from .errors import CheckpointError
 
 M = TypeVar("M", bound=torch.nn.Module)
 KeyMap = Callable[[str], Optional[str]]  # published key -> our key; None = a known non-weight
+
+
+def _same(key: str) -> str:
+    return key
 
 
 def weight_files(folder: Path, stem: str) -> List[Path]:
@@ -141,8 +146,9 @@ def check_keys(
     found: Dict[str, Tuple[Tuple[int, ...], Path]],
     key_map: KeyMap,
     what: str,
+    published_name: Callable[[str], str] = _same,
 ) -> Dict[str, str]:
-    """Match published keys to parameters; raise one error listing every problem.
+    """Match published keys to parameters; raise one error listing every problem, by published name.
 
     Returns {published key: our key} for the keys to load.
     """
@@ -162,7 +168,7 @@ def check_keys(
             )
         else:
             mapping[key] = ours
-    missing = [f"  missing key {k!r} {list(s)}" for k, s in expected.items() if k not in targets]
+    missing = [f"  missing key {published_name(k)!r} {list(s)}" for k, s in expected.items() if k not in targets]
     problems = missing + unexpected + wrong_shape
     if problems:
         files = sorted({str(p) for _, p in found.values()})
@@ -181,18 +187,21 @@ def load_module(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    key_map: KeyMap = lambda k: k,
+    names: Optional[ModuleType] = None,
     what: str = "model",
 ) -> M:
     """Build a module on the meta device and fill it from safetensors `files`, strictly.
 
-    Floating-point tensors are cast to `dtype`; integer buffers keep theirs.
+    names: the weights_convert module that maps published keys onto ours (`published_to_ours`,
+    `ours_to_published`); None where they are equal. Floating-point tensors are cast to `dtype`;
+    integer buffers keep theirs.
     """
     with torch.device("meta"):
         module = build()
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     mapped = [MappedFile(path) for path in files]  # each header validated and parsed once
-    mapping = check_keys(expected, _shapes(mapped), key_map, what)
+    mapping = check_keys(expected, _shapes(mapped), names.published_to_ours if names else _same, what,
+                         names.ours_to_published if names else _same)
     floating = {k for k, v in module.state_dict().items() if v.is_floating_point()}
     wrong = [f"  {key!r} is {f.entries[key][0]} in {f.path}, where the model needs floating-point values"
              for f in mapped for key in f.entries if mapping.get(key) in floating and not f.entries[key][0].is_floating_point]
@@ -218,11 +227,11 @@ def load_module(
 
 def load_component(cls: Callable[..., M], config_cls, folder: str | Path, stem: str, *,
                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   key_map: KeyMap = lambda k: k) -> M:
+                   names: Optional[ModuleType] = None) -> M:
     """`folder/config.json` and `folder/<stem>.safetensors` (or its shards) -> `cls(config)`, loaded."""
     folder = Path(folder)
     cfg = config_cls.from_json(folder / "config.json")
-    return load_module(lambda: cls(cfg), weight_files(folder, stem), device=device, dtype=dtype, key_map=key_map,
+    return load_module(lambda: cls(cfg), weight_files(folder, stem), device=device, dtype=dtype, names=names,
                        what=str(folder))
 
 

@@ -16,6 +16,7 @@ from reference_checkpoints import SCALING_FACTOR
 from musicldm_core.errors import CheckpointError
 from musicldm_core.hub import resolve
 from musicldm_core.unet import UNet
+from weights_convert import diffusers
 from musicldm_core.weights import weight_files
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -37,8 +38,9 @@ def _rewrite(folder, edit):
 def test_loads_and_matches_the_file(unet_dir):
     model = UNet.from_pretrained(unet_dir)
     state = load_file(unet_dir / WEIGHTS)
-    assert set(model.state_dict()) == set(state)
-    for k, v in model.state_dict().items():
+    ours = {diffusers.ours_to_published(k): v for k, v in model.state_dict().items()}
+    assert set(ours) == set(state)
+    for k, v in ours.items():
         assert torch.equal(v, state[k]), k
     assert not any(p.requires_grad for p in model.parameters())
 
@@ -61,7 +63,7 @@ def test_sharded_checkpoint(unet_dir):
     assert len(weight_files(unet_dir, "diffusion_pytorch_model")) == 2
     model = UNet.from_pretrained(unet_dir)
     for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), k
+        assert torch.equal(v, state[diffusers.ours_to_published(k)]), k
 
 
 def test_sharded_index_with_missing_shard(unet_dir):

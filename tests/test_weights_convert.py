@@ -1,28 +1,46 @@
-"""The CLAP key table, checked without loading a weight: every published key maps to exactly one
-of our parameters of the same shape (model built on the meta device), and back."""
+"""The name mappings of weights_convert/, checked without loading a weight: for every component,
+every published key maps to exactly one of our parameters of the same shape (model built on the
+meta device), and back; only the listed non-weights are skipped; no placeholder name is left."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
 from musicldm_core.clap import Clap
-from musicldm_core.config import ClapConfig
+from musicldm_core.config import ClapConfig, UNetConfig, VAEConfig, VocoderConfig
+from musicldm_core.unet import UNet
+from musicldm_core.vae import AutoencoderKL
+from musicldm_core.vocoder import HifiGan
 from musicldm_core.weights import read_shapes
-from weights_convert.clap import NON_WEIGHTS, ours_to_published, published_to_ours
+from weights_convert import clap, diffusers
+
+# component -> (our class, its config, weight file, the mapping module (None: names are equal), parameters)
+COMPONENTS = {
+    "text_encoder": (Clap, ClapConfig, "model", clap, 193.9e6),
+    "unet": (UNet, UNetConfig, "diffusion_pytorch_model", diffusers, 185.0e6),
+    "vae": (AutoencoderKL, VAEConfig, "diffusion_pytorch_model", diffusers, 55.4e6),
+    "vocoder": (HifiGan, VocoderConfig, "model", None, 55.3e6),
+}
+PLACEHOLDER = re.compile(r"\.(to_out|downsamplers|upsamplers|net)\.\d+\.|mid_block\.attentions\.|linear_\d")
 
 
 @pytest.mark.parametrize("variant", ["tiny", "full"])
-def test_every_published_key_maps_to_one_parameter(variant, request):
-    folder = request.getfixturevalue(f"{variant}_ckpt") / "text_encoder"
-    published = read_shapes([folder / "model.safetensors"])  # headers only
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_every_published_key_maps_to_one_parameter(component, variant, request):
+    cls, config_cls, stem, names, count = COMPONENTS[component]
+    folder = request.getfixturevalue(f"{variant}_ckpt") / component
+    published = read_shapes([folder / f"{stem}.safetensors"])  # headers only
     with torch.device("meta"):
-        model = Clap(ClapConfig.from_json(folder / "config.json"))
+        model = cls(config_cls.from_json(folder / "config.json"))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    targets = {}
-    skipped = []
+    to_ours = names.published_to_ours if names else (lambda k: k)
+    to_published = names.ours_to_published if names else (lambda k: k)
+    targets, skipped = {}, []
     for key, (shape, _) in published.items():
-        name = published_to_ours(key)
+        name = to_ours(key)
         if name is None:
             skipped.append(key)
             continue
@@ -30,37 +48,37 @@ def test_every_published_key_maps_to_one_parameter(variant, request):
         assert ours[name] == shape, f"{key} -> {name}: {ours[name]} != {shape}"
         assert name not in targets, f"{key} and {targets[name]} both map to {name}"
         targets[name] = key
-        assert ours_to_published(name) == key  # the table inverts
+        assert to_published(name) == key  # the mapping inverts
     assert set(targets) == set(ours), f"parameters no published key fills: {set(ours) - set(targets)}"
     # only the listed non-weights are skipped
-    assert {k.split(".")[-1] for k in skipped} == {t.split(".")[-1] for t in NON_WEIGHTS}
+    listed = {t.split(".")[-1] for t in clap.NON_WEIGHTS} if names is clap else set()
+    assert {k.split(".")[-1] for k in skipped} == listed
+    assert not [k for k in ours if PLACEHOLDER.search("." + k)], "placeholder names left in our modules"
     if variant == "full":
-        assert sum(v.numel() for v in model.parameters()) == pytest.approx(193.9e6, rel=1e-3)
-        text = sum(v.numel() for v in model.text.parameters())
-        assert text == pytest.approx(125.3e6, rel=1e-3)
+        assert sum(v.numel() for v in model.parameters()) == pytest.approx(count, rel=1e-3)
+        if component == "text_encoder":
+            assert sum(v.numel() for v in model.text.parameters()) == pytest.approx(125.3e6, rel=1e-3)
 
 
 def test_unknown_key_passes_through_for_the_loader_to_report():
-    assert published_to_ours("text_model.something_new.weight") == "text_model.something_new.weight"
+    assert clap.published_to_ours("text_model.something_new.weight") == "text_model.something_new.weight"
+    assert diffusers.published_to_ours("conv_new.weight") == "conv_new.weight"
     with pytest.raises(KeyError):
-        ours_to_published("not.a.parameter")
+        clap.ours_to_published("not.a.parameter")
 
 
-@pytest.mark.parametrize("component, stem, count", [("unet", "diffusion_pytorch_model", 185.0e6),
-                                                    ("vae", "diffusion_pytorch_model", 55.4e6),
-                                                    ("vocoder", "model", 55.3e6)])
-def test_published_names_are_our_names(full_ckpt, component, stem, count):
-    """UNet, VAE and vocoder keep the published names: header keys and shapes equal our state dict."""
-    from musicldm_core.unet import UNet
-    from musicldm_core.vae import AutoencoderKL
-    from musicldm_core.vocoder import HifiGan
-    from musicldm_core.config import UNetConfig, VAEConfig, VocoderConfig
+def test_the_loader_names_a_missing_key_by_its_published_name(tmp_path, tiny_ckpt):
+    import shutil
 
-    cls, cfg_cls = {"unet": (UNet, UNetConfig), "vae": (AutoencoderKL, VAEConfig),
-                    "vocoder": (HifiGan, VocoderConfig)}[component]
-    folder = full_ckpt / component
-    published = {k: s for k, (s, _) in read_shapes([folder / f"{stem}.safetensors"]).items()}
-    with torch.device("meta"):
-        model = cls(cfg_cls.from_json(folder / "config.json"))
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == published
-    assert sum(v.numel() for v in model.parameters()) == pytest.approx(count, rel=1e-3)
+    from safetensors.torch import load_file, save_file
+
+    from musicldm_core.errors import CheckpointError
+
+    shutil.copytree(tiny_ckpt / "unet", tmp_path / "unet")
+    path = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    key = next(k for k in state if ".to_out.0." in k)
+    del state[key]
+    save_file(state, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"missing key {key!r}")):
+        UNet.from_pretrained(tmp_path / "unet")

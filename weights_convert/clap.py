@@ -29,7 +29,8 @@ TABLE = [
     (LAYER + "output.dense.{p}", "text.layers.{i}.fc2.{p}"),
     (LAYER + "output.LayerNorm.{p}", "text.layers.{i}.mlp_norm.{p}"),
     (TEXT + "pooler.dense.{p}", "text.pooler.{p}"),
-    ("text_projection.{l}.{p}", "text.projection.{l}.{p}"),
+    ("text_projection.linear1.{p}", "text.projection.fc1.{p}"),
+    ("text_projection.linear2.{p}", "text.projection.fc2.{p}"),
     # audio tower (HTSAT)
     (AUDIO + "batch_norm.{p}", "audio.mel_norm.{p}"),
     (AUDIO + "patch_embed.proj.{p}", "audio.patch_embed.proj.{p}"),
@@ -47,7 +48,8 @@ TABLE = [
     (AUDIO + "layers.{i}.downsample.norm.{p}", "audio.stages.{i}.downsample.norm.{p}"),
     (AUDIO + "layers.{i}.downsample.reduction.weight", "audio.stages.{i}.downsample.reduction.weight"),
     (AUDIO + "norm.{p}", "audio.norm.{p}"),
-    ("audio_projection.{l}.{p}", "audio.projection.{l}.{p}"),
+    ("audio_projection.linear1.{p}", "audio.projection.fc1.{p}"),
+    ("audio_projection.linear2.{p}", "audio.projection.fc2.{p}"),
     # the learned temperatures of the contrastive logits
     ("logit_scale_t", "logit_scale_text"),
     ("logit_scale_a", "logit_scale_audio"),
@@ -61,8 +63,7 @@ NON_WEIGHTS = [
     "audio_model.audio_encoder.batch_norm.num_batches_tracked",  # a training counter
 ]
 
-_FIELDS = {"i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "p": r"(?P<p>weight|bias|running_mean|running_var)",
-           "l": r"(?P<l>linear[12])"}
+_FIELDS = {"i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "p": r"(?P<p>weight|bias|running_mean|running_var)"}
 
 
 def _pattern(template: str) -> re.Pattern:

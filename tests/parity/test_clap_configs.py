@@ -16,7 +16,7 @@ from transformers import ClapConfig as RefClapConfig, ClapFeatureExtractor, Clap
 from helpers import assert_close, assert_detects
 from reference_checkpoints import randomize_
 from musicldm_core.clap import Clap
-from musicldm_core.clap_audio import LogMel
+from musicldm_core.audio_frontend import LogMel
 from musicldm_core.config import FeatureExtractorConfig
 from musicldm_core.errors import CheckpointError
 

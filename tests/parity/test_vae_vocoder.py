@@ -30,7 +30,7 @@ def test_decode_tiny(tiny_ckpt, frames, batch):
     with torch.no_grad():
         assert_close(ours.decode(z), ref.decode(z).sample, RTOL, f"vae decode tiny {frames}x{batch}")
         assert_close(ours.decode(z, slice_batch=True), ref.decode(z).sample, RTOL, "vae decode tiny, sliced")
-        ours.decoder.mid_block.attentions[0].to_q.weight.mul_(1.001)
+        ours.decoder.mid_block.attention.to_q.weight.mul_(1.001)
         assert_detects(ours.decode(z), ref.decode(z).sample, RTOL, "vae mid attention to_q x1.001")
 
 
