@@ -32,8 +32,4 @@ def hf_cache() -> tuple[Path, str]:
     return reference_checkpoints.hf_cache()
 
 
-def cuda_devices():
-    return ["cuda"] if torch.cuda.is_available() else []
-
-
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

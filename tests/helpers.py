@@ -40,3 +40,15 @@ def reference_pipeline(folder, **kwargs):
     pipe = MusicLDMPipeline.from_pretrained(folder, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def reference_scheduler(folder, name: str):
+    """diffusers' scheduler class for our sampler `name`, built from the checkpoint's own
+    scheduler_config.json as `Class.from_config` builds it (PNDM as PLMS, as MusicLDM uses it)."""
+    import diffusers
+
+    from musicldm_core.samplers import CLASS_NAMES
+
+    class_name = {ours: theirs for theirs, ours in CLASS_NAMES.items()}[name]
+    extra = {"skip_prk_steps": True} if name == "pndm" else {}
+    return getattr(diffusers, class_name).from_pretrained(folder / "scheduler", **extra)

@@ -313,3 +313,9 @@ def hf_cache() -> tuple[Path, str]:
     (root / ".complete").write_text(rev)
     _remove_stale("hub-", root)
     return root, rev
+
+
+if __name__ == "__main__":  # `python tests/reference_checkpoints.py full`: build (or find) it, print its folder
+    import sys
+
+    print(checkpoint(sys.argv[1] if len(sys.argv) > 1 else "full"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from musicldm_core.pipeline import MusicLDMPipeline
+from musicldm_core.samplers import SAMPLERS
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +117,13 @@ def test_load_options(tiny_ckpt):
         assert getattr(p, name) is not None
 
 
-def test_generation_in_every_sampler_and_slicing(tiny_ckpt):
-    for name in ("ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++"):
-        p = MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler=name)
-        calls = []
-        out = p(["a", "b"], num_inference_steps=3, audio_length_in_s=0.5, callback=lambda i, t, x: calls.append(i),
-                generator=torch.Generator().manual_seed(0)).audios
-        assert out.shape == (2, 8000) and len(calls) == 3, name
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_generation_in_every_sampler_and_slicing(tiny_ckpt, name):
+    p = MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler=name)
+    calls = []
+    out = p(["a", "b"], num_inference_steps=3, audio_length_in_s=0.5, callback=lambda i, t, x: calls.append(i),
+            generator=torch.Generator().manual_seed(0)).audios
+    assert out.shape == (2, 8000) and len(calls) == 3
     p.enable_vae_slicing()
     sliced = p(["a", "b"], num_inference_steps=3, audio_length_in_s=0.5, generator=torch.Generator().manual_seed(0))
     assert abs(sliced.audios - out).max() < 1e-5

@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL as RefVAE, UNet2DConditionModel
 from transformers import ClapModel, SpeechT5HifiGan
 
+from conftest import requires_cuda
 from helpers import assert_close, reference_pipeline
 from musicldm_core.clap import Clap
 from musicldm_core.pipeline import MusicLDMPipeline
@@ -53,43 +54,52 @@ def test_pipeline(tiny_ckpt, dtype):
     assert_close(b, a, PIPELINE_RTOL[dtype], f"pipeline {dtype}, tiny, 4 steps")
 
 
-def _unet_case(folder, dtype):
-    ref = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype).eval()
-    ours = UNet.from_pretrained(folder / "unet", dtype=dtype)
+def _unet_case(folder, dtype, device="cpu"):
+    ref = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype).eval().to(device)
+    ours = UNet.from_pretrained(folder / "unet", device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 8, 16, 16, generator=g).to(dtype)
-    c = torch.randn(2, ours.config.projection_class_embeddings_input_dim, generator=g).to(dtype)
+    x = torch.randn(2, 8, 16, 16, generator=g).to(device, dtype)
+    c = torch.randn(2, ours.config.projection_class_embeddings_input_dim, generator=g).to(device, dtype)
     with torch.no_grad():
         return ours(x, torch.tensor(500), c), ref(x, torch.tensor(500), encoder_hidden_states=None,
                                                   class_labels=c).sample
 
 
-def _vae_case(folder, dtype):
-    ref = RefVAE.from_pretrained(folder / "vae", torch_dtype=dtype).eval()
-    ours = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype)
-    z = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(1)).to(dtype)
+def _vae_case(folder, dtype, device="cpu"):
+    ref = RefVAE.from_pretrained(folder / "vae", torch_dtype=dtype).eval().to(device)
+    ours = AutoencoderKL.from_pretrained(folder / "vae", device=device, dtype=dtype)
+    z = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     with torch.no_grad():
         return ours.decode(z), ref.decode(z).sample
 
 
-def _vocoder_case(folder, dtype):
-    ref = SpeechT5HifiGan.from_pretrained(folder / "vocoder", torch_dtype=dtype).eval()
-    ours = HifiGan.from_pretrained(folder / "vocoder", dtype=dtype)
-    mel = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(2)).to(dtype)
+def _vocoder_case(folder, dtype, device="cpu"):
+    ref = SpeechT5HifiGan.from_pretrained(folder / "vocoder", torch_dtype=dtype).eval().to(device)
+    ours = HifiGan.from_pretrained(folder / "vocoder", device=device, dtype=dtype)
+    mel = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(2)).to(device, dtype)
     with torch.no_grad():
         return ours(mel), ref(mel)
 
 
-def _text_case(folder, dtype):
-    ref = ClapModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).eval()
-    ours = Clap.from_pretrained(folder / "text_encoder", dtype=dtype)
+def _text_case(folder, dtype, device="cpu"):
+    ref = ClapModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).eval().to(device)
+    ours = Clap.from_pretrained(folder / "text_encoder", device=device, dtype=dtype)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(3, 900, (3, 12), generator=g)
     ids[:, 0], ids[:, -1] = 0, 2
     mask = torch.ones_like(ids)
     mask[1, 8:], ids[1, 8:] = 0, 1  # one padded row
+    ids, mask = ids.to(device), mask.to(device)
     with torch.no_grad():
         return ours.text_features(ids, mask), ref.get_text_features(ids, attention_mask=mask)
+
+
+def _audio_case(folder, dtype, device="cpu"):
+    ref = ClapModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).eval().to(device)
+    ours = Clap.from_pretrained(folder / "text_encoder", device=device, dtype=dtype)
+    mel = torch.randn(2, 1, 1001, 64, generator=torch.Generator().manual_seed(4)).to(device, dtype) * 10 - 40
+    with torch.no_grad():
+        return ours.audio_features(mel), ref.get_audio_features(mel)
 
 
 CASES = {"unet": (_unet_case, lambda d: EXACT), "vae": (_vae_case, lambda d: EXACT),
@@ -110,3 +120,17 @@ def test_component(component, dtype, variant, request):
     assert b.dtype == dtype and a.dtype == dtype
     _healthy(b, f"{component} {dtype}")
     assert_close(b.float(), a.float(), rtol(dtype), f"{component} {dtype} {variant}")
+
+
+# On a GPU: every component, full size, in the three dtypes, against the reference on the same GPU
+CUDA_RTOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", list(CUDA_RTOL), ids=str)
+@pytest.mark.parametrize("component", [*CASES, "audio"])
+def test_component_cuda(component, dtype, full_ckpt):
+    run = _audio_case if component == "audio" else CASES[component][0]
+    b, a = run(full_ckpt, dtype, "cuda")
+    _healthy(b, f"{component} cuda {dtype}")
+    assert_close(b.float(), a.float(), CUDA_RTOL[dtype], f"{component} cuda {dtype}")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_close, reference_pipeline
+from helpers import assert_close, reference_pipeline, reference_scheduler
 from musicldm_core.pipeline import MusicLDMPipeline
+from musicldm_core.samplers import SAMPLERS
 
 
 @pytest.fixture(scope="module")
@@ -122,27 +123,17 @@ def test_guidance_runs_the_unet_as_the_reference(ours, guidance, batch, monkeypa
     assert calls == [batch, batch]
 
 
-SAMPLER_CLASSES = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
-                   "euler": "EulerDiscreteScheduler", "euler_ancestral": "EulerAncestralDiscreteScheduler",
-                   "heun": "HeunDiscreteScheduler", "dpmsolver++": "DPMSolverMultistepScheduler"}
-
-
-@pytest.mark.parametrize("name", list(SAMPLER_CLASSES))
+@pytest.mark.parametrize("name", list(SAMPLERS))
 def test_callbacks_and_audio_for_every_sampler(reference, tiny_ckpt, name):
     """The callback's (step index, timestep) pairs and the audio, against diffusers, sampler by sampler
     (Heun's two evaluations per step report i // order, as the reference's loop does)."""
-    import diffusers
-
-    base = dict(reference.scheduler.config) if not hasattr(reference, "_base") else reference._base
-    reference._base = base
-    extra = {"skip_prk_steps": True} if name == "pndm" else {}
-    reference.scheduler = getattr(diffusers, SAMPLER_CLASSES[name]).from_config(base, **extra)
+    reference.scheduler = reference_scheduler(tiny_ckpt, name)
     pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler=name)
     calls_ref, calls = [], []
     kw = dict(prompt="a", num_inference_steps=4, audio_length_in_s=0.2, guidance_scale=2.0, callback_steps=1)
     a = reference(**kw, generator=torch.Generator().manual_seed(2),
                   callback=lambda i, t, x: calls_ref.append((i, float(t)))).audios
     b = pipe(**kw, generator=torch.Generator().manual_seed(2), callback=lambda i, t, x: calls.append((i, float(t)))).audios
-    reference.scheduler = diffusers.DDIMScheduler.from_config(base)
+    reference.scheduler = reference_scheduler(tiny_ckpt, "ddim")
     assert calls == calls_ref
     assert_close(b, a, 1e-4, f"pipeline {name}, 4 steps")

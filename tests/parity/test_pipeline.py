@@ -6,15 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, LMSDiscreteScheduler, PNDMScheduler
 
 from conftest import requires_cuda
-from helpers import assert_close, assert_detects, reference_pipeline
+from helpers import assert_close, assert_detects, reference_pipeline, reference_scheduler
 from musicldm_core.pipeline import MusicLDMPipeline
 
 RTOL = 1e-4
-REF_SCHEDULERS = {"ddim": (DDIMScheduler, {}), "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
-                  "lms": (LMSDiscreteScheduler, {})}
+SAMPLERS = ("ddim", "pndm", "lms")
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +22,17 @@ def reference(full_ckpt):
 
 @pytest.fixture(scope="module")
 def ours(full_ckpt):
-    return {name: MusicLDMPipeline.from_pretrained(full_ckpt, scheduler=name) for name in REF_SCHEDULERS}
+    return {name: MusicLDMPipeline.from_pretrained(full_ckpt, scheduler=name) for name in SAMPLERS}
 
 
-def run_both(reference, ours, sampler, **kw):
-    cls, extra = REF_SCHEDULERS[sampler]
-    reference.scheduler = cls.from_config(_base_config(reference), **extra)
+@pytest.fixture(scope="module")
+def run_both(full_ckpt):
+    """run_both(sampler, **kw) -> (ours, reference) waveforms, and the callbacks' calls compared."""
+    return lambda sampler, **kw: _run_both(full_ckpt, sampler, **kw)
+
+
+def _run_both(folder, sampler, **kw):
+    reference.scheduler = reference_scheduler(folder, sampler)
     calls_ref, calls = [], []
     np.random.seed(0)
     a = reference(**kw, generator=torch.Generator().manual_seed(42),
@@ -39,14 +42,6 @@ def run_both(reference, ours, sampler, **kw):
                       callback=lambda i, t, x: calls.append((i, int(t)))).audios
     assert calls == calls_ref, "callback calls differ"
     return b, a
-
-
-_BASE = {}
-
-
-def _base_config(reference):
-    """The checkpoint's own (DDIM) scheduler config, read once before any swap."""
-    return _BASE.setdefault("cfg", dict(reference.scheduler.config))
 
 
 CASES = [
@@ -62,28 +57,28 @@ CASES = [
 
 
 @pytest.mark.parametrize("sampler, kw", CASES)
-def test_short_audio(reference, ours, sampler, kw):
-    b, a = run_both(reference, ours, sampler, **kw, num_inference_steps=3, audio_length_in_s=1.0)
+def test_short_audio(run_both, sampler, kw):
+    b, a = run_both(sampler, **kw, num_inference_steps=3, audio_length_in_s=1.0)
     assert b.dtype == np.float32 and b.shape == a.shape == (len(kw["prompt"]) if isinstance(kw["prompt"], list) else 1,
                                                             16000)
     assert_close(b, a, RTOL, f"pipeline {sampler} {kw}")
 
 
-def test_default_length(reference, ours):
+def test_default_length(run_both):
     """10.24 s, the published default length (guidance on, so the UNet runs at batch 2)."""
-    b, a = run_both(reference, ours, "ddim", prompt="techno with a fast beat", guidance_scale=2.5,
+    b, a = run_both("ddim", prompt="techno with a fast beat", guidance_scale=2.5,
                     num_inference_steps=3)
     assert b.shape == (1, 163840)
     assert_close(b, a, RTOL, "pipeline ddim 10.24 s")
 
 
-def test_takes_are_ranked_in_the_same_order(reference, ours):
+def test_takes_are_ranked_in_the_same_order(run_both):
     kw = dict(prompt=["techno beat", "jazz saxophone"], guidance_scale=2.5, num_waveforms_per_prompt=2,
               num_inference_steps=3, audio_length_in_s=1.0)
-    b, a = run_both(reference, ours, "ddim", **kw)
+    b, a = run_both("ddim", **kw)
     assert b.shape == (4, 16000)
     assert_close(b, a, RTOL, "pipeline with ranking (all takes against every prompt, as the reference)")
-    unranked = run_both(reference, ours, "ddim", **{**kw, "output_type": "latent"})[0]
+    unranked = run_both("ddim", **{**kw, "output_type": "latent"})[0]
     assert unranked.shape[0] == 4
 
 
@@ -105,7 +100,7 @@ def test_rank_within_prompt(ours):
     assert sorted(rows[0]) == [0, 1] and sorted(rows[1]) == [2, 3]
 
 
-def test_prompt_embeds_and_latents(reference, ours, full_ckpt):
+def test_prompt_embeds_and_latents(run_both, ours):
     pipe = ours["ddim"]
     ids, mask = pipe.tokenizer(["piano", "drums"])
     embeds = pipe.text_encoder.text_features(ids, mask)
@@ -113,13 +108,13 @@ def test_prompt_embeds_and_latents(reference, ours, full_ckpt):
     latents = torch.randn(2, 8, 25, 16, generator=torch.Generator().manual_seed(3))
     kw = dict(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents, num_inference_steps=3,
               audio_length_in_s=1.0, guidance_scale=2.5)
-    b, a = run_both(reference, ours, "ddim", **kw)
+    b, a = run_both("ddim", **kw)
     assert_close(b, a, RTOL, "pipeline with prompt_embeds, negative_prompt_embeds and latents")
 
 
 @pytest.mark.parametrize("output_type", ["pt", "latent"])
-def test_output_types(reference, ours, output_type):
-    b, a = run_both(reference, ours, "ddim", prompt="calm piano", num_inference_steps=3, audio_length_in_s=1.0,
+def test_output_types(run_both, output_type):
+    b, a = run_both("ddim", prompt="calm piano", num_inference_steps=3, audio_length_in_s=1.0,
                     output_type=output_type)
     assert type(b) is type(a) and b.dtype == a.dtype
     assert_close(b, a, RTOL, f"pipeline output_type={output_type}")

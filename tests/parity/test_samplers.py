@@ -18,15 +18,15 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
                        UNet2DConditionModel)
 
+import reference_checkpoints
 from helpers import assert_detects, errors
 from musicldm_core.config import scheduler_config
 from musicldm_core.samplers import SAMPLERS, Scheduler
 from musicldm_core.samplers.lms import gauss_kronrod_21, lms_coefficient
 from musicldm_core.unet import UNet
 
-PUBLISHED = {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear",
-             "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "prediction_type": "epsilon",
-             "timestep_spacing": "leading"}
+# the checkpoint's scheduler_config.json: the published keys, and DDIMScheduler's own "leading" spacing
+PUBLISHED = {**reference_checkpoints.PUBLISHED["scheduler"], "timestep_spacing": "leading"}
 REFERENCE = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "lms": LMSDiscreteScheduler, "euler": EulerDiscreteScheduler,
              "euler_ancestral": EulerAncestralDiscreteScheduler, "heun": HeunDiscreteScheduler,
              "dpmsolver++": DPMSolverMultistepScheduler}
@@ -224,10 +224,10 @@ def test_gauss_kronrod_is_exact_for_polynomials():
 
 
 @pytest.mark.parametrize("steps", [0, -3, 2.5, True, 1001, "10"])
-def test_bad_step_counts(steps):
-    for name in SAMPLERS:
-        with pytest.raises(ValueError, match="num_inference_steps"):
-            Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED)).plan(steps)
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_bad_step_counts(name, steps):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED)).plan(steps)
 
 
 def test_scheduler_from_checkpoint(tiny_ckpt):
