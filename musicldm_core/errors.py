@@ -1,4 +1,6 @@
-"""The errors musicldm_core raises on bad checkpoints and bad arguments."""
+"""The errors musicldm_core raises on bad checkpoints and damaged outputs, and the output checks."""
+
+import torch
 
 
 class CheckpointError(ValueError):
@@ -11,3 +13,18 @@ class CheckpointError(ValueError):
 class DamagedOutputError(RuntimeError):
     """A stage of generation produced NaN or infinite values, or a constant waveform (half-precision
     overflow, a damaged weight): raised instead of returning or writing it."""
+
+
+def check_finite(x: torch.Tensor, what: str, component: str) -> None:
+    """NaN or inf never leaves silently: name the stage and the likely causes."""
+    if not torch.isfinite(x).all():
+        cause = (f"{x.dtype} overflowed (try float32)" if x.dtype in (torch.float16, torch.bfloat16)
+                 else f"a damaged (NaN or infinite) weight in {component}/ is the likely cause")
+        raise DamagedOutputError(f"{what} contain NaN or infinite values: {cause}")
+
+
+def check_waveforms(audio: torch.Tensor) -> None:
+    """(N, samples) waveforms: finite, and none constant (e.g. the tanh of an inf in the vocoder)."""
+    check_finite(audio, "the waveform", "vocoder")
+    if audio.shape[-1] > 1 and (audio.amax(dim=-1) == audio.amin(dim=-1)).any():
+        raise DamagedOutputError("the waveform of a take is constant: a damaged weight in vocoder/ is the likely cause")

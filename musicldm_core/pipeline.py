@@ -23,7 +23,7 @@ import torch
 from .clap import Clap
 from .audio_frontend import LogMel, resample
 from .config import FeatureExtractorConfig
-from .errors import DamagedOutputError
+from .errors import check_finite, check_waveforms
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
 from .placement import Placement, component_dtype, parse_device, parse_dtype
@@ -44,14 +44,6 @@ class AudioPipelineOutput:
     audios: Any
 
 
-def check_finite(x: torch.Tensor, what: str, component: str) -> None:
-    """NaN or inf never leaves silently: name the stage and the likely causes."""
-    if not torch.isfinite(x).all():
-        cause = (f"{x.dtype} overflowed (try float32)" if x.dtype in (torch.float16, torch.bfloat16)
-                 else f"a damaged (NaN or infinite) weight in {component}/ is the likely cause")
-        raise DamagedOutputError(f"{what} contain NaN or infinite values: {cause}")
-
-
 class MusicLDMPipeline:
     def __init__(self, tokenizer: ClapTokenizer, text_encoder: Clap, unet: UNet, vae: AutoencoderKL,
                  vocoder: HifiGan, scheduler: Scheduler, feature_extractor: LogMel):
@@ -64,11 +56,7 @@ class MusicLDMPipeline:
         self.feature_extractor = feature_extractor
         self.vae_scale_factor = vae.config.scale_factor
         self.vae_slicing = False
-        self.placement = Placement(self.components)
-
-    # ---------------------------------------------------------------------------------------
-    # Loading and placement
-    # ---------------------------------------------------------------------------------------
+        self.placement = Placement(lambda: self.components)
 
     @classmethod
     def from_pretrained(cls, source: Union[str, Path] = DEFAULT_REPO, *, revision: Optional[str] = None,
@@ -138,10 +126,6 @@ class MusicLDMPipeline:
         RSS becomes the largest component plus activations, for a small cost on each run."""
         self.placement.low_memory = True
 
-    # ---------------------------------------------------------------------------------------
-    # Generation
-    # ---------------------------------------------------------------------------------------
-
     @torch.inference_mode()
     def __call__(
         self,
@@ -190,11 +174,9 @@ class MusicLDMPipeline:
         cond = self.encode_prompt(prompt, prompt_embeds, device).repeat_interleave(takes, dim=0)
         if guided:
             if negative_prompt_embeds is None:
-                n = cond.shape[0] // takes
-                negative = [""] * n if negative_prompt is None else (
-                    [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt))
                 # the reference truncates negative prompts at prompt_embeds.shape[1] tokens (the CLAP
                 # projection width, 512 as published), not at the tokenizer's model_max_length
+                negative = request.negative_prompts(cond.shape[0] // takes)
                 negative_prompt_embeds = self.encode_prompt(negative, None, device, max_length=cond.shape[1])
             uncond = negative_prompt_embeds.to(device=device, dtype=self.dtype).repeat_interleave(takes, dim=0)
             cond = torch.cat([uncond, cond])
@@ -227,10 +209,7 @@ class MusicLDMPipeline:
         mel = self.placement.ready("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=self.vae_slicing)
         check_finite(mel, "the decoded mel spectrogram", "vae")
         audio = self.placement.ready("vocoder")(mel.squeeze(1)).cpu().float()
-        check_finite(audio, "the waveform", "vocoder")
-        if audio.shape[-1] > 1 and (audio.amax(dim=-1) == audio.amin(dim=-1)).any():  # e.g. tanh of an inf
-            raise DamagedOutputError("the waveform of a take is constant: a damaged weight in vocoder/ is the "
-                                     "likely cause")
+        check_waveforms(audio)
         audio = audio[:, :int(run.seconds * self.sampling_rate)]
         if takes > 1 and prompt is not None:
             audio = self.rank(prompt, audio, takes, rank_within_prompt, crop)

@@ -9,7 +9,7 @@ range and is used as it is.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -57,41 +57,42 @@ class Placement:
     running are handed back to the kernel, to be read again from the page cache when next used).
     """
 
-    def __init__(self, components: Dict[str, torch.nn.Module]):
-        self.components = components
+    def __init__(self, components: Callable[[], Dict[str, torch.nn.Module]]):
+        self.components = components  # the pipeline's current name -> module map
         self.offload_device: Optional[torch.device] = None
         self.low_memory = False
 
     @property
     def device(self) -> torch.device:
-        return self.offload_device or next(self.components["unet"].parameters()).device
+        return self.offload_device or next(self.components()["unet"].parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.components["unet"].parameters()).dtype
+        return next(self.components()["unet"].parameters()).dtype
 
     def to(self, device: Optional[torch.device], dtype: Optional[torch.dtype]) -> None:
-        for name, module in self.components.items():
+        for name, module in self.components().items():
             module.to(device=device, dtype=component_dtype(name, dtype) if dtype is not None else None)
         if device is not None:
             self.offload_device = None
 
     def offload(self, device: torch.device) -> None:
-        for module in self.components.values():
+        for module in self.components().values():
             module.to("cpu")
         self.offload_device = device
 
     def ready(self, name: str) -> torch.nn.Module:
         """Component `name`, ready to run: on the execution device (with offload: it alone there)
         and, in low-memory mode, the only one whose weights stay resident."""
+        components = self.components()
         if self.offload_device is not None:
-            for other, m in self.components.items():
+            for other, m in components.items():
                 m.to(self.offload_device if other == name else "cpu")
         if self.low_memory:
-            for other, m in self.components.items():
+            for other, m in components.items():
                 if other != name:
                     page_out(m)
-        return self.components[name]
+        return components[name]
 
 
 def available_memory(device: torch.device) -> Optional[int]:

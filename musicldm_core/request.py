@@ -114,6 +114,11 @@ class Request:
     progress: Optional[Callable[[int], None]] = None
     names: Mapping[str, str] = field(default_factory=dict, repr=False)  # argument -> name in messages (CLI flags)
 
+    def negative_prompts(self, n: int) -> List[str]:
+        """The negative prompt for each of `n` prompts ("" where none is given)."""
+        negative = self.negative_prompt
+        return [""] * n if negative is None else [negative] * n if isinstance(negative, str) else list(negative)
+
     @property
     def guided(self) -> bool:
         """Classifier-free guidance runs only above 1, as in the reference (at 1 it would change nothing)."""
