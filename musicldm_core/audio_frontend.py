@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import FeatureExtractorConfig
+from .clap_config import FeatureExtractorConfig
 
 # --------------------------------------------------------------------------------------------
 # Resampling

@@ -17,7 +17,7 @@ from weights_convert import clap as clap_names
 
 from .clap_audio import HTSAT
 from .clap_text import ClapTextEncoder
-from .config import ClapConfig
+from .clap_config import ClapConfig
 from .weights import load_component
 
 

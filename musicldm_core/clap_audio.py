@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ClapAudioConfig
+from .clap_config import ClapAudioConfig
 from .layers import ACTIVATIONS, MLP
 
 def _windows(x: torch.Tensor, w: int) -> torch.Tensor:

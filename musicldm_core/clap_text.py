@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ClapTextConfig
+from .clap_config import ClapTextConfig
 from .layers import ACTIVATIONS, MLP
 
 

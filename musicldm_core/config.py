@@ -1,4 +1,6 @@
-"""Component configs: the one place where the published JSON files are read.
+"""Component configs: how the published JSON files are read, and the UNet, VAE and vocoder configs.
+
+CLAP's configs are in clap_config.py, the schedulers' in samplers/config.py; all follow the rules below.
 
 Each dataclass holds only the values our modules read, with the reference class's defaults
 (diffusers' UNet2DConditionModel / AutoencoderKL / schedulers, transformers' ClapModel /
@@ -27,11 +29,11 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Mapping, Optional, Tuple, Type, TypeVar
 
 from .errors import CheckpointError
 
-C = TypeVar("C", bound="_Config")
+C = TypeVar("C", bound="Config")
 Pair = Tuple[int, int]  # an int n or a pair [a, b] in the JSON; n means (n, n)
 
 
@@ -78,7 +80,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 
 @dataclass(frozen=True)
-class _Config:
+class Config:
     FIXED: ClassVar[Mapping[str, tuple]] = {}
     INERT: ClassVar[Mapping[str, str]] = {}
     PER_BLOCK: ClassVar[Mapping[str, Any]] = {}  # key -> default scalar, spread over the blocks
@@ -145,7 +147,7 @@ def check_fixed(table: Mapping[str, tuple], data: Mapping[str, Any], source: str
                                   f"(musicldm_core supports {' or '.join(map(repr, allowed))}){why}")
 
 
-def _one_of(source: str, key: str, value: Any, allowed: Tuple[Any, ...]) -> None:
+def one_of(source: str, key: str, value: Any, allowed: Tuple[Any, ...]) -> None:
     if value not in allowed:
         raise CheckpointError(f"{source}: {key}={value!r} is not supported "
                               f"(musicldm_core supports {' or '.join(map(repr, allowed))})")
@@ -157,7 +159,7 @@ def _one_of(source: str, key: str, value: Any, allowed: Tuple[Any, ...]) -> None
 
 
 @dataclass(frozen=True)
-class UNetConfig(_Config):
+class UNetConfig(Config):
     sample_size: Optional[int] = None
     in_channels: int = 4
     out_channels: int = 4
@@ -231,11 +233,11 @@ class UNetConfig(_Config):
 
     def _check(self, source: str) -> None:
         for t in self.down_block_types:
-            _one_of(source, "down_block_types[]", t, ("DownBlock2D", "CrossAttnDownBlock2D"))
+            one_of(source, "down_block_types[]", t, ("DownBlock2D", "CrossAttnDownBlock2D"))
         for t in self.up_block_types:
-            _one_of(source, "up_block_types[]", t, ("UpBlock2D", "CrossAttnUpBlock2D"))
-        _one_of(source, "class_embed_type", self.class_embed_type, (None, "simple_projection"))
-        _one_of(source, "resnet_time_scale_shift", self.resnet_time_scale_shift, ("default", "scale_shift"))
+            one_of(source, "up_block_types[]", t, ("UpBlock2D", "CrossAttnUpBlock2D"))
+        one_of(source, "class_embed_type", self.class_embed_type, (None, "simple_projection"))
+        one_of(source, "resnet_time_scale_shift", self.resnet_time_scale_shift, ("default", "scale_shift"))
         for key in ("conv_in_kernel", "conv_out_kernel"):
             if getattr(self, key) % 2 == 0 or getattr(self, key) < 1:
                 raise CheckpointError(f"{source}: {key}={getattr(self, key)} is not supported (odd sizes only)")
@@ -279,7 +281,7 @@ class UNetConfig(_Config):
 
 
 @dataclass(frozen=True)
-class VAEConfig(_Config):
+class VAEConfig(Config):
     in_channels: int = 3
     out_channels: int = 3
     down_block_types: Tuple[str, ...] = ("DownEncoderBlock2D",)
@@ -309,9 +311,9 @@ class VAEConfig(_Config):
             if len(types) != n:
                 raise CheckpointError(f"{source}: {key} has {len(types)} entries, block_out_channels {n}")
         for t in self.down_block_types:
-            _one_of(source, "down_block_types[]", t, ("DownEncoderBlock2D",))
+            one_of(source, "down_block_types[]", t, ("DownEncoderBlock2D",))
         for t in self.up_block_types:
-            _one_of(source, "up_block_types[]", t, ("UpDecoderBlock2D",))
+            one_of(source, "up_block_types[]", t, ("UpDecoderBlock2D",))
         if self.scaling_factor == 0:
             raise CheckpointError(f"{source}: scaling_factor=0 (latents are divided by it)")
         for i, c in enumerate(self.block_out_channels):
@@ -331,7 +333,7 @@ class VAEConfig(_Config):
 
 
 @dataclass(frozen=True)
-class VocoderConfig(_Config):
+class VocoderConfig(Config):
     model_in_dim: int = 80
     sampling_rate: int = 16000
     upsample_initial_channel: int = 512
@@ -356,283 +358,3 @@ class VocoderConfig(_Config):
     def hop_length(self) -> int:
         """Waveform samples per mel frame (160 for the published vocoder)."""
         return math.prod(self.upsample_rates)
-
-
-# --------------------------------------------------------------------------------------------
-# CLAP (transformers ClapModel: RoBERTa text tower + HTSAT audio tower)
-# --------------------------------------------------------------------------------------------
-
-ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh")  # see layers.ACTIVATIONS
-
-# Keys every transformers PretrainedConfig carries; these few change what a text encoder computes.
-_PRETRAINED_FIXED = {"is_decoder": (False,), "add_cross_attention": (False,), "pruned_heads": ({},)}
-
-
-@dataclass(frozen=True)
-class ClapTextConfig(_Config):
-    vocab_size: int = 50265
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    max_position_embeddings: int = 514
-    type_vocab_size: int = 1
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int = 1
-    # set from the top-level ClapConfig, which overrides the tower's own values (as transformers does)
-    projection_dim: int = 512
-    projection_hidden_act: str = "relu"
-
-    FIXED = {"position_embedding_type": ("absolute",), **_PRETRAINED_FIXED}
-    INERT = {
-        "hidden_dropout_prob": "dropout is off at inference",
-        "attention_probs_dropout_prob": "dropout is off at inference",
-        "initializer_factor": "weight initialisation only",
-        "bos_token_id": "the tokenizer adds <s>; the model does not read it",
-        "eos_token_id": "the tokenizer adds </s>; the model does not read it",
-        "use_cache": "no decoding: there is nothing to cache",
-    }
-
-    def _check(self, source: str) -> None:
-        _one_of(source, "hidden_act", self.hidden_act, ACTIVATIONS)
-        _one_of(source, "projection_hidden_act", self.projection_hidden_act, ACTIVATIONS)
-        if self.hidden_size % self.num_attention_heads:
-            raise CheckpointError(f"{source}: hidden_size={self.hidden_size} is not divisible by "
-                                  f"num_attention_heads={self.num_attention_heads}")
-
-
-@dataclass(frozen=True)
-class ClapAudioConfig(_Config):
-    window_size: int = 8
-    num_mel_bins: int = 64
-    spec_size: int = 256
-    hidden_act: str = "gelu"
-    patch_size: Pair = (4, 4)
-    patch_stride: Pair = (4, 4)
-    hidden_size: int = 768
-    depths: Tuple[int, ...] = (2, 2, 6, 2)
-    num_attention_heads: Tuple[int, ...] = (4, 8, 16, 32)
-    patch_embed_input_channels: int = 1
-    patch_embeds_hidden_size: int = 96
-    enable_patch_layer_norm: bool = True
-    qkv_bias: bool = True
-    mlp_ratio: float = 4.0
-    layer_norm_eps: float = 1e-5
-    projection_dim: int = 512  # from the top-level ClapConfig, as text_config's
-    projection_hidden_act: str = "relu"
-
-    # enable_fusion: the reference pipeline itself cannot rank with it (it passes no `is_longer`).
-    FIXED = {"enable_fusion": (False,), "flatten_patch_embeds": (True,), **_PRETRAINED_FIXED}
-    INERT = {
-        "hidden_dropout_prob": "dropout is off at inference",
-        "attention_probs_dropout_prob": "dropout is off at inference",
-        "drop_path_rate": "stochastic depth is off at inference",
-        "initializer_factor": "weight initialisation only",
-        "num_classes": "no classification head in ClapModel",
-        "num_hidden_layers": "the tower's depth comes from `depths`",
-        "fusion_type": "used only with enable_fusion, which is refused",
-        "aff_block_r": "used only with enable_fusion, which is refused",
-    }
-
-    def _check(self, source: str) -> None:
-        _one_of(source, "hidden_act", self.hidden_act, ACTIVATIONS)
-        if len(self.depths) != len(self.num_attention_heads):
-            raise CheckpointError(f"{source}: depths and num_attention_heads differ in length")
-        width = self.patch_embeds_hidden_size * 2 ** (len(self.depths) - 1)
-        if width != self.hidden_size:
-            raise CheckpointError(
-                f"{source}: hidden_size={self.hidden_size} must equal patch_embeds_hidden_size "
-                f"* 2**(len(depths)-1) = {width} (transformers fails at the projection otherwise)")
-        if self.spec_size < self.num_mel_bins:
-            raise CheckpointError(f"{source}: spec_size={self.spec_size} is smaller than "
-                                  f"num_mel_bins={self.num_mel_bins}")
-        rows, cols = self.grid
-        for i in range(len(self.depths)):
-            if min(rows // 2**i, cols // 2**i) < self.window_size:
-                # transformers shrinks the window there but keeps the bias table's size: it fails.
-                raise CheckpointError(
-                    f"{source}: stage {i} has a {rows // 2**i}x{cols // 2**i} patch grid, smaller "
-                    f"than window_size={self.window_size} (spec_size / patch_stride / 2**stage)")
-
-    @property
-    def grid(self) -> Tuple[int, int]:
-        """Patch grid (rows, columns) of the spec_size x spec_size image."""
-        return self.spec_size // self.patch_stride[0], self.spec_size // self.patch_stride[1]
-
-
-@dataclass(frozen=True)
-class ClapConfig(_Config):
-    text_config: ClapTextConfig = dataclasses.field(default_factory=ClapTextConfig)
-    audio_config: ClapAudioConfig = dataclasses.field(default_factory=ClapAudioConfig)
-    projection_dim: int = 512
-
-    INERT = {
-        "logit_scale_init_value": "initialisation only: the scales are weights",
-        "initializer_factor": "weight initialisation only",
-        "projection_hidden_act": "copied into text_config and audio_config",
-        "hidden_size": "derived from text_config by transformers",
-    }
-
-    @classmethod
-    def from_hf(cls, data: Mapping[str, Any], source: str = "<config>") -> "ClapConfig":
-        if not isinstance(data, Mapping):
-            raise CheckpointError(f"{source}: expected a JSON object, found {type(data).__name__}")
-        # transformers' ClapConfig overwrites both towers' projection settings with its own.
-        top = {k: data[k] for k in ("projection_dim", "projection_hidden_act") if k in data}
-        towers = {}
-        for tower, config_cls in (("text_config", ClapTextConfig), ("audio_config", ClapAudioConfig)):
-            sub = data.get(tower) or {}
-            if not isinstance(sub, Mapping):
-                raise CheckpointError(f"{source}: {tower} must be a JSON object")
-            towers[tower] = config_cls.from_hf({**sub, **top}, f"{source}: {tower}")
-        return cls(**towers, projection_dim=towers["text_config"].projection_dim)
-
-
-# --------------------------------------------------------------------------------------------
-# Audio front end of CLAP (transformers ClapFeatureExtractor)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FeatureExtractorConfig(_Config):
-    feature_size: int = 64
-    sampling_rate: int = 48000
-    hop_length: int = 480
-    max_length_s: int = 10
-    fft_window_size: int = 1024
-    frequency_min: float = 0.0
-    frequency_max: float = 14000.0
-    truncation: str = "fusion"
-    padding: str = "repeatpad"
-
-    INERT = {
-        "padding_value": "ClapFeatureExtractor pads with zeros whatever this says",
-        "top_db": "stored but never applied by ClapFeatureExtractor",
-        "return_attention_mask": "no attention mask is used for audio",
-    }
-
-    def _check(self, source: str) -> None:
-        _one_of(source, "truncation", self.truncation, ("rand_trunc", "fusion"))
-        _one_of(source, "padding", self.padding, ("repeatpad", "repeat", "pad"))
-        for key in ("sampling_rate", "hop_length", "max_length_s", "fft_window_size", "feature_size"):
-            if getattr(self, key) < 1:
-                raise CheckpointError(f"{source}: {key}={getattr(self, key)} must be positive")
-
-    @property
-    def nb_max_samples(self) -> int:
-        return self.max_length_s * self.sampling_rate
-
-
-# --------------------------------------------------------------------------------------------
-# Samplers (diffusers schedulers; each class with its own defaults and keys)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SchedulerConfig(_Config):
-    """The values our samplers read. Which of them a class reads, and its defaults, are in
-    SCHEDULER_CLASSES: a class that lacks a key keeps the neutral value below."""
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: Optional[Tuple[float, ...]] = None
-    prediction_type: str = "epsilon"
-    timestep_spacing: str = "leading"
-    steps_offset: int = 0
-    clip_sample: bool = False
-    clip_sample_range: float = 1.0
-    set_alpha_to_one: bool = False
-    skip_prk_steps: bool = True
-    use_karras_sigmas: bool = False
-    sigma_min: Optional[float] = None
-    sigma_max: Optional[float] = None
-    final_sigmas_type: str = "zero"
-    solver_order: int = 2
-    solver_type: str = "midpoint"
-    lower_order_final: bool = True
-    euler_at_final: bool = False
-
-    def _check(self, source: str) -> None:
-        _one_of(source, "beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
-        _one_of(source, "prediction_type", self.prediction_type, ("epsilon", "v_prediction", "sample"))
-        _one_of(source, "timestep_spacing", self.timestep_spacing, ("leading", "trailing", "linspace"))
-        _one_of(source, "final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
-        _one_of(source, "solver_order", self.solver_order, (1, 2))
-        _one_of(source, "solver_type", self.solver_type, ("midpoint", "heun"))
-        if self.num_train_timesteps < 1:
-            raise CheckpointError(f"{source}: num_train_timesteps={self.num_train_timesteps} must be positive")
-        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
-            raise CheckpointError(f"{source}: trained_betas has {len(self.trained_betas)} entries, "
-                                  f"num_train_timesteps is {self.num_train_timesteps}")
-
-
-_SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-                      "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
-_EXTRA_SIGMAS = {"use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)}
-_THRESHOLDING_INERT = {"dynamic_thresholding_ratio": "used only with thresholding, which is refused",
-                       "sample_max_value": "used only with thresholding, which is refused"}
-
-
-@dataclass(frozen=True)
-class SchedulerClass:
-    """One diffusers scheduler class: its defaults for the keys it reads, and its FIXED/INERT tables."""
-
-    defaults: Mapping[str, Any]
-    fixed: Mapping[str, tuple]
-    inert: Mapping[str, str]
-
-
-SCHEDULER_CLASSES: Dict[str, SchedulerClass] = {
-    "DDIMScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "clip_sample": True, "set_alpha_to_one": True, "clip_sample_range": 1.0,
-         "timestep_spacing": "leading"},
-        {"thresholding": (False,), "rescale_betas_zero_snr": (False,)}, _THRESHOLDING_INERT),
-    "PNDMScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "skip_prk_steps": False, "set_alpha_to_one": False, "timestep_spacing": "leading"},
-        {}, {}),
-    "LMSDiscreteScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "use_karras_sigmas": False, "timestep_spacing": "linspace"}, _EXTRA_SIGMAS, {}),
-    "EulerDiscreteScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "use_karras_sigmas": False, "sigma_min": None, "sigma_max": None,
-         "timestep_spacing": "linspace", "final_sigmas_type": "zero"},
-        {**_EXTRA_SIGMAS, "interpolation_type": ("linear",), "timestep_type": ("discrete",),
-         "rescale_betas_zero_snr": (False,)}, {}),
-    "EulerAncestralDiscreteScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "timestep_spacing": "linspace"}, {"rescale_betas_zero_snr": (False,)}, {}),
-    "HeunDiscreteScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "beta_start": 0.00085, "beta_end": 0.012, "use_karras_sigmas": False,
-         "clip_sample": False, "clip_sample_range": 1.0, "timestep_spacing": "linspace"}, _EXTRA_SIGMAS, {}),
-    "DPMSolverMultistepScheduler": SchedulerClass(
-        {**_SCHEDULE_DEFAULTS, "solver_order": 2, "solver_type": "midpoint", "lower_order_final": True,
-         "euler_at_final": False, "use_karras_sigmas": False, "final_sigmas_type": "zero",
-         "timestep_spacing": "linspace"},
-        {**_EXTRA_SIGMAS, "algorithm_type": ("dpmsolver++",), "thresholding": (False,), "use_lu_lambdas": (False,),
-         "use_flow_sigmas": (False,), "lambda_min_clipped": (-math.inf,), "variance_type": (None,),
-         "rescale_betas_zero_snr": (False,), "use_dynamic_shifting": (False,)},
-        {**_THRESHOLDING_INERT, "flow_shift": "used only with use_flow_sigmas, which is refused",
-         "time_shift_type": "used only with use_dynamic_shifting, which is refused"}),
-}
-
-
-def scheduler_config(class_name: str, data: Mapping[str, Any], source: str = "<config>") -> SchedulerConfig:
-    """diffusers' `Class.from_config(data)`: the keys `class_name` reads, its defaults for the rest.
-
-    Keys of other classes in `data` are ignored, as diffusers ignores them.
-    """
-    spec = SCHEDULER_CLASSES[class_name]
-    check_fixed(spec.fixed, data, source, f" by {class_name} here")
-    read = {k: data.get(k, default) for k, default in spec.defaults.items()}
-    if sum(bool(data.get(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-           if k in spec.defaults or k in spec.fixed) > 1:
-        raise CheckpointError(f"{source}: only one of use_karras_sigmas, use_exponential_sigmas and "
-                              "use_beta_sigmas can be set")
-    if class_name == "DPMSolverMultistepScheduler" and read["use_karras_sigmas"] and \
-            read["beta_schedule"] == "squaredcos_cap_v2":
-        # diffusers leaves these timesteps unrounded and truncates them, repeating the first: its step
-        # counter then runs one past the end and fails with an IndexError at the last step.
-        raise CheckpointError(f"{source}: use_karras_sigmas=true with beta_schedule='squaredcos_cap_v2' is not "
-                              "supported by DPMSolverMultistepScheduler (diffusers itself fails at the last step)")
-    return SchedulerConfig.from_hf(read, source)

@@ -22,7 +22,7 @@ import torch
 
 from .clap import Clap
 from .audio_frontend import LogMel, resample
-from .config import FeatureExtractorConfig
+from .clap_config import FeatureExtractorConfig
 from .errors import check_finite, check_waveforms
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn

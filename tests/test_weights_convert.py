@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from musicldm_core.clap import Clap
-from musicldm_core.config import ClapConfig, UNetConfig, VAEConfig, VocoderConfig
+from musicldm_core.clap_config import ClapConfig
+from musicldm_core.config import UNetConfig, VAEConfig, VocoderConfig
 from musicldm_core.unet import UNet
 from musicldm_core.vae import AutoencoderKL
 from musicldm_core.vocoder import HifiGan

@@ -13,7 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import SchedulerConfig, read_json, scheduler_config
+from ..config import read_json
+from .config import SchedulerConfig, scheduler_config
 from ..errors import CheckpointError
 from ..noise import Generator
 from . import ddim, dpmsolver, euler, heun, lms, pndm

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..config import SchedulerConfig
+from .config import SchedulerConfig
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Step = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -17,7 +17,7 @@ from helpers import assert_close, assert_detects
 from reference_checkpoints import randomize_
 from musicldm_core.clap import Clap
 from musicldm_core.audio_frontend import LogMel
-from musicldm_core.config import FeatureExtractorConfig
+from musicldm_core.clap_config import FeatureExtractorConfig
 from musicldm_core.errors import CheckpointError
 
 RTOL = 1e-5

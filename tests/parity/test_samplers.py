@@ -20,7 +20,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 
 import reference_checkpoints
 from helpers import assert_detects, errors
-from musicldm_core.config import scheduler_config
+from musicldm_core.samplers.config import scheduler_config
 from musicldm_core.samplers import SAMPLERS, Scheduler
 from musicldm_core.samplers.lms import gauss_kronrod_21, lms_coefficient
 from musicldm_core.unet import UNet
