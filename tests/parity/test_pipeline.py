@@ -26,12 +26,12 @@ def ours(full_ckpt):
 
 
 @pytest.fixture(scope="module")
-def run_both(full_ckpt):
+def run_both(reference, ours, full_ckpt):
     """run_both(sampler, **kw) -> (ours, reference) waveforms, and the callbacks' calls compared."""
-    return lambda sampler, **kw: _run_both(full_ckpt, sampler, **kw)
+    return lambda sampler, **kw: _run_both(reference, ours, full_ckpt, sampler, **kw)
 
 
-def _run_both(folder, sampler, **kw):
+def _run_both(reference, ours, folder, sampler, **kw):
     reference.scheduler = reference_scheduler(folder, sampler)
     calls_ref, calls = [], []
     np.random.seed(0)
