@@ -1,4 +1,5 @@
-"""`musicldm "techno with a fast beat" -o techno.wav`: text to a 16 kHz WAV file.
+"""`musicldm "techno with a fast beat" -o techno.wav`: text to a 16 kHz WAV file; with
+`--prompts FILE --out-dir DIR`, a whole prompt file (batch.py), also under torchrun.
 
 Errors print as one line and exit non-zero (with --debug: the traceback); everything that can be
 checked without the model (arguments, every output path) is checked before loading it. Files are
@@ -25,7 +26,7 @@ FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "gu
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musicldm", description="Generate music from text with MusicLDM.")
-    p.add_argument("prompt", help="what the music should sound like")
+    p.add_argument("prompt", nargs="?", default=None, help="what the music should sound like")
     p.add_argument("-o", "--output", default="music.wav", help="WAV file to write (default: music.wav); "
                    "with --takes N > 1: NAME-1.wav ... NAME-N.wav, best first")
     p.add_argument("--negative", default=None, help="what the music should not sound like")
@@ -41,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision (default: float16 on cuda, else float32)")
     p.add_argument("--weights", default=DEFAULT_REPO, help=f"checkpoint folder or Hub repo id (default: {DEFAULT_REPO})")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --weights")
+    p.add_argument("--prompts", default=None, help="batch mode: a JSON Lines file (one {\"prompt\": ...} a line; "
+                   "optional id, negative, seconds, seed, steps, guidance, takes, sampler) or a text file, one "
+                   "prompt a line; the options above are the defaults")
+    p.add_argument("--out-dir", default=None, help="batch mode: the folder for <id>.wav files and manifest.jsonl")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch mode: items per model call (default: 8 on cuda, else 1)")
+    p.add_argument("--skip-bad", action="store_true", help="batch mode: report bad lines and go on without them")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: all; under torchrun, each process its share)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -64,12 +74,12 @@ def output_paths(output: str, takes: int) -> List[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, takes + 1)]
 
 
-def check_outputs(paths: List[Path]) -> None:
+def check_outputs(paths: List[Path], flag: str = "--output") -> None:
     """Every target usable before any work: its folder exists and is writable, it is not a folder,
-    and its name fits the file system. Errors name the user's path."""
+    and its name fits the file system. Errors name the user's path (and the flag that gave it)."""
     folder = paths[0].parent
     if not folder.is_dir():
-        raise ValueError(f"--output: folder {str(folder)!r} does not exist")
+        raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
@@ -78,16 +88,16 @@ def check_outputs(paths: List[Path]) -> None:
         try:
             size = len(os.fsencode(path.name))
         except UnicodeError:
-            raise ValueError(f"--output: the file system cannot encode the name {path.name!r}") from None
+            raise ValueError(f"{flag}: the file system cannot encode the name {path.name!r}") from None
         if size > limit:
-            raise ValueError(f"--output: the name {path.name[:40]!r}... is {size} bytes, longer than the "
+            raise ValueError(f"{flag}: the name {path.name[:40]!r}... is {size} bytes, longer than the "
                              f"{limit} this file system allows")
         if path.is_dir():
-            raise ValueError(f"--output: {str(path)!r} is a folder; give a .wav file name")
+            raise ValueError(f"{flag}: {str(path)!r} is a folder; give a .wav file name")
     try:  # a probe where the files will go: a read-only folder fails now, not after generating
         os.unlink(_temp_file(folder))
     except OSError as e:
-        raise ValueError(f"--output: cannot write in {str(folder)!r} ({e.strerror})") from None
+        raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
 
 
 def _temp_file(folder: Path) -> str:
@@ -96,7 +106,7 @@ def _temp_file(folder: Path) -> str:
     return tmp
 
 
-def write_wavs(paths: List[Path], audios, rate: int) -> None:
+def write_wavs(paths: List[Path], audios, rate: int, flag: str = "--output") -> None:
     """Write all files or none: each to a temporary file in its folder, then all renamed into place.
 
     If anything fails, the temporary files and any target already renamed are removed.
@@ -122,51 +132,76 @@ def write_wavs(paths: List[Path], audios, rate: int) -> None:
         for written in done:
             written.unlink(missing_ok=True)
         if isinstance(e, OSError):  # `path` is the file that failed
-            raise ValueError(f"--output: cannot write {str(path)!r} ({e.strerror or e})") from None
+            raise ValueError(f"{flag}: cannot write {str(path)!r} ({e.strerror or e})") from None
         raise
 
 
-def run(args: argparse.Namespace) -> List[Path]:
-    import torch
-
-    from .pipeline import MusicLDMPipeline
-    from .placement import parse_device
-    from .request import Request
+def check_args(args: argparse.Namespace) -> None:
+    """What the command line itself can check; the request's values are checked by Request."""
     from .samplers import SAMPLERS
 
-    # What can be checked without the checkpoint is checked before loading it.
-    request = Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
-                      num_inference_steps=args.steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.takes,
-                      names=FLAGS)
-    request.check()
+    if (args.prompt is None) == (args.prompts is None):
+        raise ValueError("give a PROMPT, or --prompts FILE with --out-dir DIR (not both)")
+    if args.prompts is not None and args.out_dir is None:
+        raise ValueError("--prompts needs --out-dir DIR, the folder the files and manifest.jsonl go to")
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise ValueError(f"--seed must be between 0 and {2**64 - 1}, got {args.seed}")
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
+def run(args: argparse.Namespace) -> List[Path]:
+    """One prompt: the same computation as one item of a batch (batch.generate)."""
+    import random
+
+    import torch
+
+    from .batch import Item, generate
+    from .pipeline import MusicLDMPipeline
+    from .placement import parse_device
+    from .request import Request
+
+    # What can be checked without the checkpoint is checked before loading it.
+    Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.takes,
+            names=FLAGS).check()
     paths = output_paths(args.output, args.takes)
     check_outputs(paths)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = parse_device(args.device or default_device())
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype,
                                             scheduler=args.sampler)
-    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    pipe.enable_batch_invariance()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
+    item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
+                args.sampler)
 
     from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
 
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:  # one update per step, any sampler
-        out = pipe(request.prompt, audio_length_in_s=request.audio_length_in_s,
-                   num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-                   negative_prompt=request.negative_prompt, num_waveforms_per_prompt=request.num_waveforms_per_prompt,
-                   generator=generator, progress=bar.update)
-    write_wavs(paths, out.audios, pipe.sampling_rate)
+        audios, _ = generate(pipe, [item], pipe.scheduler, progress=bar.update)
+    write_wavs(paths, audios[0], pipe.sampling_rate)
     return paths
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        for path in run(args):
-            print(path)
+        check_args(args)
+        if args.prompts is not None:
+            from .batch import run as run_batch
+
+            defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
+                        "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler}
+            run_batch(args, defaults)
+        else:
+            for path in run(args):
+                print(path)
         # done: a Ctrl-C from here on (during shutdown) must not print a traceback over a finished run
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:

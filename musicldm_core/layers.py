@@ -68,15 +68,31 @@ class Attention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(B, N, C))
 
 
+class EmbeddingLinear(nn.Linear):
+    """nn.Linear for (B, dim) embeddings, optionally one row at a time (`row_by_row`).
+
+    BLAS kernels for a handful of rows depend on how many there are, so the last bits of a row's
+    product change with the batch it is in. Row by row, an item gets the same result alone as in
+    any batch (pipeline.enable_batch_invariance); the cost is negligible at these sizes.
+    """
+
+    row_by_row = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.row_by_row and x.dim() == 2 and x.shape[0] > 1:
+            return torch.cat([F.linear(row, self.weight, self.bias) for row in x.split(1)])
+        return super().forward(x)
+
+
 class MLP(nn.Module):
     """Linear(cin -> dim), activation, Linear(dim -> dim): the UNet's timestep embedding (SiLU) and
     CLAP's projections into the joint space (ReLU as published)."""
 
     def __init__(self, cin: int, dim: int, act: str):
         super().__init__()
-        self.fc1 = nn.Linear(cin, dim)
+        self.fc1 = EmbeddingLinear(cin, dim)
         self.act = ACTIVATIONS[act]
-        self.fc2 = nn.Linear(dim, dim)
+        self.fc2 = EmbeddingLinear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -99,7 +115,7 @@ class ResnetBlock2D(nn.Module):
         self.output_scale = output_scale
         self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_dim, cout * (2 if scale_shift else 1)) if temb_dim else None
+        self.time_emb_proj = EmbeddingLinear(temb_dim, cout * (2 if scale_shift else 1)) if temb_dim else None
         self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None

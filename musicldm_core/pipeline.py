@@ -26,6 +26,7 @@ from .clap_config import FeatureExtractorConfig
 from .errors import check_finite, check_waveforms
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
+from .layers import EmbeddingLinear
 from .placement import Placement, component_dtype, parse_device, parse_dtype
 from .request import Request
 from .samplers import Scheduler, check_sampler
@@ -39,9 +40,11 @@ Generator = Union[torch.Generator, List[torch.Generator], None]
 
 @dataclass
 class AudioPipelineOutput:
-    """`.audios`: float32 waveforms (N, samples) as numpy ("np") or torch ("pt"), or latents ("latent")."""
+    """`.audios`: float32 waveforms (N, samples) as numpy ("np") or torch ("pt"), or latents ("latent").
+    `.scores`: with several takes, each returned take's CLAP score (logit) for its prompt, else None."""
 
     audios: Any
+    scores: Optional[torch.Tensor] = None
 
 
 class MusicLDMPipeline:
@@ -56,6 +59,7 @@ class MusicLDMPipeline:
         self.feature_extractor = feature_extractor
         self.vae_scale_factor = vae.config.scale_factor
         self.vae_slicing = False
+        self.batch_invariant = False
         self.placement = Placement(lambda: self.components)
 
     @classmethod
@@ -116,6 +120,16 @@ class MusicLDMPipeline:
 
     def disable_vae_slicing(self) -> None:
         self.vae_slicing = False
+
+    def enable_batch_invariance(self) -> None:
+        """Make each take independent of what shares its call, to the last bit: the UNet's embedding
+        layers run row by row (layers.EmbeddingLinear), each take is decoded and vocoded alone, and
+        takes are ranked per prompt. A batch of prompts then gives each prompt exactly what it gets
+        alone with the same noise (batch mode relies on it); the cost is small."""
+        self.batch_invariant = True
+        for module in self.unet.modules():
+            if isinstance(module, EmbeddingLinear):
+                module.row_by_row = True
 
     def enable_model_cpu_offload(self, device: Union[str, torch.device] = "cuda") -> None:
         """Keep every component on the CPU and move each to `device` only while it runs."""
@@ -206,16 +220,20 @@ class MusicLDMPipeline:
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
-        mel = self.placement.ready("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=self.vae_slicing)
+        one_by_one = self.vae_slicing or self.batch_invariant
+        mel = self.placement.ready("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=one_by_one)
         check_finite(mel, "the decoded mel spectrogram", "vae")
-        audio = self.placement.ready("vocoder")(mel.squeeze(1)).cpu().float()
+        vocoder = self.placement.ready("vocoder")
+        mels = mel.squeeze(1).split(1 if self.batch_invariant else len(mel))
+        audio = torch.cat([vocoder(m) for m in mels]).cpu().float()
         check_waveforms(audio)
         audio = audio[:, :int(run.seconds * self.sampling_rate)]
+        scores = None
         if takes > 1 and prompt is not None:
-            audio = self.rank(prompt, audio, takes, rank_within_prompt, crop)
+            audio, scores = self.rank(prompt, audio, takes, rank_within_prompt or self.batch_invariant, crop)
         if output_type == "np":
             audio = audio.numpy()
-        return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
+        return AudioPipelineOutput(audios=audio, scores=scores) if return_dict else (audio,)
 
     def encode_prompt(self, prompt: Union[str, List[str], None], embeds: Optional[torch.Tensor],
                       device: torch.device, max_length: Optional[int] = None) -> torch.Tensor:
@@ -225,32 +243,36 @@ class MusicLDMPipeline:
         """
         if embeds is None:
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
-            # The reference pads every prompt to 512 tokens; padding is masked out, so padding only to
-            # the longest prompt gives the same vector (to float rounding, ~1e-7) at a fraction of the cost.
-            ids, mask = self.tokenizer(texts, pad_to_max_length=False, max_length=max_length)
+            # The reference pads every prompt to 512 tokens; padding is masked out, so each prompt
+            # encoded alone, unpadded, gives the same vector (to float rounding, ~1e-7) at a fraction
+            # of the cost, and a vector that does not depend on the other prompts of the batch.
             clap = self.placement.ready("text_encoder")
-            embeds = clap.text_features(ids.to(device), mask.to(device))
+            embeds = torch.cat([clap.text_features(ids.to(device), mask.to(device)) for ids, mask in
+                                (self.tokenizer([text], pad_to_max_length=False, max_length=max_length)
+                                 for text in texts)])
         return embeds.to(device=device, dtype=self.dtype)
 
     def rank(self, prompt: Union[str, List[str]], audio: torch.Tensor, takes: int, within_prompt: bool = False,
-             crop: str = "random") -> torch.Tensor:
-        """Order takes by CLAP similarity to their prompt, best first: (N, samples) -> (N, samples).
+             crop: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+        """Order takes by CLAP similarity to their prompt, best first: (N, samples) -> (N, samples),
+        and each returned take's score (N,).
 
         As the reference: resample 16 kHz -> 48 kHz, log-mel, logits_per_text, argsort descending,
-        keep `takes` per prompt row. within_prompt restricts each row to its own prompt's takes.
+        keep `takes` per prompt row. within_prompt ranks each prompt's own takes only (one prompt
+        at a time, so its ranking does not depend on the other prompts).
         """
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if within_prompt and len(texts) > 1:
+            ranked = [self.rank(text, audio[i * takes:(i + 1) * takes], takes, crop=crop) for i, text in enumerate(texts)]
+            return torch.cat([a for a, _ in ranked]), torch.cat([s for _, s in ranked])
         ids, mask = self.tokenizer(texts, pad_to_max_length=False)
         waves = resample(audio, self.sampling_rate, self.feature_extractor.config.sampling_rate)
         mel = self.feature_extractor(list(waves.numpy()), crop=crop)
         clap = self.placement.ready("text_encoder")
         dev = self.device
         logits = clap.logits_per_text(ids.to(dev), mask.to(dev), mel.to(dev, self.dtype)).float().cpu()
-        if within_prompt:
-            own = torch.arange(len(texts))[:, None] == torch.arange(audio.shape[0])[None, :] // takes
-            logits = logits.masked_fill(~own, float("-inf"))
         order = torch.argsort(logits, dim=1, descending=True)[:, :takes]
-        return torch.index_select(audio, 0, order.reshape(-1))
+        return torch.index_select(audio, 0, order.reshape(-1)), logits.gather(1, order).reshape(-1)
 
     def latent_shape(self, takes: int, frames: int) -> tuple[int, int, int, int]:
         """(takes, latent channels, frames / f, mel bins / f): the latent of `frames` mel frames."""

@@ -165,6 +165,8 @@ def test_hub_id_from_the_cache_offline(hf_cache, tmp_path):
 
 def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
     """The command's arguments, as the pipeline receives them (a silently dropped --negative shows)."""
+    import torch
+
     from musicldm_core.pipeline import MusicLDMPipeline
 
     seen = {}
@@ -175,8 +177,12 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
         pipe = real(source, **kw)
         call = pipe.__call__
 
-        class Recording:
-            sampling_rate = pipe.sampling_rate
+        class Recording:  # the pipeline, its calls recorded
+            def __getattr__(self, name):
+                return getattr(pipe, name)
+
+            def __setattr__(self, name, value):
+                setattr(pipe, name, value)
 
             def __call__(self, prompt, **kw):
                 seen["call"] = dict(kw, prompt=prompt)
@@ -189,30 +195,34 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
                      "3", "--guidance", "3.5", "--seed", "9", "--takes", "2", "--sampler", "heun", "--weights",
                      str(tiny_ckpt), "--device", "cpu", "--dtype", "bfloat16"]) == 0
     call, load_kw = seen["call"], seen["load"]
-    assert call["prompt"] == "jazz" and call["negative_prompt"] == "noise"
+    assert call["prompt"] == ["jazz"] and call["negative_prompt"] == ["noise"]
     assert call["audio_length_in_s"] == 0.5 and call["num_inference_steps"] == 3 and call["guidance_scale"] == 3.5
     assert call["num_waveforms_per_prompt"] == 2
-    assert call["generator"].initial_seed() == 9
+    # the noise drawn from --seed as diffusers draws it from Generator().manual_seed(9)
+    expected = torch.randn(call["latents"].shape, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    assert torch.equal(call["latents"], expected)
     assert load_kw["source"] == str(tiny_ckpt) and load_kw["scheduler"] == "heun"
     assert str(load_kw["device"]) == "cpu" and load_kw["dtype"] == "bfloat16"
 
 
 def test_takes_are_written_best_first(tiny_ckpt, tmp_path):
-    """NAME-1.wav is the pipeline's first (best-ranked) take, NAME-2.wav its second."""
+    """NAME-1.wav is the pipeline's first (best-ranked) take, NAME-2.wav its second: exactly the API's
+    audio for the same seed (batch-invariant, ranked with a deterministic crop)."""
     import torch
 
     from musicldm_core.pipeline import MusicLDMPipeline
 
     r = musicldm("jazz", "-o", tmp_path / "jazz.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5,
-                 "--takes", 2, "--seed", 3)
+                 "--takes", 2, "--seed", 3, "--threads", 2)
     assert r.returncode == 0, r.stderr
     torch.set_num_threads(2)
-    expected = MusicLDMPipeline.from_pretrained(tiny_ckpt)("jazz", num_inference_steps=2, audio_length_in_s=0.5,
-                                                           num_waveforms_per_prompt=2,
-                                                           generator=torch.Generator().manual_seed(3)).audios
+    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+    pipe.enable_batch_invariance()
+    expected = pipe("jazz", num_inference_steps=2, audio_length_in_s=0.5, num_waveforms_per_prompt=2, crop="start",
+                    generator=torch.Generator().manual_seed(3)).audios
     for k in (1, 2):
         written = sf.read(tmp_path / f"jazz-{k}.wav", dtype="float32")[0]
-        assert np.allclose(written, expected[k - 1], rtol=0, atol=1e-6), k
+        assert np.array_equal(written, expected[k - 1]), k
     assert not np.allclose(expected[0], expected[1], atol=1e-3)  # the two takes differ, so the order shows
 
 

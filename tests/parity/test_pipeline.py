@@ -89,13 +89,14 @@ def test_ranking_with_random_crop_matches(reference, ours):
         np.random.seed(9)
         a = reference.score_waveforms(prompt, audio, 2, torch.device("cpu"), torch.float32)
         np.random.seed(9)
-        b = ours["ddim"].rank(prompt, audio, 2)
+        b = ours["ddim"].rank(prompt, audio, 2)[0]
         assert torch.equal(a, b), f"ranking order differs for {prompt!r}"
 
 
 def test_rank_within_prompt(ours):
     audio = torch.from_numpy(np.random.RandomState(1).randn(4, 16000).astype(np.float32) * 0.2)
-    out = ours["ddim"].rank(["techno", "jazz"], audio, 2, within_prompt=True)
+    out, scores = ours["ddim"].rank(["techno", "jazz"], audio, 2, within_prompt=True)
+    assert scores.shape == (4,) and scores[0] >= scores[1] and scores[2] >= scores[3]
     rows = [[int(torch.nonzero((audio == r).all(dim=1))[0]) for r in out[i * 2:(i + 1) * 2]] for i in range(2)]
     assert sorted(rows[0]) == [0, 1] and sorted(rows[1]) == [2, 3]
 

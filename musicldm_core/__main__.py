@@ -1,0 +1,7 @@
+"""`python -m musicldm_core ...` (and `torchrun -m musicldm_core ...`): the musicldm command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
