@@ -337,7 +337,7 @@ def run(args, defaults: Dict[str, object]) -> int:
     threads = args.threads or (max(1, (os.cpu_count() or 1) // local_world) if device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    batch_size = args.batch_size or (8 if device.type == "cuda" else 1)
+    batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # CPU: 4 measured 1.22x of 1
     generated = 0
     if mine:
         dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")

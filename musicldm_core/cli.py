@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "prompt a line; the options above are the defaults")
     p.add_argument("--out-dir", default=None, help="batch mode: the folder for <id>.wav files and manifest.jsonl")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="batch mode: items per model call (default: 8 on cuda, else 1)")
+                   help="batch mode: items per model call (default: 8 on cuda, else 4)")
     p.add_argument("--skip-bad", action="store_true", help="batch mode: report bad lines and go on without them")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: all; under torchrun, each process its share)")
