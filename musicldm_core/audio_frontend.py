@@ -1,17 +1,22 @@
-"""Audio front end: waveform -> what CLAP's audio tower reads (used to rank several takes).
+"""Audio front ends: waveform -> what CLAP's audio tower reads (to rank takes), and -> what the VAE reads.
 
-* `resample(wave, 16000, 48000)`: a Kaiser-windowed sinc interpolator for integer ratios, standing
-  in for librosa.resample (soxr_hq) without librosa or scipy; its distance to librosa is measured
-  in the tests.
+* `resample(wave, 16000, 48000)`: a Kaiser-windowed sinc interpolator between any two rates,
+  standing in for librosa.resample (soxr_hq) without librosa or scipy; its distance to librosa is
+  measured in the tests.
 * `LogMel`: transformers' `ClapFeatureExtractor` -- repeat-pad to 10 s (`repeatpad`) or crop
   (`rand_trunc`: at numpy's global RandomState like the reference, or at a fixed offset), or the
   fusion variant's four views; 1024-point Hann STFT (reflect-padded, hop 480), Slaney or HTK mel
   filters (50 Hz .. 14 kHz by default), power in dB. Computed in float64 with numpy, as the reference.
+* `load_audio`, `normalize_loudness`, `log_mel`: an input for audio-to-audio, through MusicLDM's
+  training front end (AudioLDM's TacotronSTFT at 16 kHz: n_fft 1024, hop 160, 64 Slaney mel bands).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import math
+import os
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,26 +31,34 @@ from .clap_config import FeatureExtractorConfig
 
 def resample(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: int = 96,
              rolloff: float = 0.95675, beta: float = 13.0) -> torch.Tensor:
-    """Upsample (B, N) float audio by an integer factor: (B, N * target_sr / orig_sr).
+    """Resample (B, N) float audio from orig_sr to target_sr Hz (any two integer rates): (B, ceil(N * target / orig)).
 
-    Zero-stuffing followed by a Kaiser-windowed sinc low-pass at `rolloff` times the input Nyquist
-    (conv_transpose1d does both at once), computed in float64. The defaults were fitted to
-    librosa.resample's soxr_hq: 0.06% rms difference on white noise (measured in the tests).
+    Band-limited interpolation: output sample n sits at input position p = n * orig / target and is
+    sum_k x[k] h(p - k), h a Kaiser-windowed sinc low-pass at `rolloff` times the lower of the two
+    Nyquist rates, `zero_crossings` wide on that side; computed in float64, polyphase (one filter
+    per fractional position, gcd-reduced). The defaults were fitted to librosa.resample's soxr_hq
+    for 16 -> 48 kHz: 0.06% rms difference on white noise (measured in the tests).
     """
-    if target_sr % orig_sr:
-        raise ValueError(f"resample: only integer up-sampling ratios are supported, got {orig_sr} -> {target_sr} Hz")
-    L = target_sr // orig_sr
-    if L == 1:
+    g = math.gcd(orig_sr, target_sr)
+    up, down = target_sr // g, orig_sr // g  # output sample n: input position n * down / up
+    if up == down:
         return wave
-    n = torch.arange(-zero_crossings * L, zero_crossings * L + 1, dtype=torch.float64)
-    t = n / L
-    window = torch.special.i0(beta * torch.sqrt(torch.clamp(1 - (t / zero_crossings) ** 2, min=0))) / torch.special.i0(
+    cutoff = rolloff * min(1.0, up / down)  # of the input's Nyquist rate
+    half = math.ceil(zero_crossings / min(1.0, up / down))  # taps each side, in input samples
+    offsets = torch.arange(-half + 1, half + 1, dtype=torch.float64)  # j: input sample floor(p) + j
+    t = (torch.arange(up, dtype=torch.float64)[:, None] / up) - offsets[None, :]  # (phases, taps): p - k
+    window = torch.special.i0(beta * torch.sqrt(torch.clamp(1 - (t / half) ** 2, min=0))) / torch.special.i0(
         torch.tensor(beta, dtype=torch.float64))
-    kernel = rolloff * torch.sinc(rolloff * t) * window  # gain L after zero-stuffing -> unit passband
-    x = wave.to(torch.float64)[:, None, :]
-    y = F.conv_transpose1d(x, kernel[None, None, :], stride=L)  # (B, 1, (N-1)L + K)
-    delay = zero_crossings * L
-    return y[:, 0, delay:delay + wave.shape[-1] * L].to(wave.dtype)
+    taps = cutoff * torch.sinc(cutoff * t) * window
+    x = F.pad(wave.to(torch.float64), (half, half))  # zeros beyond the ends
+    n_out = -(-wave.shape[-1] * up // down)
+    out = []
+    for start in range(0, n_out, 16384):  # bounded memory: (B, chunk, taps) at a time
+        n = torch.arange(start, min(start + 16384, n_out))
+        base = n * down // up + half  # floor(p), in the padded signal
+        index = base[:, None] + offsets.long()[None, :]
+        out.append((x[:, index] * taps[n * down % up]).sum(-1))
+    return torch.cat(out, dim=-1).to(wave.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,3 +185,73 @@ class LogMel:
             # from numpy's global RandomState: draw it too, so that state moves on exactly as there.
             np.random.randint(0, len(out))
         return torch.from_numpy(np.stack([f for f, _ in out]))  # (B, C, frames, mels)
+
+
+# --------------------------------------------------------------------------------------------
+# MusicLDM's own mel front end (audio-to-audio input)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _tacotron_bases(n_fft: int, n_mels: int, sr: int, f_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Hann-windowed Fourier basis (2 * (n_fft/2 + 1), 1, n_fft), Slaney mel filters (n_mels, n_fft/2 + 1)),
+    float32, built as AudioLDM's TacotronSTFT builds them (numpy, then cast)."""
+    fourier = np.fft.fft(np.eye(n_fft))[: n_fft // 2 + 1]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    basis = torch.from_numpy(np.vstack([fourier.real, fourier.imag])[:, None, :]).float() * torch.from_numpy(
+        window).float()
+    mel = torch.from_numpy(mel_filters(n_fft // 2 + 1, n_mels, 0.0, f_max, sr, "slaney").T.astype(np.float32))
+    return basis, mel
+
+
+def normalize_loudness(wave: torch.Tensor) -> torch.Tensor:
+    """AudioLDM's training normalisation of a (B, N) waveform: remove the mean, peak at 0.5."""
+    wave = wave - wave.mean(dim=-1, keepdim=True)
+    return wave / (wave.abs().amax(dim=-1, keepdim=True) + 1e-8) * 0.5
+
+
+def log_mel(wave: torch.Tensor, n_fft: int = 1024, hop: int = 160, n_mels: int = 64, sr: int = 16000) -> torch.Tensor:
+    """(B, N) waveform in [-1, 1] at `sr` -> (B, 1 + N // hop, n_mels) log-mel, the VAE's input.
+
+    AudioLDM's TacotronSTFT (MusicLDM's training front end): reflect-pad n_fft/2 each side, a
+    Hann-windowed STFT as a strided convolution with the Fourier basis (float32), magnitude, Slaney
+    mel filters 0 .. sr/2, log of the values clamped at 1e-5.
+    """
+    basis, mel = _tacotron_bases(n_fft, n_mels, sr, sr / 2)
+    x = F.pad(wave.float()[:, None, :], (n_fft // 2, n_fft // 2), mode="reflect")
+    spec = F.conv1d(x, basis.to(x.device), stride=hop)  # (B, 2 * bins, frames)
+    bins = n_fft // 2 + 1
+    magnitude = torch.sqrt(spec[:, :bins] ** 2 + spec[:, bins:] ** 2)
+    return torch.log(torch.clamp(torch.matmul(mel.to(x.device), magnitude), min=1e-5)).transpose(1, 2)
+
+
+def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = "audio") -> torch.Tensor:
+    """A file path, or an array / tensor (samples,) or (channels, samples) at `sampling_rate`, as
+    (samples,) float32 mono at target_sr. Channels are averaged. Errors name the input."""
+    if isinstance(audio, (str, os.PathLike)):
+        import soundfile as sf
+
+        try:
+            data, sampling_rate = sf.read(str(audio), dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile raises its own LibsndfileError, or RuntimeError / OSError
+            raise ValueError(f"{name}: cannot read {str(audio)!r} as audio ({str(e).splitlines()[0]})") from None
+        wave = torch.from_numpy(data.T.copy())  # (channels, samples)
+    else:
+        if sampling_rate is None:
+            raise ValueError(f"{name}: an array needs its sampling rate (audio_sampling_rate)")
+        wave = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio)
+        if wave.dim() not in (1, 2) or not wave.is_floating_point():
+            raise ValueError(f"{name} must be a float array (samples,) or (channels, samples), got "
+                             f"{wave.dtype} {tuple(wave.shape)}")
+        wave = wave.float().reshape(-1 if wave.dim() == 1 else wave.shape[0], wave.shape[-1])
+        wave = wave if wave.dim() == 2 else wave[None]
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate < 1000:
+        raise ValueError(f"{name}: sampling rate must be an integer of at least 1000 Hz, got {sampling_rate!r}")
+    if wave.shape[-1] == 0:
+        raise ValueError(f"{name} is empty (no samples)")
+    if not torch.isfinite(wave).all():
+        raise ValueError(f"{name} contains NaN or infinite samples")
+    mono = wave.mean(dim=0, keepdim=True)
+    if mono.abs().max() == 0:
+        raise ValueError(f"{name} is silent (every sample is zero): there is nothing to transform")
+    return resample(mono.double(), sampling_rate, target_sr)[0].float()

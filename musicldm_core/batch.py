@@ -244,11 +244,12 @@ def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     return out
 
 
-def generate(pipe, items: List[Item], scheduler, progress=None) -> Tuple[List, List[Optional[List[float]]]]:
+def generate(pipe, items: List[Item], scheduler, progress=None, **options) -> Tuple[List, List[Optional[List[float]]]]:
     """One call for items of one group: (each item's waveforms (takes, samples) best first, its scores).
 
     Each item's noise is drawn from its own seed exactly as a single run draws it. The command line
-    runs a single prompt through here too, so a batch and a single run are the same computation."""
+    runs a single prompt through here too, so a batch and a single run are the same computation;
+    `options` are the pipeline's long-form and audio-to-audio arguments (loop, window, audio, ...)."""
     import torch
 
     from .noise import randn
@@ -257,7 +258,7 @@ def generate(pipe, items: List[Item], scheduler, progress=None) -> Tuple[List, L
     pipe.scheduler = scheduler
     frames = Request(prompt=[item.prompt for item in items], audio_length_in_s=first.seconds,
                      num_inference_steps=first.steps, guidance_scale=first.guidance,
-                     num_waveforms_per_prompt=first.takes).plan(pipe).frames
+                     num_waveforms_per_prompt=first.takes, **options).plan(pipe).frames
     shape = pipe.latent_shape(first.takes, frames)
     noise = torch.cat([randn(shape, torch.Generator().manual_seed(item.seed), pipe.device, pipe.dtype)
                        for item in items])
@@ -265,7 +266,7 @@ def generate(pipe, items: List[Item], scheduler, progress=None) -> Tuple[List, L
     out = pipe([item.prompt for item in items], audio_length_in_s=first.seconds, num_inference_steps=first.steps,
                guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes, latents=noise,
                negative_prompt=negatives if any(negatives) else None, rank_within_prompt=True, crop="start",
-               progress=progress)
+               progress=progress, **options)
     takes = first.takes
     audios = [out.audios[i * takes:(i + 1) * takes] for i in range(len(items))]
     scores = [None if out.scores is None else out.scores[i * takes:(i + 1) * takes].tolist()

@@ -21,7 +21,20 @@ from .hub import DEFAULT_REPO
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
 FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
-         "num_waveforms_per_prompt": "--takes", "negative_prompt": "--negative"}
+         "num_waveforms_per_prompt": "--takes", "negative_prompt": "--negative", "loop": "--loop",
+         "window": "--window", "audio": "--input", "strength": "--strength", "inpaint": "--inpaint",
+         "extend": "--extend"}
+
+
+def parse_span(text: Optional[str]) -> Optional[tuple]:
+    """--inpaint START:END in seconds."""
+    if text is None:
+        return None
+    try:
+        start, end = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--inpaint must be START:END in seconds (e.g. 2.0:4.5), got {text!r}") from None
+    return start, end
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision (default: float16 on cuda, else float32)")
     p.add_argument("--weights", default=DEFAULT_REPO, help=f"checkpoint folder or Hub repo id (default: {DEFAULT_REPO})")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --weights")
+    p.add_argument("--loop", action="store_true", help="a seamless loop: the end flows into the start")
+    p.add_argument("--window", choices=["auto", "whole", "windowed"], default="auto",
+                   help="auto (default): the reference's whole-clip path up to 10.24 s, overlapping windows beyond")
+    p.add_argument("--input", default=None, help="audio-to-audio: an audio file (any format soundfile reads); the "
+                   "output is as long (plus --extend)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="with --input: how far to move from it, 0 (a round trip) to 1 (default 0.6)")
+    p.add_argument("--inpaint", default=None, metavar="START:END",
+                   help="with --input: regenerate this span (seconds), keep the rest")
+    p.add_argument("--extend", type=float, default=None, metavar="SECONDS", help="with --input: continue it")
     p.add_argument("--prompts", default=None, help="batch mode: a JSON Lines file (one {\"prompt\": ...} a line; "
                    "optional id, negative, seconds, seed, steps, guidance, takes, sampler) or a text file, one "
                    "prompt a line; the options above are the defaults")
@@ -164,10 +187,16 @@ def run(args: argparse.Namespace) -> List[Path]:
     from .placement import parse_device
     from .request import Request
 
-    # What can be checked without the checkpoint is checked before loading it.
+    # What can be checked without the checkpoint (the input audio included) is checked before loading it.
+    options = dict(loop=args.loop, window=args.window)
+    if args.input is not None:
+        strength = args.strength if args.strength is not None or args.inpaint or args.extend else 0.6
+        options.update(audio=args.input, strength=strength, inpaint=parse_span(args.inpaint), extend=args.extend)
+    elif args.strength is not None or args.inpaint is not None or args.extend is not None:
+        raise ValueError("--strength, --inpaint and --extend need --input FILE")
     Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
             num_inference_steps=args.steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.takes,
-            names=FLAGS).check()
+            names=FLAGS, **options).check()
     paths = output_paths(args.output, args.takes)
     check_outputs(paths)
     if args.threads:
@@ -183,8 +212,13 @@ def run(args: argparse.Namespace) -> List[Path]:
 
     from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
 
-    with tqdm(total=args.steps, desc="denoising", unit="step") as bar:  # one update per step, any sampler
-        audios, _ = generate(pipe, [item], pipe.scheduler, progress=bar.update)
+    with tqdm(total=None, desc="denoising", unit="eval") as bar:  # UNet evaluations, window by window
+
+        def progress(n: int, total: int) -> None:
+            bar.total = total
+            bar.update(n)
+
+        audios, _ = generate(pipe, [item], pipe.scheduler, progress=progress, **options)
     write_wavs(paths, audios[0], pipe.sampling_rate)
     return paths
 

@@ -26,7 +26,9 @@ from .clap_config import FeatureExtractorConfig
 from .errors import check_finite, check_waveforms
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
+from .editing import AudioEdit
 from .layers import EmbeddingLinear
+from .longform import window_starts, windowed
 from .placement import Placement, component_dtype, parse_device, parse_dtype
 from .request import Request
 from .samplers import Scheduler, check_sampler
@@ -161,7 +163,14 @@ class MusicLDMPipeline:
         output_type: Optional[str] = "np",
         rank_within_prompt: bool = False,
         crop: str = "random",
-        progress: Optional[Callable[[int], None]] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
+        loop: bool = False,
+        window: str = "auto",
+        audio=None,
+        audio_sampling_rate: Optional[int] = None,
+        strength: Optional[float] = None,
+        inpaint: Optional[tuple[float, float]] = None,
+        extend: Optional[float] = None,
     ):
         """Generate audio for `prompt`; the reference's parameters, plus:
 
@@ -171,7 +180,17 @@ class MusicLDMPipeline:
         crop: how the ranking crops takes longer than CLAP's 10 s window: "random" draws the offset
             from numpy's global RandomState exactly as the reference (seed it to reproduce), "start"
             or "center" are deterministic.
-        progress: called with 1 after each denoising step (e.g. a progress bar's update).
+        progress(n, total): after each UNet call, n of the run's `total` (window) evaluations done.
+
+        Beyond the reference (longform.py):
+        loop: a seamless loop of audio_length_in_s (rounded to whole 40 ms latent frames): every
+            stage runs on circular windows, so the last sample flows into the first.
+        window: "auto" (the reference's whole-latent path up to the trained 10.24 s, overlapping
+            windows beyond), "whole" or "windowed" to force one.
+        audio: an input (file path, or an array at audio_sampling_rate Hz) for audio-to-audio, its
+            length the output's. strength s in [0, 1] (SDEdit): the input noised s of the way and
+            denoised under the prompt (0: the input's VAE round trip; 1: its length, nothing else).
+            inpaint=(start_s, end_s): regenerate that span, keep the rest. extend=seconds: continue it.
         """
         request = Request(prompt=prompt, audio_length_in_s=audio_length_in_s, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, negative_prompt=negative_prompt,
@@ -179,7 +198,9 @@ class MusicLDMPipeline:
                           latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                           callback=callback, callback_steps=callback_steps,
                           cross_attention_kwargs=cross_attention_kwargs, output_type=output_type,
-                          return_dict=return_dict, crop=crop, progress=progress)
+                          return_dict=return_dict, crop=crop, progress=progress, loop=loop, window=window,
+                          audio=audio, audio_sampling_rate=audio_sampling_rate, strength=strength, inpaint=inpaint,
+                          extend=extend)
         run = request.plan(self)  # every input checked before any model runs
         device, takes = self.device, num_waveforms_per_prompt
         guided = request.guided
@@ -195,37 +216,52 @@ class MusicLDMPipeline:
             uncond = negative_prompt_embeds.to(device=device, dtype=self.dtype).repeat_interleave(takes, dim=0)
             cond = torch.cat([uncond, cond])
 
-        # 2. The guided noise predictor eps(x_t, t | c).
+        # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
         unet = self.placement.ready("unet")
+        shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), run.frames)
+        window, overlap = self.window_frames("unet")
+        windows = len(window_starts(shape[2], window, window - overlap, loop)) if run.windowed else 1
 
-        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def guided_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            k = x.shape[0] // shape[0]  # windows, stacked along the batch
+            if progress is not None:
+                progress(k, len(plan.timesteps) * windows)
             if not guided:
-                return unet(x, t, cond)
-            eps_uncond, eps_cond = unet(torch.cat([x, x]), t, cond).chunk(2)
+                return unet(x, t, cond.repeat(k, 1))
+            uncond, positive = cond.chunk(2)
+            eps_uncond, eps_cond = unet(torch.cat([x, x]), t, torch.cat([uncond.repeat(k, 1), positive.repeat(k, 1)])
+                                        ).chunk(2)
             return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if not run.windowed:
+                return guided_eps(x, t)
+            return windowed(lambda w: guided_eps(w, t), x, 2, window, overlap, circular=loop, batch=2)
+
         # 3. Sample the latent from noise. Shape (B, 8, T/4, mel_bins/4); noise drawn as diffusers draws it.
-        shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), run.frames)
         noise = randn(shape, generator, device, self.dtype) if latents is None else latents.to(device, self.dtype)
+        plan, init, constrain, edit = run.sampling, None, None, None
+        if run.input_frames:  # audio-to-audio: start from, or hold to, the input's latent
+            edit = AudioEdit(self, request, run, shape)
+            plan, init, constrain = edit.sampling(noise)
 
         def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
-            if progress is not None:
-                progress(1)
             if callback is not None and i % callback_steps == 0:
-                callback(i // run.sampling.evals_per_step, t, x)
+                callback(i // plan.evals_per_step, t, x)
 
-        z = self.scheduler.sample(predict, noise, run.sampling, eta=eta, generator=generator, callback=on_step)
+        if plan is None:  # strength 0: the input's round trip
+            z = init
+        else:
+            z = self.scheduler.sample(predict, noise, plan, eta=eta, generator=generator, callback=on_step, init=init,
+                                      constrain=constrain)
         check_finite(z, "the denoised latents", "unet")
         if output_type == "latent":
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
-        one_by_one = self.vae_slicing or self.batch_invariant
-        mel = self.placement.ready("vae").decode(1 / self.vae.config.scaling_factor * z, slice_batch=one_by_one)
-        check_finite(mel, "the decoded mel spectrogram", "vae")
-        vocoder = self.placement.ready("vocoder")
-        mels = mel.squeeze(1).split(1 if self.batch_invariant else len(mel))
-        audio = torch.cat([vocoder(m) for m in mels]).cpu().float()
+        audio = self.decode_latents(z, run.windowed, loop)
+        if edit is not None:
+            audio = edit.keep_input(audio)  # the kept span: exactly the input's round trip
         check_waveforms(audio)
         audio = audio[:, :int(run.seconds * self.sampling_rate)]
         scores = None
@@ -234,6 +270,39 @@ class MusicLDMPipeline:
         if output_type == "np":
             audio = audio.numpy()
         return AudioPipelineOutput(audios=audio, scores=scores) if return_dict else (audio,)
+
+    def window_frames(self, stage: str, loop: bool = False) -> tuple[int, int]:
+        """(window, overlap) of the windowed path, in the frames of `stage`: the trained length for the
+        UNet and the VAE (latent frames), and its mel frames for the vocoder; overlaps of a quarter
+        (UNet) and an eighth (VAE, vocoder). A loop uses the UNet's windows at every stage, so that
+        all stages are rotation-equivariant together."""
+        window = self.unet.config.sample_size or 256
+        overlap = window // 4 if stage == "unet" or loop else window // 8
+        scale = self.vae_scale_factor if stage == "vocoder" else 1
+        return window * scale, overlap * scale
+
+    def decode_latents(self, z: torch.Tensor, windowed_path: bool, loop: bool) -> torch.Tensor:
+        """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN:
+        the reference's whole-clip decode, or overlapping windows (circular for a loop)."""
+        one_by_one = self.vae_slicing or self.batch_invariant
+        vae, vocoder = self.placement.ready("vae"), None
+        z = 1 / self.vae.config.scaling_factor * z
+        if windowed_path:
+            mel = windowed(lambda w: vae.decode(w, slice_batch=one_by_one), z, 2, *self.window_frames("vae", loop),
+                           num=self.vae_scale_factor, circular=loop)
+        else:
+            mel = vae.decode(z, slice_batch=one_by_one)
+        check_finite(mel, "the decoded mel spectrogram", "vae")
+        vocoder = self.placement.ready("vocoder")
+
+        def vocode(m: torch.Tensor) -> torch.Tensor:  # (B, frames, bins) -> (B, frames * hop)
+            return torch.cat([vocoder(row) for row in m.split(1 if self.batch_invariant else len(m))])
+
+        mel = mel.squeeze(1)
+        if windowed_path:
+            return windowed(vocode, mel, 1, *self.window_frames("vocoder", loop), num=self.vocoder.config.hop_length,
+                            circular=loop).cpu().float()
+        return vocode(mel).cpu().float()
 
     def encode_prompt(self, prompt: Union[str, List[str], None], embeds: Optional[torch.Tensor],
                       device: torch.device, max_length: Optional[int] = None) -> torch.Tensor:

@@ -114,9 +114,12 @@ def available_memory(device: torch.device) -> Optional[int]:
     return None
 
 
-def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, vae_slicing: bool) -> tuple[int, str]:
+def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, vae_slicing: bool,
+                    window: Optional[int] = None) -> tuple[int, str]:
     """(bytes, stage): activations of the stage that needs most, plus latents and waveforms.
 
+    window: the windowed path's window in mel frames; activations then scale with it (times the
+    two windows stacked per UNet call), latents and waveforms still with the whole length.
     UNet: every resolution level holds its skip connections and a few temporaries (2L + 4 maps of
     C x T x F per row, twice the rows with guidance). VAE decoder: about four maps per level at
     the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
@@ -125,6 +128,7 @@ def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, v
     u, v, h = unet.config, vae.config, vocoder.config
     f, bins = v.scale_factor, h.model_in_dim
     rows = takes * (2 if guided else 1)
+    whole, frames = frames, frames if window is None else min(frames, window)
     unet_bytes = sum(c * (frames // f >> i) * (bins // f >> i) * (2 * n + 4)
                      for i, (c, n) in enumerate(zip(u.block_out_channels, u.layers_per_block))) * rows
     chans = list(reversed(v.block_out_channels))
@@ -135,13 +139,15 @@ def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, v
         length *= rate
         vocoder_bytes = max(vocoder_bytes, (h.upsample_initial_channel >> (i + 1)) * length
                             * (len(h.resblock_kernel_sizes) + 3))
-    stages = {"UNet": unet_bytes, "VAE decoder": vae_bytes, "vocoder": vocoder_bytes * takes}
+    stages = {"UNet": unet_bytes * (1 if window is None else 2), "VAE decoder": vae_bytes,
+              "vocoder": vocoder_bytes * takes}
     stage = max(stages, key=stages.get)
-    waves = takes * frames * h.hop_length * 8  # the waveforms, and their 3x resampled copy when ranking
-    return 4 * (stages[stage] + waves + rows * u.in_channels * (frames // f) * (bins // f)), stage
+    # the waveforms and their 3x resampled copy when ranking; the latents, the noise and their copies
+    buffers = takes * whole * h.hop_length * 8 + rows * u.in_channels * (whole // f) * (bins // f) * 3
+    return 4 * (stages[stage] + buffers), stage if stages[stage] >= buffers else "latents and waveforms"
 
 
-def check_memory(pipe, takes: int, frames: int, guided: bool, seconds: float) -> None:
+def check_memory(pipe, takes: int, frames: int, guided: bool, seconds: float, window: Optional[int] = None) -> None:
     """Refuse a request whose activations cannot fit in the memory available on the device.
 
     A coarse estimate (activations of the largest stage, the latents and the waveforms; the
@@ -149,10 +155,10 @@ def check_memory(pipe, takes: int, frames: int, guided: bool, seconds: float) ->
     a million takes) with a clear line instead of an allocator error after loading.
     """
     models = (pipe.unet, pipe.vae, pipe.vocoder)
-    need, stage = estimate_memory(*models, takes, frames, guided, pipe.vae_slicing)
+    need, stage = estimate_memory(*models, takes, frames, guided, pipe.vae_slicing, window)
     available = available_memory(pipe.device)
     if available is not None and need > 0.9 * available:
-        sliced, _ = estimate_memory(*models, takes, frames, guided, True)
+        sliced, _ = estimate_memory(*models, takes, frames, guided, True, window)
         hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
         raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
                          f"{stage}, but {available / 2**30:.1f} GiB is available on {pipe.device}: ask for fewer "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .pipeline import MusicLDMPipeline
 
 OUTPUT_TYPES = ("np", "pt", "latent")
+WINDOWS = ("auto", "whole", "windowed")  # auto: the whole latent up to the trained length, windows beyond
+AUDIO_RATE = 16000  # MusicLDM's audio rate: the input is resampled to it
 
 
 def check_number(name: str, value, *, minimum: float, strict: bool = False, maximum: Optional[float] = None) -> float:
@@ -88,6 +90,8 @@ class Run(NamedTuple):
     seconds: float  # the audio length returned
     frames: int  # mel frames generated (the length rounded up to whole latent frames)
     sampling: SamplingPlan  # the sampler's timesteps and sigmas
+    windowed: bool  # denoise, decode and vocode in windows of the trained length (longform.py)
+    input_frames: int = 0  # audio-to-audio: mel frames of the input (the rest is extension)
 
 
 @dataclass
@@ -111,8 +115,16 @@ class Request:
     output_type: Optional[str] = "np"
     return_dict: bool = True
     crop: str = "random"
-    progress: Optional[Callable[[int], None]] = None
+    progress: Optional[Callable[[int, int], None]] = None
+    loop: bool = False
+    window: str = "auto"
+    audio: Any = None
+    audio_sampling_rate: Optional[int] = None
+    strength: Optional[float] = None
+    inpaint: Optional[Tuple[float, float]] = None
+    extend: Optional[float] = None
     names: Mapping[str, str] = field(default_factory=dict, repr=False)  # argument -> name in messages (CLI flags)
+    wave: Optional[torch.Tensor] = field(default=None, init=False, repr=False)  # the input audio, 16 kHz mono
 
     def negative_prompts(self, n: int) -> List[str]:
         """The negative prompt for each of `n` prompts ("" where none is given)."""
@@ -156,7 +168,44 @@ class Request:
                                  "(a LoRA weight, which has no effect without LoRA layers) is accepted")
         prompts = self._check_prompts()
         self._check_noise(prompts * self.num_waveforms_per_prompt, prompts)
+        self._check_audio()
         return prompts
+
+    def _check_audio(self) -> None:
+        """Long form, loops and audio-to-audio: values, combinations, and the input audio itself."""
+        n = self._name
+        if not isinstance(self.loop, bool):
+            raise ValueError(f"{n('loop')} must be True or False, got {self.loop!r}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"{n('window')} must be one of {', '.join(map(repr, WINDOWS))}, got {self.window!r}")
+        if self.loop and self.window == "whole":
+            raise ValueError(f"{n('loop')} needs the windowed path (circular windows); not window='whole'")
+        edits = [name for name in ("strength", "inpaint", "extend") if getattr(self, name) is not None]
+        if self.audio is None:
+            if edits:
+                raise ValueError(f"{n(edits[0])} needs an input: give {n('audio')}")
+            return
+        if len(edits) > 1:
+            raise ValueError(f"give one of {n('strength')}, {n('inpaint')} or {n('extend')}, not several")
+        if self.loop or self.audio_length_in_s is not None:
+            other = n("loop") if self.loop else n("audio_length_in_s")
+            raise ValueError(f"{other} cannot be used with {n('audio')}: the input sets the length")
+        if self.strength is not None:
+            check_number(n("strength"), self.strength, minimum=0, maximum=1)
+        if self.extend is not None:
+            check_number(n("extend"), self.extend, minimum=0, strict=True)
+        if self.wave is None:
+            from .audio_frontend import load_audio
+
+            self.wave = load_audio(self.audio, self.audio_sampling_rate, AUDIO_RATE, n("audio"))
+        seconds = len(self.wave) / AUDIO_RATE
+        if self.inpaint is not None:
+            span = self.inpaint
+            ok = isinstance(span, (tuple, list)) and len(span) == 2 and all(
+                not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) for v in span)
+            if not ok or not 0 <= span[0] < span[1] <= seconds:
+                raise ValueError(f"{n('inpaint')} must be a span (start, end) in seconds with 0 <= start < end <= "
+                                 f"{seconds:.2f} (the input's length), got {span!r}")
 
     def _check_prompts(self) -> int:
         prompt, negative, embeds, negative_embeds = (self.prompt, self.negative_prompt, self.prompt_embeds,
@@ -225,7 +274,18 @@ class Request:
         if pipe.vocoder.config.model_in_dim % f:
             raise ValueError(f"the vocoder's {pipe.vocoder.config.model_in_dim} mel bins are not divisible by the "
                              f"VAE scale factor {f}")
+        input_frames = 0
+        if self.wave is not None:  # the input sets the length
+            input_frames = math.ceil(len(self.wave) / pipe.vocoder.config.hop_length / f) * f
+            seconds = len(self.wave) / AUDIO_RATE + (self.extend or 0.0)
+            if pipe.scheduler.name == "pndm":
+                raise ValueError("audio-to-audio starts part way down the schedule, which PNDM's warm-up cannot; "
+                                 "use another sampler (ddim, the default, or lms, euler, heun, dpmsolver++)")
         frames = math.ceil(int(seconds / hop_seconds) / f) * f
+        if self.loop:  # a loop is a whole number of latent frames: no trim may cut its seam
+            seconds = frames * hop_seconds
+        trained = pipe.unet.config.sample_size * f if pipe.unet.config.sample_size else frames
+        windowed = self.loop or self.window == "windowed" or (self.window == "auto" and frames > trained)
         # an integer in [1, T], and a count this sampler's spacing can take (1000 "leading" steps cannot)
         sampling = pipe.scheduler.plan(self.num_inference_steps)
         width = pipe.unet.config.projection_class_embeddings_input_dim
@@ -238,5 +298,5 @@ class Request:
             if tuple(self.latents.shape) != shape:
                 raise ValueError(f"latents has shape {tuple(self.latents.shape)}, expected {shape} for {takes} takes "
                                  f"of {seconds} s")
-        check_memory(pipe, takes, frames, self.guided, seconds)
-        return Run(float(seconds), frames, sampling)
+        check_memory(pipe, takes, frames, self.guided, seconds, trained if windowed else None)
+        return Run(float(seconds), frames, sampling, windowed, input_frames)

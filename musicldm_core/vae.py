@@ -6,9 +6,8 @@ and decoded back; MusicLDM samples in that latent space. Reference: diffusers 0.
 published ones (encoder.down_blocks.0.resnets.0.conv1.weight, ...) less their placeholders
 (weights_convert/diffusers.py).
 
-Memory bounds for long audio: `decode(..., slice_batch=True)` decodes one sample at a time, and
-`decode(..., tile_frames=N)` decodes overlapping windows of N latent frames along time and
-cross-fades them (not bit-exact: the seam error is measured in the tests).
+Memory: `decode(..., slice_batch=True)` decodes one sample at a time; long audio is encoded and
+decoded in overlapping windows along time by longform.py.
 """
 
 from __future__ import annotations
@@ -162,45 +161,13 @@ class AutoencoderKL(nn.Module):
         """(B, 1, T, F) mel -> posterior over (B, latent_channels, T/4, F/4) latents (unscaled)."""
         return DiagonalGaussian(self.quant_conv(self.encoder(mel)))
 
-    def decode(self, z: torch.Tensor, *, slice_batch: bool = False, tile_frames: Optional[int] = None,
-               tile_overlap: Optional[int] = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, slice_batch: bool = False) -> torch.Tensor:
         """(B, latent_channels, T', F') unscaled latents -> (B, 1, 4T', 4F') mel.
 
-        slice_batch: one sample at a time (bounds activation memory by the batch size).
-        tile_frames: decode windows of this many latent frames along time, overlapping by
-        `tile_overlap` frames (default tile_frames // 4), linearly cross-faded in the overlap. Not
-        exact: GroupNorm statistics and the mid-block attention see one tile, not the whole clip.
+        slice_batch: one sample at a time (bounds activation memory by the batch size). Long
+        latents are decoded in overlapping windows by longform.py.
         """
         if slice_batch and z.shape[0] > 1:
-            return torch.cat([self.decode(z[i:i + 1], tile_frames=tile_frames, tile_overlap=tile_overlap)
-                              for i in range(z.shape[0])])
-        if tile_frames is not None and z.shape[2] > tile_frames:
-            return self._decode_tiled(z, tile_frames, tile_frames // 4 if tile_overlap is None else tile_overlap)
+            return torch.cat([self.decode(z[i:i + 1]) for i in range(z.shape[0])])
         return self.decoder(self.post_quant_conv(z))
-
-    def _decode_tiled(self, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-        if not 0 <= overlap < tile:
-            raise ValueError(f"tile_overlap={overlap} must be in [0, tile_frames={tile})")
-        f = self.config.scale_factor
-        T = z.shape[2]
-        stride = tile - overlap
-        starts = list(range(0, max(T - tile, 0) + 1, stride))
-        if starts[-1] + tile < T:
-            starts.append(T - tile)
-        out = weight = None
-        for s in starts:
-            piece = self.decoder(self.post_quant_conv(z[:, :, s:s + tile]))  # (B, 1, tile*f, F)
-            n = piece.shape[2]
-            w = torch.ones(n, device=z.device, dtype=piece.dtype)
-            ramp = overlap * f
-            if ramp and s > 0:
-                w[:ramp] = torch.linspace(0, 1, ramp + 2, device=z.device, dtype=piece.dtype)[1:-1]
-            if ramp and s + tile < T:
-                w[-ramp:] = torch.linspace(1, 0, ramp + 2, device=z.device, dtype=piece.dtype)[1:-1]
-            if out is None:
-                out = piece.new_zeros(piece.shape[0], piece.shape[1], T * f, piece.shape[3])
-                weight = piece.new_zeros(T * f)
-            out[:, :, s * f:s * f + n] += piece * w[None, None, :, None]
-            weight[s * f:s * f + n] += w
-        return out / weight[None, None, :, None]
 

@@ -18,7 +18,7 @@ from .config import SchedulerConfig, scheduler_config
 from ..errors import CheckpointError
 from ..noise import Generator
 from . import ddim, dpmsolver, euler, heun, lms, pndm
-from .schedule import Model, NoiseSchedule, Plan
+from .schedule import Model, NoiseSchedule, Plan, vp_scales
 
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
 
@@ -89,20 +89,39 @@ class Scheduler:
         return SAMPLERS[self.name][0](self.schedule, steps)
 
     def sample(self, model: Model, noise: torch.Tensor, plan: Plan, *, eta: float = 0.0,
-               generator: Generator = None, callback: Callback = None) -> torch.Tensor:
+               generator: Generator = None, callback: Callback = None, init: Optional[torch.Tensor] = None,
+               constrain: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
         """Integrate from unit Gaussian `noise` to x_0 along `plan` (from `self.plan(steps)`).
 
         model(x_in, t) -> the model output; callback(i, t, x) runs where diffusers' pipeline
         reports a step, with i the model evaluation's index (its step is i // plan.evals_per_step).
+        init: where to start instead of noise * plan.init_scale (audio-to-audio: `add_noise`).
+        constrain(i, x) -> x: applied after each completed step (inpainting puts known parts back).
         """
         step = SAMPLERS[self.name][1](self.schedule, plan, eta=eta, generator=generator)
-        x = noise * plan.init_scale
+        x = noise * plan.init_scale if init is None else init
         for i, t in enumerate(plan.timesteps.to(noise.device)):
             x_in = x / ((plan.sigmas[i] ** 2 + 1) ** 0.5) if plan.scale_input else x
             x = step(i, x, model(x_in, t))
-            if callback is not None and plan.reports(i):
-                callback(i, t, x)
+            if plan.reports(i):
+                if constrain is not None:
+                    x = constrain(i, x)
+                if callback is not None:
+                    callback(i, t, x)
         return x
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, plan: Plan, i: int = 0) -> torch.Tensor:
+        """x0 noised to the level the sampler's x has before evaluation i of `plan` (clean at the end),
+        in the sampler's own variable: VP for DDIM / PNDM / DPM-Solver, VE x0 + sigma eps for the rest."""
+        if i >= len(plan.timesteps):
+            return x0
+        if plan.scale_input:
+            return x0 + plan.sigmas[i] * noise
+        if plan.sigmas is not None:
+            alpha, sigma = vp_scales(plan.sigmas[i])
+            return alpha * x0 + sigma * noise
+        alpha_bar = self.schedule.alphas_cumprod[int(plan.timesteps[i])]
+        return alpha_bar ** 0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
 
     def __repr__(self) -> str:
         return f"Scheduler({self.name!r})"

@@ -23,7 +23,7 @@ def plan(schedule: NoiseSchedule, steps: int) -> Plan:
 def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
     cfg, ac = schedule.config, schedule.alphas_cumprod
     final = torch.tensor(1.0) if cfg.set_alpha_to_one else ac[0]
-    stride = cfg.num_train_timesteps // plan.steps
+    stride = cfg.num_train_timesteps // plan.spaced_for
 
     def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # 1. alpha-bar at t and at the previous timestep t - T/N

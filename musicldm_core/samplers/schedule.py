@@ -48,6 +48,8 @@ class Plan:
     sigmas: float32 VE sigmas the steps move between (sigma samplers and DPM-Solver), else None.
     init_scale: x_T = unit noise * init_scale (diffusers' `init_noise_sigma`).
     scale_input: the model sees x / sqrt(sigmas[i]^2 + 1) instead of x (VE -> VP).
+    spaced_for: the step count the timesteps were spaced for (DDIM steps T // spaced_for back);
+        more than `steps` when the plan starts part way (from_step).
     """
 
     steps: int
@@ -56,6 +58,23 @@ class Plan:
     sigmas: Optional[torch.Tensor] = None
     init_scale: Union[float, torch.Tensor] = 1.0
     scale_input: bool = False
+    spaced_for: int = 0
+
+    def __post_init__(self):
+        if not self.spaced_for:
+            object.__setattr__(self, "spaced_for", self.steps)
+
+    def from_step(self, k: int) -> "Plan":
+        """The plan's last steps - k steps (audio-to-audio starts part way down the schedule).
+
+        Each sampler's history starts afresh there, as in diffusers' image-to-image pipelines.
+        """
+        if not 0 <= k < self.steps:
+            raise ValueError(f"from_step: {k} is not a step of a {self.steps}-step plan")
+        first = k if self.evals_per_step == 1 else max(0, 2 * k - 1)  # Heun: t_k's predictor
+        return Plan(self.steps - k, self.timesteps[first:], self.evals_per_step,
+                    None if self.sigmas is None else self.sigmas[first:], self.init_scale, self.scale_input,
+                    self.spaced_for)
 
     def reports(self, i: int) -> bool:
         """diffusers' pipeline loop: does model evaluation i complete a step (so callbacks run)?"""

@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL as RefVAE
 from transformers import SpeechT5HifiGan
 
-from helpers import assert_close, assert_detects, errors
+from helpers import assert_close, assert_detects
 from musicldm_core.vae import AutoencoderKL
 from musicldm_core.vocoder import HifiGan
 
@@ -63,29 +63,6 @@ def test_full_size(full_ckpt, seconds):
         assert_close(voc(m), ref_voc(m), RTOL, f"vocoder full {seconds} s")
 
 
-def test_tiled_decoding_is_seamless(tiny_ckpt):
-    """Tiles of 256 latent frames (10.24 s) overlapping by 64, cross-faded, against one untiled decode.
-
-    Not exact: GroupNorm statistics and the mid-block self-attention are global over time, so each
-    tile sees less context. Measured on random weights (where attention is most diffuse), 24 s of
-    audio: rms 3.8%, max 3.7% of the peak. The seams themselves show no step: the largest jump
-    between neighbouring frames is no larger than in the untiled decode.
-    """
-    vae = AutoencoderKL.from_pretrained(tiny_ckpt / "vae")
-    z = _latents(600, seed=0)
-    with torch.no_grad():
-        whole = vae.decode(z)
-        tiled = vae.decode(z, tile_frames=256, tile_overlap=64)
-    _, max_rel, _ = errors(tiled, whole)
-    rms_rel = float((tiled - whole).pow(2).mean().sqrt() / whole.pow(2).mean().sqrt())
-    print(f"[seam] tiled vs whole decode: max rel {max_rel:.3e}, rms rel {rms_rel:.3e}")
-    assert tiled.shape == whole.shape
-    assert max_rel < 0.05 and rms_rel < 0.05
-    jump_tiled = (tiled[:, :, 1:] - tiled[:, :, :-1]).abs().max()
-    jump_whole = (whole[:, :, 1:] - whole[:, :, :-1]).abs().max()
-    assert jump_tiled <= 1.05 * jump_whole
-
-
 @pytest.mark.parametrize("frames, batch", [(50, 2), (9, 1)])
 def test_vocoder_tiny(tiny_ckpt, frames, batch):
     ref, ours = SpeechT5HifiGan.from_pretrained(tiny_ckpt / "vocoder").eval(), HifiGan.from_pretrained(
@@ -127,25 +104,3 @@ def test_float16_pipeline_keeps_the_vocoder_in_float32(tiny_ckpt):
     assert pipe.vocoder.conv_pre.weight.dtype == torch.float32 and pipe.vae.decoder.conv_in.weight.dtype == torch.float16
     out = pipe.vocoder(_mel(20)[:, 0].half() * 50)  # loud input: fp16 would overflow in the residual sums
     assert out.dtype == torch.float16 and torch.isfinite(out).all() and out.abs().max() > 0
-
-
-def test_tiled_cross_fade_is_symmetric(tiny_ckpt):
-    """With a stand-in decoder that paints each tile one constant (its mean), the overlap is a pure
-    cross-fade between two constants: a symmetric linear ramp puts out[k] + out[ramp-1-k] = m1 + m2."""
-    vae = AutoencoderKL.from_pretrained(tiny_ckpt / "vae")
-
-    class TileMean(torch.nn.Module):
-        def forward(self, z):
-            B, _, T, F = z.shape
-            return z.mean(dim=(1, 2, 3), keepdim=True).expand(B, 1, T * 4, F * 4)
-
-    vae.decoder, vae.post_quant_conv = TileMean(), torch.nn.Identity()
-    z = _latents(40, seed=5)
-    tile, overlap = 16, 6
-    with torch.no_grad():
-        out = vae.decode(z, tile_frames=tile, tile_overlap=overlap)[0, 0, :, 0].double()
-    stride, ramp = tile - overlap, overlap * 4
-    m1, m2 = z[:, :, :tile].mean().double(), z[:, :, stride:stride + tile].mean().double()
-    seam = out[stride * 4:stride * 4 + ramp]
-    assert torch.allclose(seam + seam.flip(0), (m1 + m2).expand(ramp), rtol=0, atol=1e-6)
-    assert torch.allclose(out[:stride * 4], m1.expand(stride * 4), atol=1e-6)  # before the seam: tile 1 only
