@@ -13,11 +13,11 @@ import argparse
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 from .hub import DEFAULT_REPO
+from .outputs import temp_file, write_wavs
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
 FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
@@ -118,45 +118,9 @@ def check_outputs(paths: List[Path], flag: str = "--output") -> None:
         if path.is_dir():
             raise ValueError(f"{flag}: {str(path)!r} is a folder; give a .wav file name")
     try:  # a probe where the files will go: a read-only folder fails now, not after generating
-        os.unlink(_temp_file(folder))
+        os.unlink(temp_file(folder))
     except OSError as e:
         raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
-
-
-def _temp_file(folder: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=".musicldm-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    return tmp
-
-
-def write_wavs(paths: List[Path], audios, rate: int, flag: str = "--output") -> None:
-    """Write all files or none: each to a temporary file in its folder, then all renamed into place.
-
-    If anything fails, the temporary files and any target already renamed are removed.
-    """
-    import soundfile as sf
-
-    umask = os.umask(0)
-    os.umask(umask)
-    temps: List[str] = []
-    done: List[Path] = []
-    path = paths[0]
-    try:
-        for path, audio in zip(paths, audios):
-            temps.append(_temp_file(path.parent))
-            sf.write(temps[-1], audio, rate, subtype="FLOAT", format="WAV")
-            os.chmod(temps[-1], 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
-            done.append(path)
-    except BaseException as e:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
-        for written in done:
-            written.unlink(missing_ok=True)
-        if isinstance(e, OSError):  # `path` is the file that failed
-            raise ValueError(f"{flag}: cannot write {str(path)!r} ({e.strerror or e})") from None
-        raise
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -1,0 +1,113 @@
+"""What the command line writes: WAV files (all takes or none), and in batch mode DIR/manifest.jsonl and
+the parts a distributed run appends to; written so that a kill at any moment leaves each whole or absent."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+MANIFEST = "manifest.jsonl"
+PARTS = ".manifest-parts"  # per-rank manifests of a distributed run, merged at its end
+TEMP_PREFIX = ".musicldm-"  # temporary files, renamed into place when whole
+
+
+def read_records(out_dir: Path) -> Dict[str, dict]:
+    """id -> its latest record, from the manifest and any parts a distributed run left.
+
+    A last line cut short by a kill is skipped (its item is simply not done)."""
+    records: Dict[str, dict] = {}
+    sources = [out_dir / MANIFEST] + sorted((out_dir / PARTS).glob("*.jsonl"))
+    for source in sources:
+        if not source.is_file():
+            continue
+        for line in source.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                records[record["id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
+
+
+def is_done(item, records: Dict[str, dict], out_dir: Path) -> bool:
+    record = records.get(item.id)
+    return record is not None and all((out_dir / name).is_file() for name in record.get("files", ()))
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One line, one write, flushed and synced: a kill leaves the line whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        prefix = b""
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            prefix = b"" if f.read(1) == b"\n" else b"\n"  # end a line a kill cut short
+        f.write(prefix + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def merge_manifest(out_dir: Path, order: Iterable[str]) -> None:
+    """Write DIR/manifest.jsonl with one record per item (the latest), in the file's order, whole
+    (temporary file + rename); then remove the parts it took them from."""
+    records = read_records(out_dir)
+    rank = {item_id: i for i, item_id in enumerate(order)}
+    lines = [json.dumps(r, ensure_ascii=False) + "\n"
+             for r in sorted(records.values(), key=lambda r: (rank.get(r["id"], math.inf), r["id"]))]
+    tmp = out_dir / f"{TEMP_PREFIX}manifest.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_dir / MANIFEST)
+    for part in (out_dir / PARTS).glob("*.jsonl"):
+        part.unlink()
+    if (out_dir / PARTS).is_dir():
+        (out_dir / PARTS).rmdir()
+
+
+def remove_temporaries(out_dir: Path) -> None:
+    """Temporary files of runs that were killed."""
+    for path in out_dir.glob(f"{TEMP_PREFIX}*"):
+        path.unlink(missing_ok=True)
+
+
+def temp_file(folder: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def write_wavs(paths: List[Path], audios, rate: int, flag: str = "--output") -> None:
+    """Write all files or none: each to a temporary file in its folder, then all renamed into place.
+
+    If anything fails, the temporary files and any target already renamed are removed.
+    """
+    import soundfile as sf
+
+    umask = os.umask(0)
+    os.umask(umask)
+    temps: List[str] = []
+    done: List[Path] = []
+    path = paths[0]
+    try:
+        for path, audio in zip(paths, audios):
+            temps.append(temp_file(path.parent))
+            sf.write(temps[-1], audio, rate, subtype="FLOAT", format="WAV")
+            os.chmod(temps[-1], 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException as e:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        for written in done:
+            written.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # `path` is the file that failed
+            raise ValueError(f"{flag}: cannot write {str(path)!r} ({e.strerror or e})") from None
+        raise
