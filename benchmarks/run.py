@@ -1,7 +1,8 @@
 """musicldm_core beside diffusers' MusicLDMPipeline: one command, one markdown table.
 
     python benchmarks/run.py                      # CPU, fp32, full-size random-weight checkpoint
-    python benchmarks/run.py --device cuda --dtype float16 --steps 200
+    python benchmarks/run.py --device cuda --dtype float16 --steps 200 --compile
+    python benchmarks/run.py --seconds 5.12 --steps 20 --compile       # the compiled path on the CPU
 
 Both sides load the same checkpoint (default: the tests' full-size fixture, built if needed) and
 run with the same threads, inputs and seeds. Every figure is the median of --repeats runs; cold
@@ -123,6 +124,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.24, help="audio length of every row")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="add rows for ours after pipe.compile()")
     p.add_argument("--out", default=None, help="markdown file (default: benchmarks/results/<device>-<date>.md)")
     args = p.parse_args()
 
@@ -178,9 +180,24 @@ def main() -> None:
         FLOPS["vae_decode"] * frames / 256)
     row("vocoder", lambda: ref.vocoder(mel), lambda: ours.vocoder(mel), FLOPS["vocoder"] * frames / 256)
     gen_kw = dict(prompt=prompt[0], num_inference_steps=args.steps, audio_length_in_s=args.seconds)
+    # a generation's FLOPs: the guided UNet (batch 2) every step, one VAE decode, one vocoder pass
+    gen_gflop = (args.steps * 2 * FLOPS["unet_forward_b1"] + FLOPS["vae_decode"] + FLOPS["vocoder"]) * frames / 256
     row(f"generation, {args.steps} steps", lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
-        lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)),
+        lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)), gen_gflop,
         repeats=max(1, args.repeats - 1), warmup=False)  # the stages above warmed both sides up
+    if args.compile:
+        ours.compile()
+        ours(**gen_kw, generator=torch.Generator().manual_seed(0))  # compiles for this shape
+        compiled = ours.compile_seconds()
+        row("UNet forward, batch 2, ours compiled", lambda: ref.unet(z, t, encoder_hidden_states=None, class_labels=c),
+            lambda: ours.compiled["unet"](z, t, c), 2 * FLOPS["unet_forward_b1"] * frames / 256)
+        row(f"generation, {args.steps} steps, ours compiled (after a warm-up call)",
+            lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
+            lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)), gen_gflop,
+            repeats=max(1, args.repeats - 1), warmup=False)
+        rows.append(("compile time, ours (once per shape)", "", ", ".join(f"{k} {v:.0f} s" for k, v in compiled.items()),
+                     "", ""))
+        ours.compiled = {}
     if device == "cpu":
         ours.enable_low_memory()
         row(f"generation, {args.steps} steps, ours with enable_low_memory()",
@@ -189,6 +206,8 @@ def main() -> None:
             repeats=max(1, args.repeats - 1), warmup=False)
     rows += fresh_rows
     rate = matmul_rate(device, dtype, sync)
+    rows.append((f"compute floor of the {args.steps}-step generation ({gen_gflop:.0f} GFLOP at the matmul rate)",
+                 "", f"{gen_gflop / rate:.3f} s", "", ""))
     cpu = platform.processor() or platform.machine()
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu}, {args.threads} threads"
     header = (f"## {datetime.date.today()} — {name}, {args.dtype}, {args.seconds} s audio\n\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -26,6 +26,7 @@ from .clap_config import FeatureExtractorConfig
 from .errors import check_finite, check_waveforms
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
+from .compiled import CompiledStage
 from .editing import AudioEdit
 from .layers import EmbeddingLinear
 from .longform import window_starts, windowed
@@ -62,6 +63,7 @@ class MusicLDMPipeline:
         self.vae_scale_factor = vae.config.scale_factor
         self.vae_slicing = False
         self.batch_invariant = False
+        self.compiled: Dict[str, CompiledStage] = {}  # set by compile()
         self.placement = Placement(lambda: self.components)
 
     @classmethod
@@ -112,6 +114,7 @@ class MusicLDMPipeline:
 
     def to(self, device: Union[str, torch.device, None] = None,
            dtype: Union[str, torch.dtype, None] = None) -> "MusicLDMPipeline":
+        self.compiled = {}  # compiled for the old device and dtype
         self.placement.to(parse_device(device) if device is not None else None,
                           parse_dtype(dtype) if dtype is not None else None)
         return self
@@ -122,6 +125,21 @@ class MusicLDMPipeline:
 
     def disable_vae_slicing(self) -> None:
         self.vae_slicing = False
+
+    def compile(self, stages: Optional[Tuple[str, ...]] = None, mode: Optional[str] = None) -> None:
+        """Compile `stages` ("unet", "vae", "vocoder") with torch.compile (see compiled.py): by default
+        the UNet with inductor freezing on the CPU; all three in "reduce-overhead" mode (CUDA graphs)
+        on a GPU. Each new input shape compiles on first use (`compile_seconds()` reports it)."""
+        cuda = self.device.type == "cuda"
+        mode = mode or ("reduce-overhead" if cuda else "default")
+        for name in stages or (("unet", "vae", "vocoder") if cuda else ("unet",)):
+            if name not in ("unet", "vae", "vocoder"):
+                raise ValueError(f"compile: unknown stage {name!r}; choose from 'unet', 'vae', 'vocoder'")
+            self.compiled[name] = CompiledStage(self.vae.decode if name == "vae" else self.components[name], mode)
+
+    def compile_seconds(self) -> Dict[str, float]:
+        """Seconds spent compiling, per stage (every input shape it met)."""
+        return {name: sum(stage.compile_seconds.values()) for name, stage in self.compiled.items()}
 
     def enable_batch_invariance(self) -> None:
         """Make each take independent of what shares its call, to the last bit: the UNet's embedding
@@ -217,7 +235,7 @@ class MusicLDMPipeline:
             cond = torch.cat([uncond, cond])
 
         # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
-        unet = self.placement.ready("unet")
+        unet = self.compiled.get("unet", self.placement.ready("unet"))
         shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), run.frames)
         window, overlap = self.window_frames("unet")
         windows = len(window_starts(shape[2], window, window - overlap, loop)) if run.windowed else 1
@@ -285,15 +303,15 @@ class MusicLDMPipeline:
         """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN:
         the reference's whole-clip decode, or overlapping windows (circular for a loop)."""
         one_by_one = self.vae_slicing or self.batch_invariant
-        vae, vocoder = self.placement.ready("vae"), None
+        decode = self.compiled.get("vae", self.placement.ready("vae").decode)
         z = 1 / self.vae.config.scaling_factor * z
         if windowed_path:
-            mel = windowed(lambda w: vae.decode(w, slice_batch=one_by_one), z, 2, *self.window_frames("vae", loop),
+            mel = windowed(lambda w: decode(w, slice_batch=one_by_one), z, 2, *self.window_frames("vae", loop),
                            num=self.vae_scale_factor, circular=loop)
         else:
-            mel = vae.decode(z, slice_batch=one_by_one)
+            mel = decode(z, slice_batch=one_by_one)
         check_finite(mel, "the decoded mel spectrogram", "vae")
-        vocoder = self.placement.ready("vocoder")
+        vocoder = self.compiled.get("vocoder", self.placement.ready("vocoder"))
 
         def vocode(m: torch.Tensor) -> torch.Tensor:  # (B, frames, bins) -> (B, frames * hop)
             return torch.cat([vocoder(row) for row in m.split(1 if self.batch_invariant else len(m))])
