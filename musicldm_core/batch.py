@@ -276,6 +276,8 @@ def run(args, defaults: Dict[str, object]) -> int:
         folder = resolve(args.weights, args.revision)
         pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
         pipe.enable_batch_invariance()
+        if args.compile:
+            pipe.compile()
         schedulers = {name: Scheduler.from_pretrained(folder / "scheduler", name) for name in {i.sampler for i in mine}}
         mine = checked_against(pipe, schedulers, mine, args.skip_bad)
         manifest = out_dir / MANIFEST if world == 1 else out_dir / PARTS / f"rank-{rank:05d}.jsonl"
