@@ -18,7 +18,7 @@ to the old device and dtype). Compile time is reported per stage and input shape
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -39,3 +39,15 @@ class CompiledStage:
         out = self.forward(*args, **kwargs)
         self.compile_seconds[key] = time.perf_counter() - start
         return out
+
+
+def compile_stages(pipe, stages: Optional[Tuple[str, ...]], mode: Optional[str]) -> Dict[str, CompiledStage]:
+    """The pipeline's stages to compile, by name, with the defaults of each device."""
+    cuda = pipe.device.type == "cuda"
+    mode = mode or ("reduce-overhead" if cuda else "default")
+    compiled = {}
+    for name in stages or (("unet", "vae", "vocoder") if cuda else ("unet",)):
+        if name not in ("unet", "vae", "vocoder"):
+            raise ValueError(f"compile: unknown stage {name!r}; choose from 'unet', 'vae', 'vocoder'")
+        compiled[name] = CompiledStage(pipe.vae.decode if name == "vae" else pipe.components[name], mode)
+    return compiled

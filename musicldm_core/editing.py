@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .audio_frontend import log_mel, normalize_loudness
-from .longform import regenerate_mask, windowed
+from .longform import regenerate_mask, window_frames, windowed
 
 
 class AudioEdit:
@@ -37,7 +37,7 @@ class AudioEdit:
             frame_s = f * pipe.vocoder.config.hop_length / pipe.sampling_rate  # one latent frame: 40 ms
             start, end = request.inpaint or (run.input_frames // f * frame_s, shape[2] * frame_s)
             self.span = (start / frame_s, end / frame_s)  # in latent frames
-            self.mask = regenerate_mask(shape[2], *self.span, pipe.window_frames("vae")[1], self.z_in.device)
+            self.mask = regenerate_mask(shape[2], *self.span, window_frames(pipe, "vae")[1], self.z_in.device)
 
     def encode(self, wave: torch.Tensor, frames: int, total_frames: int) -> torch.Tensor:
         """(samples,) 16 kHz input -> its scaled latent (1, 8, total_frames / 4, 16): loudness normalised
@@ -47,7 +47,7 @@ class AudioEdit:
         wave = F.pad(normalize_loudness(wave[None]), (0, max(0, frames * hop - len(wave))))[:, :frames * hop]
         mel = log_mel(wave, n_mels=pipe.vocoder.config.model_in_dim)[:, None, :frames].to(pipe.device, pipe.dtype)
         vae = pipe.placement.ready("vae")
-        window, overlap = pipe.window_frames("vae")
+        window, overlap = window_frames(pipe, "vae")
         z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f)
         return F.pad(z * pipe.vae.config.scaling_factor, (0, 0, 0, total_frames // f - z.shape[2]))
 
@@ -78,6 +78,6 @@ class AudioEdit:
         kept = F.pad(kept, (0, max(0, audio.shape[-1] - kept.shape[-1])))[:, :audio.shape[-1]]
         per_frame = self.pipe.vae_scale_factor * self.pipe.vocoder.config.hop_length  # samples per latent frame
         start, end = (math.floor(self.span[0]) * per_frame, math.ceil(self.span[1]) * per_frame)
-        edge = self.pipe.window_frames("vae")[1] * per_frame
+        edge = window_frames(self.pipe, "vae")[1] * per_frame
         mask = regenerate_mask(audio.shape[-1], start, end, edge).reshape(1, -1)
         return mask * audio + (1 - mask) * kept

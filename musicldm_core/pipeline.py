@@ -26,10 +26,10 @@ from .clap_config import FeatureExtractorConfig
 from .errors import check_finite, check_waveforms
 from .hub import DEFAULT_REPO, resolve
 from .noise import randn
-from .compiled import CompiledStage
+from .compiled import CompiledStage, compile_stages
 from .editing import AudioEdit
 from .layers import EmbeddingLinear
-from .longform import window_starts, windowed
+from .longform import window_frames, window_starts, windowed
 from .placement import Placement, component_dtype, parse_device, parse_dtype
 from .request import Request
 from .samplers import Scheduler, check_sampler
@@ -130,12 +130,7 @@ class MusicLDMPipeline:
         """Compile `stages` ("unet", "vae", "vocoder") with torch.compile (see compiled.py): by default
         the UNet with inductor freezing on the CPU; all three in "reduce-overhead" mode (CUDA graphs)
         on a GPU. Each new input shape compiles on first use (`compile_seconds()` reports it)."""
-        cuda = self.device.type == "cuda"
-        mode = mode or ("reduce-overhead" if cuda else "default")
-        for name in stages or (("unet", "vae", "vocoder") if cuda else ("unet",)):
-            if name not in ("unet", "vae", "vocoder"):
-                raise ValueError(f"compile: unknown stage {name!r}; choose from 'unet', 'vae', 'vocoder'")
-            self.compiled[name] = CompiledStage(self.vae.decode if name == "vae" else self.components[name], mode)
+        self.compiled = compile_stages(self, stages, mode)
 
     def compile_seconds(self) -> Dict[str, float]:
         """Seconds spent compiling, per stage (every input shape it met)."""
@@ -237,7 +232,7 @@ class MusicLDMPipeline:
         # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
         unet = self.compiled.get("unet", self.placement.ready("unet"))
         shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), run.frames)
-        window, overlap = self.window_frames("unet")
+        window, overlap = window_frames(self, "unet")
         windows = len(window_starts(shape[2], window, window - overlap, loop)) if run.windowed else 1
 
         def guided_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -289,16 +284,6 @@ class MusicLDMPipeline:
             audio = audio.numpy()
         return AudioPipelineOutput(audios=audio, scores=scores) if return_dict else (audio,)
 
-    def window_frames(self, stage: str, loop: bool = False) -> tuple[int, int]:
-        """(window, overlap) of the windowed path, in the frames of `stage`: the trained length for the
-        UNet and the VAE (latent frames), and its mel frames for the vocoder; overlaps of a quarter
-        (UNet) and an eighth (VAE, vocoder). A loop uses the UNet's windows at every stage, so that
-        all stages are rotation-equivariant together."""
-        window = self.unet.config.sample_size or 256
-        overlap = window // 4 if stage == "unet" or loop else window // 8
-        scale = self.vae_scale_factor if stage == "vocoder" else 1
-        return window * scale, overlap * scale
-
     def decode_latents(self, z: torch.Tensor, windowed_path: bool, loop: bool) -> torch.Tensor:
         """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN:
         the reference's whole-clip decode, or overlapping windows (circular for a loop)."""
@@ -306,7 +291,7 @@ class MusicLDMPipeline:
         decode = self.compiled.get("vae", self.placement.ready("vae").decode)
         z = 1 / self.vae.config.scaling_factor * z
         if windowed_path:
-            mel = windowed(lambda w: decode(w, slice_batch=one_by_one), z, 2, *self.window_frames("vae", loop),
+            mel = windowed(lambda w: decode(w, slice_batch=one_by_one), z, 2, *window_frames(self, "vae", loop),
                            num=self.vae_scale_factor, circular=loop)
         else:
             mel = decode(z, slice_batch=one_by_one)
@@ -318,7 +303,7 @@ class MusicLDMPipeline:
 
         mel = mel.squeeze(1)
         if windowed_path:
-            return windowed(vocode, mel, 1, *self.window_frames("vocoder", loop), num=self.vocoder.config.hop_length,
+            return windowed(vocode, mel, 1, *window_frames(self, "vocoder", loop), num=self.vocoder.config.hop_length,
                             circular=loop).cpu().float()
         return vocode(mel).cpu().float()
 
