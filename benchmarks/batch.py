@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, default_weights, write_result
 
 
 def main() -> None:
@@ -35,9 +35,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    weights = args.weights or subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "reference_checkpoints.py"), "full"], check=True, capture_output=True,
-        text=True).stdout.strip().splitlines()[-1]
+    weights = args.weights or default_weights()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.txt"
@@ -60,10 +58,7 @@ def main() -> None:
               f"(UNet rows = 2 x batch size); random weights at the published shapes.\n\n")
     table = ("| --batch-size | items/min | s/item | vs batch 1 |\n|---|---|---|---|\n"
              + "".join(f"| {s} | {r:.2f} | {t:.2f} | {r / base:.2f}x |\n" for s, r, t in rows))
-    print("\n" + header + table)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"batch-{args.device}-{datetime.date.today()}.md"
-    out.write_text(header + table)
-    print(f"written to {out}")
+    write_result(header + table, args.out, f"batch-{args.device}-{datetime.date.today()}")
 
 
 if __name__ == "__main__":

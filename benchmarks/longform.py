@@ -17,9 +17,7 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, default_weights, write_result
 
 CHILD = """
 import json, resource, sys, time
@@ -31,8 +29,9 @@ start = time.perf_counter()
 out = pipe("techno with a fast beat", audio_length_in_s={seconds}, num_inference_steps={steps}, window={window!r},
            generator=torch.Generator().manual_seed(0)).audios
 took = time.perf_counter() - start
+trained = pipe.unet.config.sample_size * pipe.vae_scale_factor * pipe.vocoder.config.hop_length / pipe.sampling_rate
 print(json.dumps({{"time": took, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "samples": out.shape[-1]}}))
+                  "samples": out.shape[-1], "trained": trained}}))
 """
 
 
@@ -54,14 +53,12 @@ def main() -> None:
     p.add_argument("--whole", action="store_true", help="also the whole-latent path at every length")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    weights = args.weights or subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "reference_checkpoints.py"), "full"], check=True, capture_output=True,
-        text=True).stdout.strip().splitlines()[-1]
+    weights = args.weights or default_weights()
     rows = []
     for seconds in args.seconds:
         for window in ("auto", "whole") if args.whole else ("auto",):
             r = run(weights, seconds, args.steps, args.threads, window)
-            path = "whole latent" if window == "whole" or seconds <= 10.24 else "windowed"
+            path = "whole latent" if window == "whole" or seconds <= r["trained"] else "windowed"
             rows.append((seconds, path, r["time"], r["rss"] / 2**30))
             print(f"{seconds:g} s, {path}: {r['time']:.1f} s, peak RSS {r['rss'] / 2**30:.2f} GiB", flush=True)
     base = rows[0][3]
@@ -70,10 +67,7 @@ def main() -> None:
               "includes the memory-mapped weights (about 2 GB).\n\n")
     table = ("| length | path | time | peak RSS | RSS vs first row |\n|---|---|---|---|---|\n"
              + "".join(f"| {s:g} s | {p} | {t:.1f} s | {m:.2f} GiB | {m / base:.2f} |\n" for s, p, t, m in rows))
-    print("\n" + header + table)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"longform-cpu-{datetime.date.today()}.md"
-    out.write_text(header + table)
-    print(f"written to {out}")
+    write_result(header + table, args.out, f"longform-cpu-{datetime.date.today()}")
 
 
 if __name__ == "__main__":

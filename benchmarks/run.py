@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, default_weights, write_result
 
 # Stage workloads at 10.24 s (from torch.utils.flop_counter on the published shapes): GFLOP.
 FLOPS = {"unet_forward_b1": 91.5, "vae_decode": 636.0, "vocoder": 1027.0}
@@ -134,9 +134,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.weights:
         folder = Path(args.weights)
-    else:  # the tests' random-weight checkpoint at the published shapes, built by its own script
-        folder = Path(subprocess.run([sys.executable, str(ROOT / "tests" / "reference_checkpoints.py"), "full"],
-                                     check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    else:
+        folder = Path(default_weights())
     device, dtype = args.device, getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -216,13 +215,8 @@ def main() -> None:
               f"{args.repeats}. Measured {args.dtype} matmul rate: {rate:.0f} GFLOP/s.\n\n")
     table = ("| stage | diffusers | musicldm_core | ratio | GFLOP/s (diffusers / ours) |\n"
              "|---|---|---|---|---|\n" + "".join(f"| {' | '.join(r)} |\n" for r in rows))
-    text = header + table
-    print("\n" + text)
     kind = "cpu" if device == "cpu" else torch.cuda.get_device_name().replace(" ", "-").lower()
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{kind}-{datetime.date.today()}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
+    write_result(header + table, args.out, f"{kind}-{args.dtype}-{datetime.date.today()}")
 
 
 if __name__ == "__main__":
