@@ -187,17 +187,20 @@ def generate(pipe, items: List[Item], scheduler, progress=None, **options) -> Tu
 
     first = items[0]
     pipe.scheduler = scheduler
-    frames = Request(prompt=[item.prompt for item in items], audio_length_in_s=first.seconds,
-                     num_inference_steps=first.steps, guidance_scale=first.guidance,
-                     num_waveforms_per_prompt=first.takes, **options).plan(pipe).frames
-    shape = pipe.latent_shape(first.takes, frames)
-    noise = torch.cat([randn(shape, torch.Generator().manual_seed(item.seed), pipe.device, pipe.dtype)
-                       for item in items])
+    if len(items) == 1:  # the pipeline draws the noise from the generator, as below, and any noise a step adds
+        noise = dict(generator=torch.Generator().manual_seed(first.seed))
+    else:
+        frames = Request(prompt=[item.prompt for item in items], audio_length_in_s=first.seconds,
+                         num_inference_steps=first.steps, guidance_scale=first.guidance,
+                         num_waveforms_per_prompt=first.takes, **options).plan(pipe).frames
+        shape = pipe.latent_shape(first.takes, frames)
+        noise = dict(latents=torch.cat([randn(shape, torch.Generator().manual_seed(item.seed), pipe.device, pipe.dtype)
+                                        for item in items]))
     negatives = [item.negative or "" for item in items]
     out = pipe([item.prompt for item in items], audio_length_in_s=first.seconds, num_inference_steps=first.steps,
-               guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes, latents=noise,
+               guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes,
                negative_prompt=negatives if any(negatives) else None, rank_within_prompt=True, crop="start",
-               progress=progress, **options)
+               progress=progress, **noise, **options)
     takes = first.takes
     audios = [out.audios[i * takes:(i + 1) * takes] for i in range(len(items))]
     scores = [None if out.scores is None else out.scores[i * takes:(i + 1) * takes].tolist()

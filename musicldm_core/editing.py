@@ -45,7 +45,8 @@ class AudioEdit:
         pipe = self.pipe
         hop, f = pipe.vocoder.config.hop_length, pipe.vae_scale_factor
         wave = F.pad(normalize_loudness(wave[None]), (0, max(0, frames * hop - len(wave))))[:, :frames * hop]
-        mel = log_mel(wave, n_mels=pipe.vocoder.config.model_in_dim)[:, None, :frames].to(pipe.device, pipe.dtype)
+        mel = log_mel(wave, hop=hop, n_mels=pipe.vocoder.config.model_in_dim, sr=pipe.sampling_rate)[:, None, :frames]
+        mel = mel.to(pipe.device, pipe.dtype)
         vae = pipe.placement.ready("vae")
         window, overlap = window_frames(pipe, "vae")
         z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f)

@@ -278,6 +278,9 @@ class Request:
         if self.wave is not None:  # the input sets the length
             input_frames = math.ceil(len(self.wave) / pipe.vocoder.config.hop_length / f) * f
             seconds = len(self.wave) / AUDIO_RATE + (self.extend or 0.0)
+            if pipe.sampling_rate != AUDIO_RATE:
+                raise ValueError(f"audio-to-audio reads its input at MusicLDM's {AUDIO_RATE} Hz; this checkpoint's "
+                                 f"vocoder is at {pipe.sampling_rate} Hz")
             if pipe.scheduler.name == "pndm":
                 raise ValueError("audio-to-audio starts part way down the schedule, which PNDM's warm-up cannot; "
                                  "use another sampler (ddim, the default, or lms, euler, heun, dpmsolver++)")
