@@ -92,14 +92,14 @@ def test_vocoder_normalize_before(tmp_path):
         assert_close(ours(m), ref(m), RTOL, "vocoder with normalize_before (mean/scale buffers)")
 
 
-def test_float16_pipeline_keeps_the_vocoder_in_float32(tiny_ckpt):
-    """The precision policy (placement.py): under float16 the vocoder alone stays float32."""
+def test_half_precision_pipeline_keeps_the_vocoder_in_float32(tiny_ckpt):
+    """The precision policy (placement.py): in half precision the vocoder alone stays float32."""
     from musicldm_core import MusicLDMPipeline
 
     pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt, dtype=torch.float16)
     assert pipe.vocoder.conv_pre.weight.dtype == torch.float32 and pipe.unet.conv_in.weight.dtype == torch.float16
     pipe.to(dtype=torch.bfloat16)
-    assert pipe.vocoder.conv_pre.weight.dtype == torch.bfloat16  # float32's range: no exception needed
+    assert pipe.vocoder.conv_pre.weight.dtype == torch.float32 and pipe.unet.conv_in.weight.dtype == torch.bfloat16
     pipe.to(dtype="float16")
     assert pipe.vocoder.conv_pre.weight.dtype == torch.float32 and pipe.vae.decoder.conv_in.weight.dtype == torch.float16
     out = pipe.vocoder(_mel(20)[:, 0].half() * 50)  # loud input: fp16 would overflow in the residual sums
