@@ -125,6 +125,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="add rows for ours after pipe.compile()")
+    p.add_argument("--channels-last", action="store_true", help="add rows for our UNet and VAE in channels_last")
     p.add_argument("--out", default=None, help="markdown file (default: benchmarks/results/<device>-<date>.md)")
     args = p.parse_args()
 
@@ -203,6 +204,15 @@ def main() -> None:
             lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
             lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)),
             repeats=max(1, args.repeats - 1), warmup=False)
+    if args.channels_last:  # last: it changes our modules' layout for good
+        ours.unet.to(memory_format=torch.channels_last)
+        ours.vae.to(memory_format=torch.channels_last)
+        zc = z.contiguous(memory_format=torch.channels_last)
+        row("UNet forward, batch 2, ours channels_last", lambda: ref.unet(z, t, encoder_hidden_states=None,
+                                                                          class_labels=c),
+            lambda: ours.unet(zc, t, c), 2 * FLOPS["unet_forward_b1"] * frames / 256)
+        row("VAE decode, ours channels_last", lambda: ref.vae.decode(z[:1]), lambda: ours.vae.decode(zc[:1]),
+            FLOPS["vae_decode"] * frames / 256)
     rows += fresh_rows
     rate = matmul_rate(device, dtype, sync)
     rows.append((f"compute floor of the {args.steps}-step generation ({gen_gflop:.0f} GFLOP at the matmul rate)",
