@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> List[Path]:
     from .batch import Item, generate
     from .pipeline import MusicLDMPipeline
     from .placement import parse_device
-    from .request import Request
+    from .request import AUDIO_RATE, Request
 
     # What can be checked without the checkpoint (the input audio included) is checked before loading it.
     options = dict(loop=args.loop, window=args.window)
@@ -160,9 +160,12 @@ def run(args: argparse.Namespace) -> List[Path]:
         options.update(audio=args.input, strength=strength, inpaint=parse_span(args.inpaint), extend=args.extend)
     elif args.strength is not None or args.inpaint is not None or args.extend is not None:
         raise ValueError("--strength, --inpaint and --extend need --input FILE")
-    Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
-            num_inference_steps=args.steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.takes,
-            names=FLAGS, **options).check()
+    request = Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      num_waveforms_per_prompt=args.takes, names=FLAGS, **options)
+    request.check()
+    if args.input is not None:  # the input as read and resampled by the check: not read a second time
+        options.update(audio=request.wave, audio_sampling_rate=AUDIO_RATE)
     paths = output_paths(args.output, args.takes)
     check_outputs(paths)
     if args.threads:
