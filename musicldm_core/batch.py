@@ -38,10 +38,12 @@ from .request import Request
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
-# JSON field -> (the command-line option it overrides, its type)
-FIELDS = {"prompt": ("PROMPT", str), "id": ("", str), "negative": ("--negative", str), "seconds": ("--seconds", float),
-          "seed": ("--seed", int), "steps": ("--steps", int), "guidance": ("--guidance", float),
-          "takes": ("--takes", int), "sampler": ("--sampler", str)}
+# JSON field -> its type (all but prompt and id override the command's option of the same name)
+FIELDS = {"prompt": str, "id": str, "negative": str, "seconds": float, "seed": int, "steps": int, "guidance": float,
+          "takes": int, "sampler": str}
+# the pipeline's argument names -> the fields, for messages
+NAMES = {"audio_length_in_s": "seconds", "num_inference_steps": "steps", "guidance_scale": "guidance",
+         "num_waveforms_per_prompt": "takes", "negative_prompt": "negative"}
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,8 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
     for number, line in enumerate(lines, 1):
         if not line.strip() or (not as_json and line.lstrip().startswith("#")):
             continue
-        where = f"{path} line {number}"
         try:
-            data = _parse(line, as_json, where)
+            data = _parse(line, as_json)
             values = {**defaults, **{k: v for k, v in data.items() if k != "id"}}
             item_id = data.get("id", f"{number:05d}-{_slug(values['prompt'])}")
             if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
@@ -119,11 +120,9 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
                         values["steps"], values["guidance"], values["takes"], values.get("sampler"))
             Request(prompt=item.prompt, negative_prompt=item.negative, audio_length_in_s=item.seconds,
                     num_inference_steps=item.steps, guidance_scale=item.guidance, num_waveforms_per_prompt=item.takes,
-                    names={"audio_length_in_s": "seconds", "num_inference_steps": "steps",
-                           "guidance_scale": "guidance", "num_waveforms_per_prompt": "takes",
-                           "negative_prompt": "negative"}).check()
+                    names=NAMES).check()
         except ValueError as e:
-            problems.append(f"{where}: {e}")
+            problems.append(f"{path} line {number}: {e}")
             continue
         seen[item_id] = number
         items.append(item)
@@ -132,7 +131,7 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
     return items, problems
 
 
-def _parse(line: str, as_json: bool, where: str) -> dict:
+def _parse(line: str, as_json: bool) -> dict:
     if not as_json:
         return {"prompt": line.strip()}
     try:
@@ -147,7 +146,7 @@ def _parse(line: str, as_json: bool, where: str) -> dict:
     if "prompt" not in data:
         raise ValueError("the field 'prompt' is missing")
     for key, value in data.items():
-        kind = FIELDS[key][1]
+        kind = FIELDS[key]
         ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
                                                                           and not isinstance(value, bool))
         if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler")):
@@ -169,7 +168,7 @@ def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     for item in items:
         groups.setdefault(item.group, []).append(item)
     out = []
-    for key, members in groups.items():
+    for members in groups.values():
         size = 1 if members[0].sampler == "euler_ancestral" or members[0].guidance <= 1.0 else batch_size
         out += [members[i:i + size] for i in range(0, len(members), size)]
     return out
@@ -217,16 +216,21 @@ def checked_against(pipe, schedulers, items: List[Item], skip_bad: bool) -> List
         try:
             Request(prompt=item.prompt, audio_length_in_s=item.seconds, num_inference_steps=item.steps,
                     guidance_scale=item.guidance, num_waveforms_per_prompt=item.takes,
-                    names={"audio_length_in_s": "seconds", "num_inference_steps": "steps"}).plan(pipe)
+                    names=NAMES).plan(pipe)
             good.append(item)
         except ValueError as e:
             problems.append(f"line {item.line} ({item.id}): {e}")
-    if problems and not skip_bad:
-        raise ValueError(f"{len(problems)} item(s) this checkpoint cannot run (--skip-bad skips them): "
-                         + "; ".join(problems[:3]) + ("" if len(problems) <= 3 else f"; and {len(problems) - 3} more"))
+    report(problems, "item(s) this checkpoint cannot run", skip_bad)
+    return good
+
+
+def report(problems: List[str], what: str, skip: bool) -> None:
+    """Bad lines or items: one error naming the first few, or with --skip-bad each on its own line."""
+    if problems and not skip:
+        raise ValueError(f"{len(problems)} {what} (--skip-bad skips them): " + "; ".join(problems[:3])
+                         + ("" if len(problems) <= 3 else f"; and {len(problems) - 3} more"))
     for problem in problems:
         print(f"musicldm: skipped {problem}", file=sys.stderr)
-    return good
 
 
 def run(args, defaults: Dict[str, object]) -> int:
@@ -240,12 +244,7 @@ def run(args, defaults: Dict[str, object]) -> int:
     from .samplers import Scheduler
 
     items, problems = read_items(Path(args.prompts), defaults, args.seed if args.seed is not None else 0)
-    if problems:
-        if not args.skip_bad or not items:
-            raise ValueError(f"{len(problems)} bad line(s) in --prompts (--skip-bad skips them): "
-                             + "; ".join(problems[:3]) + ("" if len(problems) <= 3 else f"; and {len(problems) - 3} more"))
-        for problem in problems:
-            print(f"musicldm: skipped {problem}", file=sys.stderr)
+    report(problems, "bad line(s) in --prompts", args.skip_bad and bool(items))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_outputs([out_dir / "probe.wav"], "--out-dir")
