@@ -50,6 +50,25 @@ class AudioPipelineOutput:
     scores: Optional[torch.Tensor] = None
 
 
+def guided_eps(unet: UNet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+               scale: Optional[float]) -> torch.Tensor:
+    """Step 2, the noise predictor eps(x_t, t | c), as one function: what `pipe.compile()` compiles
+    (on a GPU, captures as one CUDA graph) is a denoising step's whole model evaluation.
+
+    x: (k*B, 8, T', F'), k windows of the B latents stacked along the batch; t: () timestep;
+    cond: (B, 512) text vectors, or with guidance (2B, 512) = [negative; positive];
+    scale: the guidance scale g, or None without guidance. With guidance both halves run as one
+    batched UNet call: eps = eps_uncond + g * (eps_cond - eps_uncond). Returns (k*B, 8, T', F').
+    """
+    if scale is None:
+        return unet(x, t, cond.repeat(x.shape[0] // cond.shape[0], 1))
+    uncond, positive = cond.chunk(2)
+    k = x.shape[0] // uncond.shape[0]
+    eps_uncond, eps_cond = unet(torch.cat([x, x]), t, torch.cat([uncond.repeat(k, 1), positive.repeat(k, 1)])
+                                ).chunk(2)
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
 class MusicLDMPipeline:
     def __init__(self, tokenizer: ClapTokenizer, text_encoder: Clap, unet: UNet, vae: AutoencoderKL,
                  vocoder: HifiGan, scheduler: Scheduler, feature_extractor: LogMel):
@@ -128,9 +147,11 @@ class MusicLDMPipeline:
 
     def compile(self, stages: Optional[Tuple[str, ...]] = None, mode: Optional[str] = None) -> None:
         """Compile `stages` ("unet", "vae", "vocoder") with torch.compile (see compiled.py): by default
-        the UNet with inductor freezing on the CPU; all three in "reduce-overhead" mode (CUDA graphs)
-        on a GPU. Each new input shape compiles on first use (`compile_seconds()` reports it)."""
-        self.compiled = compile_stages(self, stages, mode)
+        the UNet step (`guided_eps`) with inductor freezing on the CPU; all three in "reduce-overhead"
+        mode (CUDA graphs) on a GPU. Each new input shape or guidance scale compiles on first use
+        (`compile_seconds()` reports it)."""
+        targets = {"unet": guided_eps, "vae": self.vae.decode, "vocoder": self.vocoder}
+        self.compiled = compile_stages(targets, self.device, stages, mode)
 
     def compile_seconds(self) -> Dict[str, float]:
         """Seconds spent compiling, per stage (every input shape it met)."""
@@ -230,26 +251,21 @@ class MusicLDMPipeline:
             cond = torch.cat([uncond, cond])
 
         # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
-        unet = self.compiled.get("unet", self.placement.ready("unet"))
+        unet, eps = self.placement.ready("unet"), self.compiled.get("unet", guided_eps)
+        scale = guidance_scale if guided else None
         shape = self.latent_shape(cond.shape[0] // (2 if guided else 1), run.frames)
         window, overlap = window_frames(self, "unet")
         windows = len(window_starts(shape[2], window, window - overlap, loop)) if run.windowed else 1
 
-        def guided_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            k = x.shape[0] // shape[0]  # windows, stacked along the batch
+        def eps_of(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if progress is not None:
-                progress(k, len(plan.timesteps) * windows)
-            if not guided:
-                return unet(x, t, cond.repeat(k, 1))
-            uncond, positive = cond.chunk(2)
-            eps_uncond, eps_cond = unet(torch.cat([x, x]), t, torch.cat([uncond.repeat(k, 1), positive.repeat(k, 1)])
-                                        ).chunk(2)
-            return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                progress(x.shape[0] // shape[0], len(plan.timesteps) * windows)
+            return eps(unet, x, t, cond, scale)
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if not run.windowed:
-                return guided_eps(x, t)
-            return windowed(lambda w: guided_eps(w, t), x, 2, window, overlap, circular=loop, batch=2)
+                return eps_of(x, t)
+            return windowed(lambda w: eps_of(w, t), x, 2, window, overlap, circular=loop, batch=2)
 
         # 3. Sample the latent from noise. Shape (B, 8, T/4, mel_bins/4); noise drawn as diffusers draws it.
         noise = randn(shape, generator, device, self.dtype) if latents is None else latents.to(device, self.dtype)

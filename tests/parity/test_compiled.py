@@ -7,9 +7,13 @@ import pytest
 import torch
 
 import reference_checkpoints
+from conftest import requires_cuda
 from helpers import assert_close, assert_detects, reference_pipeline
-from musicldm_core.pipeline import MusicLDMPipeline
+from musicldm_core.compiled import CompiledStage
+from musicldm_core.config import UNetConfig
+from musicldm_core.pipeline import MusicLDMPipeline, guided_eps
 from musicldm_core.samplers import CLASS_NAMES, SAMPLERS, Scheduler
+from musicldm_core.unet import UNet
 
 RTOL = 1e-4
 
@@ -48,3 +52,34 @@ def test_the_step_loop_never_reads_the_device(name):
     out = scheduler.sample(lambda x, t: seen.append(t.device) or x * 0.5, noise, scheduler.plan(5),
                            eta=0.5 if name == "ddim" else 0.0, generator=torch.Generator().manual_seed(0))
     assert out.device.type == "meta" and set(d.type for d in seen) == {"meta"}
+
+
+def test_the_whole_step_never_reads_the_device(tiny_ckpt):
+    """A whole denoising step as the pipeline runs it -- the UNet on both guidance halves, their
+    combination, the sampler's update -- on meta tensors: nothing in it reads a value back to the
+    host, so a CUDA graph can hold the model evaluation and the loop never waits for the GPU."""
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.from_json(tiny_ckpt / "unet" / "config.json")).eval()
+    config = {**reference_checkpoints.PUBLISHED["scheduler"], "skip_prk_steps": True}
+    scheduler = Scheduler.from_config(config, "pndm")  # multistep: the history is kept across steps too
+    cond = torch.zeros(2, unet.config.projection_class_embeddings_input_dim, device="meta")
+    noise = torch.zeros(1, unet.config.in_channels, 16, 8, device="meta")
+    with torch.inference_mode():
+        out = scheduler.sample(lambda x, t: guided_eps(unet, x, t, cond, 2.5), noise, scheduler.plan(4))
+    assert out.device.type == "meta" and out.shape == noise.shape
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_compiled_stage_reports_each_signature_and_keeps_its_outputs(device):
+    """A compiled stage times the first call of each signature -- shapes, dtypes and plain values
+    such as the guidance scale, a constant of the graph -- and none after; in "reduce-overhead"
+    mode (CUDA graphs, where a replay reuses its output buffers) a kept output survives the next call."""
+    for mode in ("default", "reduce-overhead"):
+        stage = CompiledStage(lambda x, scale: x * scale + 1, mode)
+        x = torch.arange(6.0, device=device).reshape(2, 3)
+        first = stage(x, 2.0)
+        assert torch.equal(first, x * 2.0 + 1) and len(stage.compile_seconds) == 1
+        assert torch.equal(stage(x + 1, 2.0), (x + 1) * 2.0 + 1) and len(stage.compile_seconds) == 1
+        assert torch.equal(stage(x, 3.0), x * 3.0 + 1) and len(stage.compile_seconds) == 2  # a new scale
+        assert torch.equal(stage(x[:1], 3.0), x[:1] * 3.0 + 1) and len(stage.compile_seconds) == 3  # a new shape
+        assert torch.equal(first, x * 2.0 + 1), mode  # the first output, untouched by later calls
