@@ -20,8 +20,8 @@ RTOL = 1e-4
 
 def test_compiled_pipeline_against_diffusers(tiny_ckpt):
     """Inductor with frozen weights (tiny checkpoint, 3 DDIM steps, guided): within 1e-4 of the
-    reference; one compilation for the generation's one shape, none on the second call; and a
-    different length compiles once more."""
+    reference; one compilation for the generation's one signature, none on the second call (a new
+    shape or scale compiling once more is the signature test below)."""
     torch.set_num_threads(2)
     reference = reference_pipeline(tiny_ckpt)
     ours = MusicLDMPipeline.from_pretrained(tiny_ckpt)
