@@ -7,9 +7,9 @@ evaluation of a denoising step, `pipeline.guided_eps`: both halves of classifier
 one batched UNet call and their combination. So:
 
 * CPU: inductor with `freezing` (weights folded into the graph as constants and pre-packed for
-  oneDNN), in the exact path's memory layout, static shapes. The first call for each input shape (and guidance scale, a constant of
-  the graph) compiles (tens of seconds at full size); later calls reuse it, so there is no
-  recompilation inside a generation.
+  oneDNN), in the exact path's memory layout, static shapes. The first call for each input shape
+  (and guidance scale, a constant of the graph) compiles (tens of seconds at full size); later
+  calls reuse it, so there is no recompilation inside a generation.
 * CUDA: mode "reduce-overhead" captures each stage's call in one CUDA graph with static input
   buffers: a denoising step's model evaluation is one graph replay. Only the sampler's update (a
   few elementwise kernels whose coefficients are read on the host) runs outside it. The loop has no
@@ -44,8 +44,8 @@ class CompiledStage:
     """A function through torch.compile, timing the first call of each input signature."""
 
     def __init__(self, fn: Callable, mode: str):
-        # layout_optimization off: inductor's switch to channels_last made the UNet step 5-10% slower
-        # on the CPU (measured, benchmarks/results/cpu-compiled-step-2026-11-26.md)
+        # layout_optimization off: with inductor's switch to channels_last the compiled UNet ran 1.03-1.11x
+        # of eager on the CPU, without it 0.96-0.98x (benchmarks/results/cpu-compiled-step-2026-11-26.md)
         options = {"freezing": True, "layout_optimization": False} if mode == "default" else None
         self.graphs = mode == "reduce-overhead"
         self.forward = torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False, options=options)
