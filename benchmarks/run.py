@@ -109,14 +109,6 @@ def fresh_process_rows(folder, args) -> list:
 GUIDANCE = 2.0  # the pipelines' default guidance scale, so the step compiled by the generation is reused
 
 
-def guided_reference(unet, x, t, cond):
-    """diffusers' pipeline's guided step: one batch-2 UNet call, eps_u + g (eps_c - eps_u)."""
-    import torch
-
-    eps_uncond, eps_cond = unet(torch.cat([x, x]), t, encoder_hidden_states=None, class_labels=cond).sample.chunk(2)
-    return eps_uncond + GUIDANCE * (eps_cond - eps_uncond)
-
-
 def matmul_rate(device, dtype, sync) -> float:
     import torch
 
@@ -161,6 +153,7 @@ def main() -> None:
     from diffusers import MusicLDMPipeline as Reference
 
     from musicldm_core import MusicLDMPipeline
+    from musicldm_core.pipeline import guided_eps
 
     ref = Reference.from_pretrained(folder, torch_dtype=dtype).to(device)
     ref.set_progress_bar_config(disable=True)
@@ -204,7 +197,8 @@ def main() -> None:
         ours(**gen_kw, generator=torch.Generator().manual_seed(0))  # compiles for this shape
         compiled = ours.compile_seconds()
         # the compiled stage is a step's whole model evaluation: both guidance halves, one batch-2 UNet call
-        row("UNet step (guided, batch 2), ours compiled", lambda: guided_reference(ref.unet, z[:1], t, c),
+        ref_unet = lambda x, step, cond: ref.unet(x, step, encoder_hidden_states=None, class_labels=cond).sample  # noqa: E731
+        row("UNet step (guided, batch 2), ours compiled", lambda: guided_eps(ref_unet, z[:1], t, c, GUIDANCE),
             lambda: ours.compiled["unet"](ours.unet, z[:1], t, c, GUIDANCE),
             2 * FLOPS["unet_forward_b1"] * frames / 256)
         generations["ours compiled"] = row(

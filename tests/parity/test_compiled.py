@@ -1,5 +1,5 @@
-"""The compiled path (`pipe.compile()`) against diffusers end to end, and the sampling loop's promise
-to a GPU: no host synchronisation inside the step loop, checked on the CPU with meta tensors."""
+"""The compiled path (`pipe.compile()`) against diffusers end to end, and the denoising step's promise
+to a GPU: no host synchronisation inside it, checked on the CPU with meta tensors."""
 
 from __future__ import annotations
 
@@ -41,32 +41,28 @@ def test_compiled_pipeline_against_diffusers(tiny_ckpt):
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_the_step_loop_never_reads_the_device(name):
-    """Every sampler steps meta tensors (which hold no values: any int(), .item() or bool() of one
-    raises), so nothing in the loop waits for the device to hand a value back."""
-    config = {**reference_checkpoints.PUBLISHED["scheduler"], "skip_prk_steps": True}
-    scheduler = Scheduler.from_config(config, name)
-    assert name in CLASS_NAMES.values()
-    noise = torch.zeros(1, 8, 4, 2, device="meta")
-    seen = []
-    out = scheduler.sample(lambda x, t: seen.append(t.device) or x * 0.5, noise, scheduler.plan(5),
-                           eta=0.5 if name == "ddim" else 0.0, generator=torch.Generator().manual_seed(0))
-    assert out.device.type == "meta" and set(d.type for d in seen) == {"meta"}
-
-
-def test_the_whole_step_never_reads_the_device(tiny_ckpt):
+def test_the_whole_step_never_reads_the_device(name, tiny_ckpt):
     """A whole denoising step as the pipeline runs it -- the UNet on both guidance halves, their
-    combination, the sampler's update -- on meta tensors: nothing in it reads a value back to the
+    combination, the sampler's update and history -- for every sampler, on meta tensors (which hold
+    no values: any int(), .item() or bool() of one raises). Nothing in it reads a value back to the
     host, so a CUDA graph can hold the model evaluation and the loop never waits for the GPU."""
     with torch.device("meta"):
         unet = UNet(UNetConfig.from_json(tiny_ckpt / "unet" / "config.json")).eval()
     config = {**reference_checkpoints.PUBLISHED["scheduler"], "skip_prk_steps": True}
-    scheduler = Scheduler.from_config(config, "pndm")  # multistep: the history is kept across steps too
+    scheduler = Scheduler.from_config(config, name)
+    assert name in CLASS_NAMES.values()
     cond = torch.zeros(2, unet.config.projection_class_embeddings_input_dim, device="meta")
     noise = torch.zeros(1, unet.config.in_channels, 16, 8, device="meta")
+    seen = []
+
+    def model(x, t):
+        seen.append(t.device)
+        return guided_eps(unet, x, t, cond, 2.5)
+
     with torch.inference_mode():
-        out = scheduler.sample(lambda x, t: guided_eps(unet, x, t, cond, 2.5), noise, scheduler.plan(4))
-    assert out.device.type == "meta" and out.shape == noise.shape
+        out = scheduler.sample(model, noise, scheduler.plan(5), eta=0.5 if name == "ddim" else 0.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == noise.shape and set(d.type for d in seen) == {"meta"}
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
