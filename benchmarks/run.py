@@ -153,7 +153,7 @@ def main() -> None:
     from diffusers import MusicLDMPipeline as Reference
 
     from musicldm_core import MusicLDMPipeline
-    from musicldm_core.pipeline import guided_eps
+    from musicldm_core.guidance import guided_eps
 
     ref = Reference.from_pretrained(folder, torch_dtype=dtype).to(device)
     ref.set_progress_bar_config(disable=True)

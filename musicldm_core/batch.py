@@ -28,13 +28,16 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .outputs import (MANIFEST, PARTS, append_record, is_done, merge_manifest, read_records, remove_temporaries,
-                      write_wavs)
-from .request import Request
+import torch
+
+from .options import Options
+from .outputs import (MANIFEST, PARTS, append_record, check_outputs, is_done, merge_manifest, read_records,
+                      remove_temporaries, write_wavs)
+from .placement import default_device, parse_device
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -43,7 +46,7 @@ FIELDS = {"prompt": str, "id": str, "negative": str, "seconds": float, "seed": i
           "takes": int, "sampler": str}
 # the pipeline's argument names -> the fields, for messages
 NAMES = {"audio_length_in_s": "seconds", "num_inference_steps": "steps", "guidance_scale": "guidance",
-         "num_waveforms_per_prompt": "takes", "negative_prompt": "negative"}
+         "num_waveforms_per_prompt": "takes", "negative_prompt": "negative", "sampler": "sampler"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,20 @@ class Item:
         return self.seconds, self.steps, self.sampler, self.guidance, self.takes
 
 
+def item_options(items: List[Item], template: Options = Options()) -> Options:
+    """The pipeline options of items of one group, generated in one call: their prompts, each drawing its
+    noise from its own seed exactly as a single run draws it, ranked per prompt with a deterministic crop.
+    template: the options the items do not set (the command line's long-form and audio-to-audio ones)."""
+    first, one = items[0], len(items) == 1
+    prompts, negatives = [item.prompt for item in items], [item.negative or "" for item in items]
+    generators = [torch.Generator().manual_seed(item.seed) for item in items]
+    negative = (negatives[0] if one else negatives) if any(negatives) else None
+    return replace(template, prompt=prompts[0] if one else prompts, audio_length_in_s=first.seconds,
+                   num_inference_steps=first.steps, guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes,
+                   sampler=first.sampler, negative_prompt=negative, generator=generators[0] if one else generators,
+                   rank_within_prompt=True, crop="start")
+
+
 def derived_seed(base: int, item_id: str) -> int:
     """A seed for an item that gives none: from --seed and the item's id, the same on every run."""
     return int.from_bytes(hashlib.sha256(f"{base}\n{item_id}".encode()).digest()[:8], "little") >> 1
@@ -87,8 +104,6 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
 
     defaults: the command's values for the FIELDS other than prompt and id.
     """
-    from .samplers import SAMPLERS
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -114,13 +129,9 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
             seed = values["seed"] if values.get("seed") is not None else derived_seed(base_seed, item_id)
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
                 raise ValueError(f"seed must be an integer between 0 and {2**64 - 1}, got {seed!r}")
-            if values.get("sampler") is not None and values["sampler"] not in SAMPLERS:
-                raise ValueError(f"sampler {values['sampler']!r} is unknown; choose one of {', '.join(SAMPLERS)}")
             item = Item(number, item_id, values["prompt"], values.get("negative"), values.get("seconds"), seed,
                         values["steps"], values["guidance"], values["takes"], values.get("sampler"))
-            Request(prompt=item.prompt, negative_prompt=item.negative, audio_length_in_s=item.seconds,
-                    num_inference_steps=item.steps, guidance_scale=item.guidance, num_waveforms_per_prompt=item.takes,
-                    names=NAMES).check()
+            item_options([item]).check(NAMES)
         except ValueError as e:
             problems.append(f"{path} line {number}: {e}")
             continue
@@ -174,49 +185,26 @@ def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     return out
 
 
-def generate(pipe, items: List[Item], scheduler, progress=None, **options) -> Tuple[List, List[Optional[List[float]]]]:
+def generate(pipe, items: List[Item], template: Options = Options()) -> Tuple[List, List[Optional[List[float]]]]:
     """One call for items of one group: (each item's waveforms (takes, samples) best first, its scores).
 
-    Each item's noise is drawn from its own seed exactly as a single run draws it. The command line
-    runs a single prompt through here too, so a batch and a single run are the same computation;
-    `options` are the pipeline's long-form and audio-to-audio arguments (loop, window, audio, ...)."""
-    import torch
-
-    from .noise import randn
-
-    first = items[0]
-    pipe.scheduler = scheduler
-    if len(items) == 1:  # the pipeline draws the noise from the generator, as below, and any noise a step adds
-        noise = dict(generator=torch.Generator().manual_seed(first.seed))
-    else:
-        frames = Request(prompt=[item.prompt for item in items], audio_length_in_s=first.seconds,
-                         num_inference_steps=first.steps, guidance_scale=first.guidance,
-                         num_waveforms_per_prompt=first.takes, **options).plan(pipe).frames
-        shape = pipe.latent_shape(first.takes, frames)
-        noise = dict(latents=torch.cat([randn(shape, torch.Generator().manual_seed(item.seed), pipe.device, pipe.dtype)
-                                        for item in items]))
-    negatives = [item.negative or "" for item in items]
-    out = pipe([item.prompt for item in items], audio_length_in_s=first.seconds, num_inference_steps=first.steps,
-               guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes,
-               negative_prompt=negatives if any(negatives) else None, rank_within_prompt=True, crop="start",
-               progress=progress, **noise, **options)
-    takes = first.takes
+    The command line runs a single prompt through here too, so a batch and a single run are the same
+    computation."""
+    out = pipe.generate(item_options(items, template))
+    takes = items[0].takes
     audios = [out.audios[i * takes:(i + 1) * takes] for i in range(len(items))]
     scores = [None if out.scores is None else out.scores[i * takes:(i + 1) * takes].tolist()
               for i in range(len(items))]
     return audios, scores
 
 
-def checked_against(pipe, schedulers, items: List[Item], skip_bad: bool) -> List[Item]:
+def checked_against(pipe, items: List[Item], skip_bad: bool) -> List[Item]:
     """What only the checkpoint can tell (the sampler's step counts, the shortest length), checked for
     every item before any is generated; bad items named by line, or skipped with skip_bad."""
     good, problems = [], []
     for item in items:
-        pipe.scheduler = schedulers[item.sampler]
         try:
-            Request(prompt=item.prompt, audio_length_in_s=item.seconds, num_inference_steps=item.steps,
-                    guidance_scale=item.guidance, num_waveforms_per_prompt=item.takes,
-                    names=NAMES).plan(pipe)
+            pipe.plan(item_options([item]), NAMES)
             good.append(item)
         except ValueError as e:
             problems.append(f"line {item.line} ({item.id}): {e}")
@@ -233,78 +221,87 @@ def report(problems: List[str], what: str, skip: bool) -> None:
         print(f"musicldm: skipped {problem}", file=sys.stderr)
 
 
+class Ranks:
+    """This process's place in a torchrun job (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), or a
+    world of one; a process group (gloo, through torchrun's store) when there are several."""
+
+    def __init__(self):
+        env = os.environ
+        self.rank, self.world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+        self.local_rank, self.local_world = int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1))
+        if self.world > 1:
+            import datetime
+
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
 def run(args, defaults: Dict[str, object]) -> int:
     """The batch command; returns the number of items generated by this process."""
-    import torch
-
-    from .cli import check_outputs, default_device
-    from .hub import resolve
-    from .pipeline import MusicLDMPipeline
-    from .placement import parse_device
-    from .samplers import Scheduler
-
     items, problems = read_items(Path(args.prompts), defaults, args.seed if args.seed is not None else 0)
     report(problems, "bad line(s) in --prompts", args.skip_bad and bool(items))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_outputs([out_dir / "probe.wav"], "--out-dir")
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if world > 1:
-        import datetime
-
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))  # rendezvous through torchrun's store
-    if rank == 0:
+    ranks = Ranks()
+    if ranks.rank == 0:
         remove_temporaries(out_dir)
-    if world > 1:
-        dist.barrier()  # no rank writes before the stale temporary files are gone
+    ranks.barrier()  # no rank writes before the stale temporary files are gone
     records = read_records(out_dir)
-    mine = [item for item in items[rank::world] if not is_done(item, records, out_dir)]
+    mine = [item for item in items[ranks.rank::ranks.world] if not is_done(item, records, out_dir)]
+    generated = generate_items(args, mine, out_dir, ranks) if mine else 0
+    ranks.barrier()
+    if ranks.rank == 0:  # one record per item, in the file's order, whatever the ranks and reruns
+        merge_manifest(out_dir, [item.id for item in items])
+    ranks.close()
+    return generated
+
+
+def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks) -> int:
+    """This rank's items: load the model on its device, check them against it, generate them batch by
+    batch, each item's files and manifest record written as soon as it is done."""
+    from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
+
+    from .pipeline import MusicLDMPipeline
 
     device = args.device or default_device()
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local_rank}"
-    device = parse_device(device)
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // local_world) if device.type == "cpu" else None)
+    device = parse_device(f"cuda:{ranks.local_rank}" if device == "cuda" and ranks.world > 1 else device)
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // ranks.local_world) if device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # CPU: 4 measured 1.22x of 1
-    generated = 0
-    if mine:
-        dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-        folder = resolve(args.weights, args.revision)
-        pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
-        pipe.enable_batch_invariance()
-        if args.compile:
-            pipe.compile()
-        schedulers = {name: Scheduler.from_pretrained(folder / "scheduler", name) for name in {i.sampler for i in mine}}
-        mine = checked_against(pipe, schedulers, mine, args.skip_bad)
-        manifest = out_dir / MANIFEST if world == 1 else out_dir / PARTS / f"rank-{rank:05d}.jsonl"
-        from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
-
-        start = time.monotonic()
-        with tqdm(total=len(mine), desc=f"items (rank {rank}/{world})" if world > 1 else "items", unit="item") as bar:
-            for batch in batches(mine, batch_size):
-                began = time.monotonic()
-                audios, scores = generate(pipe, batch, schedulers[batch[0].sampler])
-                took = (time.monotonic() - began) / len(batch)
-                for item, audio, score in zip(batch, audios, scores):
-                    paths = item.files(out_dir)
-                    write_wavs(paths, audio, pipe.sampling_rate, flag="--out-dir")
-                    record = {**asdict(item), "sampler": item.sampler or pipe.scheduler.name,
-                              "files": [p.name for p in paths], "duration": audio.shape[-1] / pipe.sampling_rate,
-                              "scores": score, "time": round(took, 3)}
-                    append_record(manifest, record)
-                generated += len(batch)
-                bar.update(len(batch))
-                bar.set_postfix_str(f"{generated / (time.monotonic() - start) * 60:.1f} items/min")
-    if world > 1:
-        dist.barrier()
-    if rank == 0:  # one record per item, in the file's order, whatever the ranks and reruns
-        merge_manifest(out_dir, [item.id for item in items])
-    if world > 1:
-        dist.destroy_process_group()
+    dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype)
+    pipe.enable_batch_invariance()
+    if args.compile:
+        pipe.compile()
+    items = checked_against(pipe, items, args.skip_bad)
+    manifest = out_dir / MANIFEST if ranks.world == 1 else out_dir / PARTS / f"rank-{ranks.rank:05d}.jsonl"
+    generated, start = 0, time.monotonic()
+    desc = f"items (rank {ranks.rank}/{ranks.world})" if ranks.world > 1 else "items"
+    with tqdm(total=len(items), desc=desc, unit="item") as bar:
+        for batch in batches(items, batch_size):
+            began = time.monotonic()
+            audios, scores = generate(pipe, batch)
+            took = (time.monotonic() - began) / len(batch)
+            for item, audio, score in zip(batch, audios, scores):
+                paths = item.files(out_dir)
+                write_wavs(paths, audio, pipe.sampling_rate, flag="--out-dir")
+                record = {**asdict(item), "sampler": item.sampler or pipe.scheduler.name,
+                          "files": [p.name for p in paths], "duration": audio.shape[-1] / pipe.sampling_rate,
+                          "scores": score, "time": round(took, 3)}
+                append_record(manifest, record)
+            generated += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{generated / (time.monotonic() - start) * 60:.1f} items/min")
     return generated

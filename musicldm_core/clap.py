@@ -8,6 +8,7 @@ the key table in weights_convert/clap.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,15 @@ class Clap(nn.Module):
         """Load `text_encoder/` of the checkpoint (transformers ClapModel config + safetensors)."""
         return load_component(cls, ClapConfig, folder, "model", device=device, dtype=dtype,
                               names=clap_names)
+
+    def encode_texts(self, tokenizer, texts: List[str], max_length: Optional[int] = None) -> torch.Tensor:
+        """Prompts -> (B, projection_dim) text features, each prompt tokenized (cut at `max_length`
+        tokens, default the tokenizer's limit) and encoded alone, unpadded. The reference pads every
+        prompt to 512 tokens; padding is masked out, so this gives the same vector (to float rounding,
+        ~1e-7) at a fraction of the cost, and one that does not depend on the other prompts."""
+        device = self.logit_scale_text.device
+        return torch.cat([self.text_features(ids.to(device), mask.to(device)) for ids, mask in
+                          (tokenizer([text], pad_to_max_length=False, max_length=max_length) for text in texts)])
 
     def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """transformers' get_text_features: (B, L) tokens -> (B, projection_dim), unit length."""

@@ -6,11 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Tuple
 
-from . import layers
 from .config import Config, Pair, one_of
 from .errors import CheckpointError
 
-ACTIVATIONS = tuple(layers.ACTIVATIONS)  # the names of transformers' ACT2FN that CLAP configs use
+# the names of transformers' ACT2FN that CLAP configs use (layers.ACTIVATIONS computes each; a test checks)
+ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh")
 
 # Keys every transformers PretrainedConfig carries; these few change what a text encoder computes.
 _PRETRAINED_FIXED = {"is_decoder": (False,), "add_cross_attention": (False,), "pruned_heads": ({},)}

@@ -10,20 +10,18 @@ leaves a partial file or a partial set.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .hub import DEFAULT_REPO
-from .outputs import temp_file, write_wavs
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
 FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
          "num_waveforms_per_prompt": "--takes", "negative_prompt": "--negative", "loop": "--loop",
          "window": "--window", "audio": "--input", "strength": "--strength", "inpaint": "--inpaint",
-         "extend": "--extend"}
+         "extend": "--extend", "sampler": "--sampler"}
 
 
 def parse_span(text: Optional[str]) -> Optional[tuple]:
@@ -80,61 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def output_paths(output: str, takes: int) -> List[Path]:
-    path = Path(output)
-    if path.suffix.lower() != ".wav":
-        raise ValueError(f"--output: {output!r} must end in .wav")
-    if takes == 1:
-        return [path]
-    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, takes + 1)]
-
-
-def check_outputs(paths: List[Path], flag: str = "--output") -> None:
-    """Every target usable before any work: its folder exists and is writable, it is not a folder,
-    and its name fits the file system. Errors name the user's path (and the flag that gave it)."""
-    folder = paths[0].parent
-    if not folder.is_dir():
-        raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        limit = 255
-    for path in paths:
-        try:
-            size = len(os.fsencode(path.name))
-        except UnicodeError:
-            raise ValueError(f"{flag}: the file system cannot encode the name {path.name!r}") from None
-        if size > limit:
-            raise ValueError(f"{flag}: the name {path.name[:40]!r}... is {size} bytes, longer than the "
-                             f"{limit} this file system allows")
-        if path.is_dir():
-            raise ValueError(f"{flag}: {str(path)!r} is a folder; give a .wav file name")
-    try:  # a probe where the files will go: a read-only folder fails now, not after generating
-        os.unlink(temp_file(folder))
-    except OSError as e:
-        raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
-
-
 def check_args(args: argparse.Namespace) -> None:
-    """What the command line itself can check; the request's values are checked by Request."""
-    from .samplers import SAMPLERS
-
+    """What the command line itself can check; the generation's values are checked by Options."""
     if (args.prompt is None) == (args.prompts is None):
         raise ValueError("give a PROMPT, or --prompts FILE with --out-dir DIR (not both)")
     if args.prompts is not None and args.out_dir is None:
         raise ValueError("--prompts needs --out-dir DIR, the folder the files and manifest.jsonl go to")
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise ValueError(f"--seed must be between 0 and {2**64 - 1}, got {args.seed}")
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
@@ -142,44 +91,51 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be at least 1, got {value}")
 
 
-def run(args: argparse.Namespace) -> List[Path]:
-    """One prompt: the same computation as one item of a batch (batch.generate)."""
-    import random
-
-    import torch
-
-    from .batch import Item, generate
-    from .pipeline import MusicLDMPipeline
-    from .placement import parse_device
-    from .request import AUDIO_RATE, Request
-
-    # What can be checked without the checkpoint (the input audio included) is checked before loading it.
+def edit_options(args: argparse.Namespace) -> dict:
+    """The long-form and audio-to-audio options of the command line (--strength defaults to 0.6 with
+    --input alone)."""
     options = dict(loop=args.loop, window=args.window)
     if args.input is not None:
         strength = args.strength if args.strength is not None or args.inpaint or args.extend else 0.6
         options.update(audio=args.input, strength=strength, inpaint=parse_span(args.inpaint), extend=args.extend)
     elif args.strength is not None or args.inpaint is not None or args.extend is not None:
         raise ValueError("--strength, --inpaint and --extend need --input FILE")
-    request = Request(prompt=args.prompt, negative_prompt=args.negative, audio_length_in_s=args.seconds,
-                      num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      num_waveforms_per_prompt=args.takes, names=FLAGS, **options)
-    request.check()
-    if args.input is not None:  # the input as read and resampled by the check: not read a second time
-        options.update(audio=request.wave, audio_sampling_rate=AUDIO_RATE)
+    return options
+
+
+def run(args: argparse.Namespace) -> List[Path]:
+    """One prompt: the same computation as one item of a batch (batch.generate)."""
+    import random
+    from dataclasses import replace
+
+    import torch
+
+    from .batch import Item, generate, item_options
+    from .options import AUDIO_RATE, Options, read_input
+    from .outputs import check_outputs, output_paths, write_wavs
+    from .pipeline import MusicLDMPipeline
+    from .placement import default_device, parse_device
+
+    # Everything that can be checked without the checkpoint (the input audio included) is checked before loading it.
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
+    item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
+                args.sampler)
+    template = Options(**edit_options(args))
+    options = item_options([item], template)
+    options.check(FLAGS)
+    wave = read_input(options, FLAGS)
+    if wave is not None:  # the input as read and resampled once: not read a second time
+        template = replace(template, audio=wave, audio_sampling_rate=AUDIO_RATE)
     paths = output_paths(args.output, args.takes)
     check_outputs(paths)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = parse_device(args.device or default_device())
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype,
-                                            scheduler=args.sampler)
+    pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype)
     pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
-    item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
-                args.sampler)
 
     from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
 
@@ -189,7 +145,7 @@ def run(args: argparse.Namespace) -> List[Path]:
             bar.total = total
             bar.update(n)
 
-        audios, _ = generate(pipe, [item], pipe.scheduler, progress=progress, **options)
+        audios, _ = generate(pipe, [item], replace(template, progress=progress))
     write_wavs(paths, audios[0], pipe.sampling_rate)
     if args.compile:
         print("musicldm: compiled " + ", ".join(f"{k} in {v:.1f} s" for k, v in pipe.compile_seconds().items()),

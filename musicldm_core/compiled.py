@@ -3,7 +3,7 @@
 The eager path runs the same oneDNN / cuBLAS kernels as the reference; what is left is the glue
 between them (GroupNorm + SiLU, softmax, residual adds, layout changes), which a compiler fuses, and
 on a GPU the launch overhead, which CUDA graphs remove. The "unet" stage is the whole model
-evaluation of a denoising step, `pipeline.guided_eps`: both halves of classifier-free guidance in
+evaluation of a denoising step, `guidance.guided_eps`: both halves of classifier-free guidance in
 one batched UNet call and their combination. So:
 
 * CPU: inductor with `freezing` (weights folded into the graph as constants and pre-packed for

@@ -16,9 +16,8 @@ tests/test_config.py checks that the fields, FIXED and INERT together cover ever
 argument of the reference class, so a key can be neither forgotten nor silently ignored. Keys
 the reference does not read either (`_class_name`, `_diffusers_version`, ...) are ignored.
 
-Values are converted from the annotations once: JSON lists become tuples, `Pair` fields take an
-int or a pair (transformers accepts both), per-block fields an int or one value per block.
-Wrong types are refused by key rather than left to fail later inside a model.
+Values are converted from the annotations once: JSON lists become tuples, `Pair` fields an int or a
+pair, per-block fields an int or one value per block; wrong types are refused by key.
 """
 
 from __future__ import annotations
@@ -153,13 +152,10 @@ def one_of(source: str, key: str, value: Any, allowed: Tuple[Any, ...]) -> None:
                               f"(musicldm_core supports {' or '.join(map(repr, allowed))})")
 
 
-# --------------------------------------------------------------------------------------------
-# UNet (diffusers UNet2DConditionModel)
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class UNetConfig(Config):
+    """diffusers' UNet2DConditionModel: the conditional UNet (unet.py)."""
+
     sample_size: Optional[int] = None
     in_channels: int = 4
     out_channels: int = 4
@@ -275,13 +271,10 @@ class UNetConfig(Config):
         return self.time_embed_dim * (2 if self.class_embeddings_concat else 1)
 
 
-# --------------------------------------------------------------------------------------------
-# KL-VAE (diffusers AutoencoderKL)
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class VAEConfig(Config):
+    """diffusers' AutoencoderKL: the KL-VAE (vae.py)."""
+
     in_channels: int = 3
     out_channels: int = 3
     down_block_types: Tuple[str, ...] = ("DownEncoderBlock2D",)
@@ -327,13 +320,10 @@ class VAEConfig(Config):
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-# --------------------------------------------------------------------------------------------
-# HiFi-GAN vocoder (transformers SpeechT5HifiGan)
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class VocoderConfig(Config):
+    """transformers' SpeechT5HifiGan: the HiFi-GAN vocoder (vocoder.py)."""
+
     model_in_dim: int = 80
     sampling_rate: int = 16000
     upsample_initial_channel: int = 512

@@ -22,41 +22,46 @@ import torch
 import torch.nn.functional as F
 
 from .audio_frontend import log_mel, normalize_loudness
-from .longform import regenerate_mask, window_frames, windowed
+from .geometry import Geometry
+from .longform import regenerate_mask, windowed
+from .options import Options, Run
+from .samplers import Plan, Scheduler
+
+
+def encode_input(wave: torch.Tensor, run: Run, geometry: Geometry, vae) -> torch.Tensor:
+    """(samples,) 16 kHz input -> its scaled latent (1, 8, run.frames / 4, 16): loudness normalised as
+    in training, its run.input_frames mel frames encoded by `vae` (posterior mean, in windows of the
+    trained length), zeros after (an extension)."""
+    hop, f, frames = geometry.hop, geometry.vae_factor, run.input_frames
+    wave = F.pad(normalize_loudness(wave[None]), (0, max(0, frames * hop - len(wave))))[:, :frames * hop]
+    mel = log_mel(wave, hop=hop, n_mels=geometry.mel_bins, sr=geometry.sampling_rate)[:, None, :frames]
+    weight = next(vae.parameters())
+    mel = mel.to(weight.device, weight.dtype)
+    window, overlap = geometry.window("vae")
+    z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f)
+    return F.pad(z * vae.config.scaling_factor, (0, 0, 0, run.frames // f - z.shape[2]))
 
 
 class AudioEdit:
-    """One audio-to-audio request against a pipeline: the input's latent, the mask, the sampling."""
+    """One audio-to-audio request: the input's latent, the span to regenerate, the sampling.
 
-    def __init__(self, pipe, request, run, shape: Tuple[int, ...]):
-        self.pipe, self.request, self.run = pipe, request, run
-        f = pipe.vae_scale_factor
-        self.z_in = self.encode(request.wave, run.input_frames, run.frames).expand(shape)
+    z_in: (B, 8, T', F') the input's scaled latent (encode_input), one row per take.
+    """
+
+    def __init__(self, z_in: torch.Tensor, options: Options, run: Run, geometry: Geometry, scheduler: Scheduler):
+        self.z_in, self.options, self.run, self.geometry, self.scheduler = z_in, options, run, geometry, scheduler
         self.mask = self.span = None
-        if request.inpaint is not None or request.extend is not None:
-            frame_s = f * pipe.vocoder.config.hop_length / pipe.sampling_rate  # one latent frame: 40 ms
-            start, end = request.inpaint or (run.input_frames // f * frame_s, shape[2] * frame_s)
+        if options.inpaint is not None or options.extend is not None:
+            frame_s, f = geometry.frame_seconds, geometry.vae_factor  # one latent frame: 40 ms
+            start, end = options.inpaint or (run.input_frames // f * frame_s, z_in.shape[2] * frame_s)
             self.span = (start / frame_s, end / frame_s)  # in latent frames
-            self.mask = regenerate_mask(shape[2], *self.span, window_frames(pipe, "vae")[1], self.z_in.device)
+            self.mask = regenerate_mask(z_in.shape[2], *self.span, geometry.window("vae")[1], z_in.device)
 
-    def encode(self, wave: torch.Tensor, frames: int, total_frames: int) -> torch.Tensor:
-        """(samples,) 16 kHz input -> its scaled latent (1, 8, total_frames / 4, 16): loudness normalised
-        as in training, `frames` mel frames encoded (VAE posterior mean), zeros after (an extension)."""
-        pipe = self.pipe
-        hop, f = pipe.vocoder.config.hop_length, pipe.vae_scale_factor
-        wave = F.pad(normalize_loudness(wave[None]), (0, max(0, frames * hop - len(wave))))[:, :frames * hop]
-        mel = log_mel(wave, hop=hop, n_mels=pipe.vocoder.config.model_in_dim, sr=pipe.sampling_rate)[:, None, :frames]
-        mel = mel.to(pipe.device, pipe.dtype)
-        vae = pipe.placement.ready("vae")
-        window, overlap = window_frames(pipe, "vae")
-        z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f)
-        return F.pad(z * pipe.vae.config.scaling_factor, (0, 0, 0, total_frames // f - z.shape[2]))
-
-    def sampling(self, noise: torch.Tensor) -> Tuple[Optional[object], torch.Tensor, Optional[Callable]]:
+    def sampling(self, noise: torch.Tensor) -> Tuple[Optional[Plan], torch.Tensor, Optional[Callable]]:
         """(plan, init, constrain) for Scheduler.sample; plan None at strength 0 (init is then the result)."""
-        plan, scheduler, z_in = self.run.sampling, self.pipe.scheduler, self.z_in
+        plan, scheduler, z_in = self.run.sampling, self.scheduler, self.z_in
         if self.mask is None:  # SDEdit
-            strength = 1.0 if self.request.strength is None else self.request.strength
+            strength = 1.0 if self.options.strength is None else self.options.strength
             k = plan.steps - min(int(plan.steps * strength), plan.steps)
             if k == plan.steps:
                 return None, z_in, None
@@ -70,15 +75,16 @@ class AudioEdit:
 
         return plan, init, constrain
 
-    def keep_input(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, samples) generated -> the same with the kept span replaced by the input's round trip."""
+    def keep_input(self, audio: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """(B, samples) generated -> the same with the kept span replaced by the input's round trip.
+        decode: latents -> waveforms on the windowed path (what strength 0 decodes the input with)."""
         if self.mask is None:
             return audio
-        f = self.pipe.vae_scale_factor  # the input alone, decoded as strength 0 decodes it
-        kept = self.pipe.decode_latents(self.z_in[:1, :, :self.run.input_frames // f], True, False)
+        g = self.geometry
+        kept = decode(self.z_in[:1, :, :self.run.input_frames // g.vae_factor])
         kept = F.pad(kept, (0, max(0, audio.shape[-1] - kept.shape[-1])))[:, :audio.shape[-1]]
-        per_frame = self.pipe.vae_scale_factor * self.pipe.vocoder.config.hop_length  # samples per latent frame
+        per_frame = g.vae_factor * g.hop  # samples per latent frame
         start, end = (math.floor(self.span[0]) * per_frame, math.ceil(self.span[1]) * per_frame)
-        edge = window_frames(self.pipe, "vae")[1] * per_frame
+        edge = g.window("vae")[1] * per_frame
         mask = regenerate_mask(audio.shape[-1], start, end, edge).reshape(1, -1)
         return mask * audio + (1 - mask) * kept

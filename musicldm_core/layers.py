@@ -84,6 +84,13 @@ class EmbeddingLinear(nn.Linear):
         return super().forward(x)
 
 
+def embeddings_row_by_row(model: nn.Module) -> None:
+    """Run every EmbeddingLinear of `model` one row at a time (batch invariance)."""
+    for module in model.modules():
+        if isinstance(module, EmbeddingLinear):
+            module.row_by_row = True
+
+
 class MLP(nn.Module):
     """Linear(cin -> dim), activation, Linear(dim -> dim): the UNet's timestep embedding (SiLU) and
     CLAP's projections into the joint space (ReLU as published)."""

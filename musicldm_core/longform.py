@@ -16,6 +16,7 @@ so the last frame flows into the first. With window starts at multiples of the s
 length that is a multiple of it, rotating the input by a stride rotates every output exactly.
 
 Shapes: `x` is (B, ..., T, ...) with time at `dim`; an output has time length T * num // den.
+The windows and overlaps of each stage are the checkpoint's (`Geometry.window`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,6 @@ import math
 from typing import Callable, List
 
 import torch
-
-
-def window_frames(pipe, stage: str, loop: bool = False) -> tuple[int, int]:
-    """(window, overlap) in the frames of `stage` ("unet", "vae", "vocoder"): the trained length (the
-    UNet's sample_size) in latent frames for the UNet and the VAE, in mel frames for the vocoder;
-    overlaps of a quarter (UNet) and an eighth (VAE, vocoder). A loop uses the UNet's windows at
-    every stage, so that all stages are rotation-equivariant together."""
-    window = pipe.unet.config.sample_size or 256
-    overlap = window // 4 if stage == "unet" or loop else window // 8
-    scale = pipe.vae_scale_factor if stage == "vocoder" else 1
-    return window * scale, overlap * scale
 
 
 def window_starts(length: int, window: int, stride: int, circular: bool) -> List[int]:

@@ -1,5 +1,6 @@
-"""What the command line writes: WAV files (all takes or none), and in batch mode DIR/manifest.jsonl and
-the parts a distributed run appends to; written so that a kill at any moment leaves each whole or absent."""
+"""What the entry points write: WAV files (all takes or none), and in batch mode DIR/manifest.jsonl and
+the parts a distributed run appends to; written so that a kill at any moment leaves each whole or absent.
+Output paths are checked here too, before any work, for every entry point."""
 
 from __future__ import annotations
 
@@ -13,6 +14,42 @@ from typing import Dict, Iterable, List
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"  # per-rank manifests of a distributed run, merged at its end
 TEMP_PREFIX = ".musicldm-"  # temporary files, renamed into place when whole
+
+
+def output_paths(output: str, takes: int) -> List[Path]:
+    """--output NAME.wav, or NAME-1.wav ... NAME-N.wav (best first) for several takes."""
+    path = Path(output)
+    if path.suffix.lower() != ".wav":
+        raise ValueError(f"--output: {output!r} must end in .wav")
+    if takes == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, takes + 1)]
+
+
+def check_outputs(paths: List[Path], flag: str = "--output") -> None:
+    """Every target usable before any work: its folder exists and is writable, it is not a folder,
+    and its name fits the file system. Errors name the user's path (and the flag that gave it)."""
+    folder = paths[0].parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for path in paths:
+        try:
+            size = len(os.fsencode(path.name))
+        except UnicodeError:
+            raise ValueError(f"{flag}: the file system cannot encode the name {path.name!r}") from None
+        if size > limit:
+            raise ValueError(f"{flag}: the name {path.name[:40]!r}... is {size} bytes, longer than the "
+                             f"{limit} this file system allows")
+        if path.is_dir():
+            raise ValueError(f"{flag}: {str(path)!r} is a folder; give a .wav file name")
+    try:  # a probe where the files will go: a read-only folder fails now, not after generating
+        os.unlink(temp_file(folder))
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
 
 
 def read_records(out_dir: Path) -> Dict[str, dict]:

@@ -37,6 +37,15 @@ def parse_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
+def default_device() -> str:
+    """The best device here: cuda, else mps, else cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
@@ -95,6 +104,24 @@ class Placement:
                     page_out(m)
         return components[name]
 
+    def check_memory(self, takes: int, frames: int, guided: bool, seconds: float, vae_slicing: bool,
+                     window: Optional[int] = None) -> None:
+        """Refuse a request whose activations cannot fit in the memory available on the device.
+
+        A coarse estimate (estimate_memory: activations of the largest stage, the latents and the
+        waveforms; the weights are already resident), meant to stop what cannot possibly run (an hour
+        of audio, a million takes) with a clear line instead of an allocator error after loading.
+        """
+        models = tuple(self.components()[name].config for name in ("unet", "vae", "vocoder"))
+        need, stage = estimate_memory(*models, takes, frames, guided, vae_slicing, window)
+        available = available_memory(self.device)
+        if available is not None and need > 0.9 * available:
+            sliced, _ = estimate_memory(*models, takes, frames, guided, True, window)
+            hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
+            raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
+                             f"{stage}, but {available / 2**30:.1f} GiB is available on {self.device}: ask for "
+                             f"fewer takes or shorter audio{hint}")
+
 
 def available_memory(device: torch.device) -> Optional[int]:
     """Bytes free for new tensors on `device` (None where it cannot be told)."""
@@ -115,9 +142,10 @@ def available_memory(device: torch.device) -> Optional[int]:
     return None
 
 
-def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, vae_slicing: bool,
+def estimate_memory(u, v, h, takes: int, frames: int, guided: bool, vae_slicing: bool,
                     window: Optional[int] = None) -> tuple[int, str]:
-    """(bytes, stage): activations of the stage that needs most, plus latents and waveforms.
+    """(bytes, stage): activations of the stage that needs most, plus latents and waveforms, for the
+    UNet, VAE and vocoder configs u, v, h.
 
     window: the windowed path's window in mel frames; activations then scale with it (times the
     two windows stacked per UNet call), latents and waveforms still with the whole length.
@@ -126,7 +154,6 @@ def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, v
     the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
     the residual branches. Counted in float32 (the widest the models compute in).
     """
-    u, v, h = unet.config, vae.config, vocoder.config
     f, bins = v.scale_factor, h.model_in_dim
     rows = takes * (2 if guided else 1)
     whole, frames = frames, frames if window is None else min(frames, window)
@@ -146,21 +173,3 @@ def estimate_memory(unet, vae, vocoder, takes: int, frames: int, guided: bool, v
     # the waveforms and their 3x resampled copy when ranking; the latents, the noise and their copies
     buffers = takes * whole * h.hop_length * 8 + rows * u.in_channels * (whole // f) * (bins // f) * 3
     return 4 * (stages[stage] + buffers), stage if stages[stage] >= buffers else "latents and waveforms"
-
-
-def check_memory(pipe, takes: int, frames: int, guided: bool, seconds: float, window: Optional[int] = None) -> None:
-    """Refuse a request whose activations cannot fit in the memory available on the device.
-
-    A coarse estimate (activations of the largest stage, the latents and the waveforms; the
-    weights are already resident), meant to stop what cannot possibly run (an hour of audio,
-    a million takes) with a clear line instead of an allocator error after loading.
-    """
-    models = (pipe.unet, pipe.vae, pipe.vocoder)
-    need, stage = estimate_memory(*models, takes, frames, guided, pipe.vae_slicing, window)
-    available = available_memory(pipe.device)
-    if available is not None and need > 0.9 * available:
-        sliced, _ = estimate_memory(*models, takes, frames, guided, True, window)
-        hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
-        raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
-                         f"{stage}, but {available / 2**30:.1f} GiB is available on {pipe.device}: ask for fewer "
-                         f"takes or shorter audio{hint}")

@@ -217,3 +217,29 @@ def test_torchrun_two_processes_equal_one(tmp_path, tiny_ckpt):
                                                                         if k != "time"}
         for x, y in zip(audio(one, a[item_id]), audio(two, b[item_id])):
             assert np.array_equal(x, y), item_id
+
+
+def test_one_generator_per_prompt_draws_what_each_prompt_draws_alone():
+    """Batches give each item its own seed as a list of generators, one per prompt (noise.randn)."""
+    import torch
+
+    from musicldm_core.noise import randn
+
+    both = randn((4, 8, 5, 3), [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], "cpu",
+                 torch.float32)
+    for rows, seed in ((both[:2], 1), (both[2:], 2)):
+        assert torch.equal(rows, randn((2, 8, 5, 3), torch.Generator().manual_seed(seed), "cpu", torch.float32))
+
+
+def test_a_per_call_sampler_leaves_the_pipeline_as_it_was(tiny_ckpt):
+    """pipe(..., sampler=NAME) equals a pipeline loaded with that scheduler; pipe.scheduler is untouched."""
+    import torch
+
+    from musicldm_core.pipeline import MusicLDMPipeline
+
+    pipe, lms = MusicLDMPipeline.from_pretrained(tiny_ckpt), MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler="lms")
+    kw = dict(audio_length_in_s=0.32, num_inference_steps=3)
+    a = pipe("rain", sampler="lms", generator=torch.Generator().manual_seed(0), **kw).audios
+    b = lms("rain", generator=torch.Generator().manual_seed(0), **kw).audios
+    c = pipe("rain", generator=torch.Generator().manual_seed(0), **kw).audios
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and pipe.scheduler.name == "ddim"

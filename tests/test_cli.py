@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicldm_core import cli
+from musicldm_core import cli, outputs
 
 
 def musicldm(*args, env=None, cwd=None):
@@ -147,7 +147,7 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sf, "write", broken_write)
     with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(No space left on device\)"):
-        cli.write_wavs([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+        outputs.write_wavs([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert target.read_bytes() == b"the previous song"  # untouched
     assert [p.name for p in tmp_path.iterdir()] == ["song-1.wav"]  # no temporary, no half set left behind
 
@@ -173,7 +173,7 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
     def load(source, **kw):
         seen["load"] = dict(kw, source=source)
         pipe = real(source, **kw)
-        call = pipe.__call__
+        generate = pipe.generate
 
         class Recording:  # the pipeline, its calls recorded
             def __getattr__(self, name):
@@ -182,9 +182,9 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
             def __setattr__(self, name, value):
                 setattr(pipe, name, value)
 
-            def __call__(self, prompt, **kw):
-                seen["call"] = dict(kw, prompt=prompt)
-                return call(prompt, **kw)
+            def generate(self, options):
+                seen["call"] = dict(vars(options))
+                return generate(options)
 
         return Recording()
 
@@ -193,11 +193,11 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
                      "3", "--guidance", "3.5", "--seed", "9", "--takes", "2", "--sampler", "heun", "--weights",
                      str(tiny_ckpt), "--device", "cpu", "--dtype", "bfloat16"]) == 0
     call, load_kw = seen["call"], seen["load"]
-    assert call["prompt"] == ["jazz"] and call["negative_prompt"] == ["noise"]
+    assert call["prompt"] == "jazz" and call["negative_prompt"] == "noise" and call["sampler"] == "heun"
     assert call["audio_length_in_s"] == 0.5 and call["num_inference_steps"] == 3 and call["guidance_scale"] == 3.5
     assert call["num_waveforms_per_prompt"] == 2
     assert call["generator"].initial_seed() == 9
-    assert load_kw["source"] == str(tiny_ckpt) and load_kw["scheduler"] == "heun"
+    assert load_kw["source"] == str(tiny_ckpt)
     assert str(load_kw["device"]) == "cpu" and load_kw["dtype"] == "bfloat16"
 
 
@@ -234,5 +234,5 @@ def test_a_failed_rename_names_its_file_and_undoes_the_set(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(Permission denied\)"):
-        cli.write_wavs([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+        outputs.write_wavs([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert list(tmp_path.iterdir()) == []

@@ -45,19 +45,21 @@ CLASS_NAMES = {
 }
 
 
-def check_sampler(name: str) -> str:
+def check_sampler(name: str, argument: str = "scheduler") -> str:
+    """A sampler name we have, else a ValueError naming `argument` (the API's or a command-line name)."""
     if name not in SAMPLERS:
-        raise ValueError(f"scheduler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise ValueError(f"{argument}: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return name
 
 
 class Scheduler:
     """A named sampler bound to the checkpoint's noise schedule: what the pipeline calls."""
 
-    def __init__(self, name: str, config: SchedulerConfig):
+    def __init__(self, name: str, config: SchedulerConfig, data: Optional[dict] = None):
         self.name = check_sampler(name)
         self.config = config
         self.schedule = NoiseSchedule(config)
+        self.data = data  # scheduler_config.json as read, to build another sampler from (`with_sampler`)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, name: Optional[str] = None) -> "Scheduler":
@@ -77,12 +79,19 @@ class Scheduler:
             if class_name not in CLASS_NAMES:
                 raise CheckpointError(f"{source}: _class_name={class_name!r} is not a supported scheduler "
                                       f"(musicldm_core supports {', '.join(CLASS_NAMES)})")
-            return cls(CLASS_NAMES[class_name], scheduler_config(class_name, data, source))
+            return cls(CLASS_NAMES[class_name], scheduler_config(class_name, data, source), data)
         check_sampler(name)
-        if name == "pndm" and "skip_prk_steps" not in data:
-            data = {**data, "skip_prk_steps": True}
+        read = {**data, "skip_prk_steps": True} if name == "pndm" and "skip_prk_steps" not in data else data
         class_name = {v: k for k, v in CLASS_NAMES.items()}[name]
-        return cls(name, scheduler_config(class_name, data, source))
+        return cls(name, scheduler_config(class_name, read, source), data)
+
+    def with_sampler(self, name: Optional[str]) -> "Scheduler":
+        """Sampler `name` on the same checkpoint config (None: this one), as from_pretrained(folder, name) builds it."""
+        if name is None:
+            return self
+        if self.data is None:
+            raise ValueError(f"sampler {name!r}: this scheduler was built without its config; set pipe.scheduler")
+        return Scheduler.from_config(self.data, name)
 
     def plan(self, steps: int) -> Plan:
         """What `steps` steps will do; raises, before any model runs, if this sampler cannot take them."""

@@ -1,0 +1,58 @@
+"""Step 2 of the procedure: the guided noise predictor eps(x_t, t | c).
+
+Classifier-free guidance (Ho & Salimans 2022): the UNet predicts the noise twice, with the prompt's
+CLAP vector and with the negative prompt's (an empty prompt by default), and the prediction is pushed
+away from the second: eps = eps_uncond + g * (eps_cond - eps_uncond). MusicLDM's UNet takes the text
+vector as a class embedding, concatenated to the time embedding; no text sequence is attended to.
+
+Past the trained length the predictor runs on overlapping windows of the latent, blended
+(longform.py), so the sampler sees one prediction for the whole latent.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .longform import windowed
+from .unet import UNet
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def guided_eps(unet: UNet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+               scale: Optional[float]) -> torch.Tensor:
+    """A denoising step's whole model evaluation, as one function: what `pipe.compile()` compiles (on a
+    GPU, captures as one CUDA graph).
+
+    x: (k*B, 8, T', F'), k windows of the B latents stacked along the batch; t: () timestep;
+    cond: (B, 512) text vectors, or with guidance (2B, 512) = [negative; positive];
+    scale: the guidance scale g, or None without guidance. With guidance both halves run as one
+    batched UNet call. Returns (k*B, 8, T', F').
+    """
+    if scale is None:
+        return unet(x, t, cond.repeat(x.shape[0] // cond.shape[0], 1))
+    uncond, positive = cond.chunk(2)
+    k = x.shape[0] // uncond.shape[0]
+    eps_uncond, eps_cond = unet(torch.cat([x, x]), t, torch.cat([uncond.repeat(k, 1), positive.repeat(k, 1)])
+                                ).chunk(2)
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def noise_predictor(eps: Callable, unet: UNet, cond: torch.Tensor, scale: Optional[float], *,
+                    window: Optional[Tuple[int, int]] = None, loop: bool = False,
+                    progress: Optional[Callable[[int], None]] = None) -> Denoiser:
+    """(x_t, t) -> eps for the sampler. eps: guided_eps or its compiled stage; window: (window, overlap)
+    in latent frames for the windowed path (two windows per UNet call; circular for a loop);
+    progress(n): after each UNet call, with the n latents' windows it evaluated."""
+    rows = cond.shape[0] // (1 if scale is None else 2)
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if progress is not None:
+            progress(x.shape[0] // rows)
+        return eps(unet, x, t, cond, scale)
+
+    if window is None:
+        return predict
+    return lambda x, t: windowed(lambda w: predict(w, t), x, 2, *window, circular=loop, batch=2)

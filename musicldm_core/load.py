@@ -1,0 +1,50 @@
+"""`MusicLDMPipeline.from_pretrained`'s body: a diffusers-layout checkpoint (folder or Hub id) to components.
+
+The folder is resolved first (hub.py: a local folder, or the Hub's safetensors files only), then each
+component is read with its strict loader. The precision policy (placement.component_dtype) decides
+each component's dtype: the pipeline's, but the vocoder's always float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .audio_frontend import LogMel
+from .clap import Clap
+from .clap_config import FeatureExtractorConfig
+from .hub import DEFAULT_REPO, resolve
+from .placement import component_dtype, parse_device, parse_dtype
+from .samplers import Scheduler, check_sampler
+from .tokenizer import ClapTokenizer
+from .unet import UNet
+from .vae import AutoencoderKL
+from .vocoder import HifiGan
+
+
+def load_components(source: Union[str, Path] = DEFAULT_REPO, *, revision: Optional[str] = None,
+                    device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype, None] = None,
+                    torch_dtype: Union[str, torch.dtype, None] = None,
+                    scheduler: Optional[str] = None) -> Dict[str, Any]:
+    """The pipeline's components by name (see MusicLDMPipeline.from_pretrained for the arguments).
+    Arguments are checked before anything is downloaded or read."""
+    if dtype is not None and torch_dtype is not None and parse_dtype(dtype) != parse_dtype(torch_dtype):
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; give one")
+    dtype = parse_dtype(dtype if dtype is not None else torch_dtype if torch_dtype is not None else torch.float32)
+    device = parse_device(device)
+    if scheduler is not None:
+        check_sampler(scheduler, "scheduler")
+    folder = resolve(source, revision)
+    kw = dict(device=device, dtype=dtype)
+    return dict(
+        tokenizer=ClapTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=Clap.from_pretrained(folder / "text_encoder", **kw),
+        unet=UNet.from_pretrained(folder / "unet", **kw),
+        vae=AutoencoderKL.from_pretrained(folder / "vae", **kw),
+        vocoder=HifiGan.from_pretrained(folder / "vocoder", device=device, dtype=component_dtype("vocoder", dtype)),
+        scheduler=Scheduler.from_pretrained(folder / "scheduler", scheduler),
+        feature_extractor=LogMel(FeatureExtractorConfig.from_json(
+            folder / "feature_extractor" / "preprocessor_config.json")),
+    )

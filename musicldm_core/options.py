@@ -1,0 +1,325 @@
+"""What one generation is asked to do: `Options`, one frozen object, and its checks.
+
+`MusicLDMPipeline.__call__` packs its arguments (diffusers' names and defaults) into an Options and
+hands it to `generate`; the command line and batch mode build one directly. Variants are made with
+`dataclasses.replace`. The checks come in three layers, each run as early as it can be:
+
+* `Options.check()` needs no model and reads no file: types, ranges, the arguments' consistency.
+* `read_input()` reads the input audio of audio-to-audio, once, and checks what needs its length.
+* `plan()` adds what only the checkpoint can tell: the default length, the frames a length rounds
+  to, the sampler's step counts, embedding widths, the latent shape. It takes the checkpoint's
+  `Geometry` and sampler, never the pipeline.
+
+Every message names the argument (or, through `names`, the command-line flag or batch field that
+gave it), its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from .audio_frontend import CROPS, load_audio
+from .geometry import Geometry
+from .longform import window_starts
+from .samplers import Plan, Scheduler, check_sampler
+
+OUTPUT_TYPES = ("np", "pt", "latent")
+WINDOWS = ("auto", "whole", "windowed")
+AUDIO_RATE = 16000  # MusicLDM's audio rate: an input is resampled to it
+Generator = Union[torch.Generator, List[torch.Generator], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    """The arguments of `MusicLDMPipeline.__call__`: diffusers' first, with its defaults, then ours."""
+
+    prompt: Union[str, List[str], None] = None  # what the music should sound like; a list: one row each
+    audio_length_in_s: Optional[float] = None  # seconds; None: the UNet's trained length (10.24 s)
+    num_inference_steps: int = 200  # sampler steps
+    guidance_scale: float = 2.0  # classifier-free guidance g; it runs only above 1
+    negative_prompt: Union[str, List[str], None] = None  # what to steer away from ("" when not given)
+    num_waveforms_per_prompt: int = 1  # takes per prompt; several are ranked by CLAP, best first
+    eta: float = 0.0  # DDIM's share of fresh noise per step, 0 (deterministic) to 1
+    generator: Generator = None  # one, one per take (as diffusers), or one per prompt (each draws its takes)
+    latents: Optional[torch.Tensor] = None  # the initial noise (takes, 8, frames/4, 16), instead of drawing it
+    prompt_embeds: Optional[torch.Tensor] = None  # (prompts, 512) CLAP text vectors instead of prompt
+    negative_prompt_embeds: Optional[torch.Tensor] = None  # the same for the negative prompt
+    return_dict: bool = True  # an AudioPipelineOutput, else a tuple (audios,)
+    callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None  # (step, t, latents)
+    callback_steps: int = 1  # call it every this many steps
+    cross_attention_kwargs: Optional[Dict[str, Any]] = None  # only {"scale": s}: a LoRA weight, no effect
+    output_type: str = "np"  # "np" or "pt" waveforms, or "latent" (the denoised latents, unscaled)
+    # beyond the reference
+    rank_within_prompt: bool = False  # rank each prompt's own takes (the reference ranks against all)
+    crop: str = "random"  # ranking's crop of takes over 10 s: "random" (numpy's global RNG), "start", "center"
+    progress: Optional[Callable[[int, int], None]] = None  # (evaluations done now, total) after each UNet call
+    sampler: Optional[str] = None  # this call's sampler by name; None: the pipeline's scheduler
+    loop: bool = False  # a seamless loop: circular windows at every stage, length in whole 40 ms frames
+    window: str = "auto"  # "auto": whole latent up to the trained length, windows beyond; "whole"; "windowed"
+    audio: Any = None  # audio-to-audio input: a file path, or an array (samples,) / (channels, samples)
+    audio_sampling_rate: Optional[int] = None  # the rate of an array `audio`
+    strength: Optional[float] = None  # SDEdit: 0 (the input's round trip) to 1 (only its length kept)
+    inpaint: Optional[Tuple[float, float]] = None  # (start, end) seconds of the input to regenerate
+    extend: Optional[float] = None  # seconds to continue the input by
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs only above 1, as in the reference (at 1 it would change nothing)."""
+        return self.guidance_scale > 1.0
+
+    def negative_prompts(self, n: int) -> List[str]:
+        """The negative prompt for each of `n` prompts ("" where none is given)."""
+        negative = self.negative_prompt
+        return [""] * n if negative is None else [negative] * n if isinstance(negative, str) else list(negative)
+
+    def check(self, names: Mapping[str, str] = {}) -> int:
+        """Every check that needs no model and reads no file; returns the number of prompts.
+        names: argument -> the name to use in messages (a command-line flag, a batch field)."""
+        n = lambda argument: names.get(argument, argument)  # noqa: E731
+        if self.audio_length_in_s is not None:
+            check_number(n("audio_length_in_s"), self.audio_length_in_s, minimum=0, strict=True)
+        check_int(n("num_inference_steps"), self.num_inference_steps, minimum=1)
+        check_number(n("guidance_scale"), self.guidance_scale, minimum=0)
+        check_int(n("num_waveforms_per_prompt"), self.num_waveforms_per_prompt, minimum=1)
+        check_number("eta", self.eta, minimum=0, maximum=1)  # DDIM's variance goes negative past 1: NaN audio
+        check_int("callback_steps", self.callback_steps, minimum=1)
+        for name in ("callback", "progress"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(f"{name} must be a function or None, got {type(getattr(self, name)).__name__}")
+        for name, value, allowed in (("return_dict", self.return_dict, (True, False)),
+                                     ("output_type", self.output_type, OUTPUT_TYPES), ("crop", self.crop, CROPS),
+                                     (n("window"), self.window, WINDOWS), (n("loop"), self.loop, (True, False))):
+            if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+                words = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+                raise ValueError(f"{name} must be {words}, got {value!r}")
+        if self.sampler is not None:
+            check_sampler(self.sampler, n("sampler"))
+        check_attention_kwargs(self.cross_attention_kwargs)
+        prompts = check_prompts(self, n)
+        check_noise(self, prompts)
+        check_edit(self, n)
+        return prompts
+
+
+class Run(NamedTuple):
+    """Options made concrete for one checkpoint: what `generate` carries out."""
+
+    takes: int  # rows generated: prompts x num_waveforms_per_prompt
+    seconds: float  # the audio length returned
+    frames: int  # mel frames generated (the length rounded up to whole latent frames)
+    sampling: Plan  # the sampler's timesteps and sigmas
+    windowed: bool  # denoise, decode and vocode in windows of the trained length (longform.py)
+    windows: int  # UNet windows per step (1 on the whole-latent path)
+    wave: Optional[torch.Tensor] = None  # audio-to-audio: the input, 16 kHz mono
+    input_frames: int = 0  # audio-to-audio: mel frames of the input (the rest is extension)
+
+
+def read_input(o: Options, names: Mapping[str, str] = {}) -> Optional[torch.Tensor]:
+    """The input audio of audio-to-audio as (samples,) 16 kHz mono, read once; None without one.
+    An inpaint span is checked against its length here."""
+    if o.audio is None:
+        return None
+    n = lambda argument: names.get(argument, argument)  # noqa: E731
+    wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, n("audio"))
+    seconds = len(wave) / AUDIO_RATE
+    span = o.inpaint
+    if span is not None and not 0 <= span[0] < span[1] <= seconds:
+        raise ValueError(f"{n('inpaint')} must be a span (start, end) in seconds with 0 <= start < end <= "
+                         f"{seconds:.2f} (the input's length), got {span!r}")
+    return wave
+
+
+def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wave: Optional[torch.Tensor],
+         embed_width: Optional[int], names: Mapping[str, str] = {}) -> Run:
+    """What needs the checkpoint, for checked options of `prompts` prompts and their input `wave`: the
+    checkpoint's geometry, its sampler, the CLAP width its UNet takes (None: any)."""
+    takes = prompts * o.num_waveforms_per_prompt
+    g, seconds, input_frames = geometry, o.audio_length_in_s, 0
+    if seconds is None:
+        seconds = g.default_seconds()
+    if seconds < g.min_seconds:
+        raise ValueError(f"{names.get('audio_length_in_s', 'audio_length_in_s')} must be at least {g.min_seconds} s "
+                         f"(one latent frame), got {seconds}")
+    if g.mel_bins % g.vae_factor:
+        raise ValueError(f"the vocoder's {g.mel_bins} mel bins are not divisible by the VAE scale factor "
+                         f"{g.vae_factor}")
+    if wave is not None:  # the input sets the length
+        input_frames = g.input_frames(len(wave))
+        seconds = len(wave) / AUDIO_RATE + (o.extend or 0.0)
+        if g.sampling_rate != AUDIO_RATE:
+            raise ValueError(f"audio-to-audio reads its input at MusicLDM's {AUDIO_RATE} Hz; this checkpoint's "
+                             f"vocoder is at {g.sampling_rate} Hz")
+        if scheduler.name == "pndm":
+            raise ValueError("audio-to-audio starts part way down the schedule, which PNDM's warm-up cannot; "
+                             "use another sampler (ddim, the default, or lms, euler, heun, dpmsolver++)")
+    frames = g.frames(seconds)
+    if o.loop:  # a loop is a whole number of latent frames: no trim may cut its seam
+        seconds = frames * g.hop_seconds
+    trained = g.trained_frames or frames
+    windowed = o.loop or o.window == "windowed" or (o.window == "auto" and frames > trained)
+    sampling = scheduler.plan(o.num_inference_steps)  # a step count this sampler's spacing can take
+    for name in ("prompt_embeds", "negative_prompt_embeds"):
+        embeds = getattr(o, name)
+        if embeds is not None and embed_width is not None and embeds.shape[1] != embed_width:
+            raise ValueError(f"{name} must be a (batch, {embed_width}) tensor, got {tuple(embeds.shape)}")
+    shape = g.latent_shape(takes, frames)
+    if o.latents is not None and tuple(o.latents.shape) != shape:
+        raise ValueError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
+                         f"of {seconds} s")
+    window, overlap = g.window("unet")
+    windows = len(window_starts(shape[2], window, window - overlap, o.loop)) if windowed else 1
+    return Run(takes, float(seconds), frames, sampling, windowed, windows, wave, input_frames)
+
+
+# --------------------------------------------------------------------------------------------
+# The model-free checks, one per kind of argument
+# --------------------------------------------------------------------------------------------
+
+
+def check_number(name: str, value, *, minimum: float, strict: bool = False, maximum: Optional[float] = None) -> float:
+    """A finite real number >= minimum (> minimum when strict, <= maximum if given), else a ValueError naming it."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not ok or value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
+        bound = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value, *, minimum: int, maximum: Optional[int] = None) -> int:
+    """An integer in [minimum, maximum], else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_text(name: str, text: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (bytes that were not UTF-8, e.g. an argument typed
+    in a shell with another locale) is refused rather than silently replaced."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode at character {e.start} ({text[e.start:e.end]!r}): "
+                         "was it typed in a non-UTF-8 locale? Re-encode it as UTF-8") from None
+
+
+def check_prompt(prompt, name: str = "prompt") -> int:
+    """A non-empty string or non-empty list of them, each valid Unicode with some text; returns how many."""
+    if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and (
+            not prompt or not all(isinstance(p, str) for p in prompt))):
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    for i, p in enumerate(texts):
+        item = name if isinstance(prompt, str) else f"{name}[{i}]"
+        if not p.strip():
+            raise ValueError(f"{item} is empty or only whitespace")
+        check_text(item, p)
+    return len(texts)
+
+
+def check_embeds(name: str, embeds) -> int:
+    """A (rows >= 1, width) floating-point tensor of finite values; returns the rows."""
+    if not torch.is_tensor(embeds) or embeds.dim() != 2:
+        shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
+        raise ValueError(f"{name} must be a (batch, width) tensor, got {shape}")
+    if embeds.shape[0] == 0:
+        raise ValueError(f"{name} has no rows: give at least one embedding")
+    if not embeds.is_floating_point() or not torch.isfinite(embeds).all():
+        raise ValueError(f"{name} must hold finite floating-point values")
+    return embeds.shape[0]
+
+
+def check_attention_kwargs(kwargs) -> None:
+    """diffusers reads only "scale", and only to weight LoRA layers; with no LoRA it changes nothing."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"cross_attention_kwargs must be a dict or None, got {kwargs!r}")
+    unknown = set(kwargs) - {"scale"}
+    if unknown:
+        raise ValueError(f"cross_attention_kwargs: unsupported key(s) {sorted(unknown)}; only 'scale' "
+                         "(a LoRA weight, which has no effect without LoRA layers) is accepted")
+
+
+def check_prompts(o: Options, n: Callable[[str], str]) -> int:
+    """prompt or prompt_embeds, and the negative prompt or its embeddings to match; returns the prompts."""
+    prompt, negative, embeds, negative_embeds = o.prompt, o.negative_prompt, o.prompt_embeds, o.negative_prompt_embeds
+    if prompt is not None and embeds is not None:
+        raise ValueError("give either prompt or prompt_embeds, not both")
+    if prompt is None and embeds is None:
+        raise ValueError("give prompt (a string or a list of strings) or prompt_embeds")
+    prompts = check_prompt(prompt) if prompt is not None else check_embeds("prompt_embeds", embeds)
+    if negative is not None and negative_embeds is not None:
+        raise ValueError("give either negative_prompt or negative_prompt_embeds, not both")
+    if negative is not None:
+        name = n("negative_prompt")
+        if prompt is not None and type(prompt) is not type(negative):
+            raise TypeError(f"{name} must have the same type as prompt ({type(prompt).__name__}), "
+                            f"got {type(negative).__name__}")
+        if not isinstance(negative, (str, list)) or not all(isinstance(p, str) for p in negative):
+            raise ValueError(f"{name} must be a string or a list of strings, got {type(negative).__name__}")
+        if isinstance(negative, list) and len(negative) != prompts:
+            raise ValueError(f"{name} has {len(negative)} entries but prompt has {prompts}")
+        for i, p in enumerate([negative] if isinstance(negative, str) else negative):
+            check_text(name if isinstance(negative, str) else f"{name}[{i}]", p)
+    if negative_embeds is not None:
+        check_embeds("negative_prompt_embeds", negative_embeds)
+        if embeds is not None and embeds.shape != negative_embeds.shape:
+            raise ValueError(f"prompt_embeds {tuple(embeds.shape)} and negative_prompt_embeds "
+                             f"{tuple(negative_embeds.shape)} must have the same shape")
+        if negative_embeds.shape[0] != prompts:
+            raise ValueError(f"negative_prompt_embeds has {negative_embeds.shape[0]} rows but there are "
+                             f"{prompts} prompts")
+    return prompts
+
+
+def check_noise(o: Options, prompts: int) -> None:
+    """generator: one, or a list of one per take or one per prompt; latents: finite floats."""
+    generator, latents, takes = o.generator, o.latents, prompts * o.num_waveforms_per_prompt
+    if isinstance(generator, list):
+        if not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError("generator must be a torch.Generator or a list of them")
+        if len(generator) not in (1, prompts, takes):
+            raise ValueError(f"generator: a list of {len(generator)} generators for {takes} takes "
+                             f"({prompts} prompts x {o.num_waveforms_per_prompt}); give one, one per prompt "
+                             "or one per take")
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+    if latents is not None:
+        if not torch.is_tensor(latents):
+            raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+        if not latents.is_floating_point():
+            raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contains NaN or infinite values")
+
+
+def check_edit(o: Options, n: Callable[[str], str]) -> None:
+    """Long form, loops and audio-to-audio: the values and how they combine (the input is read later)."""
+    if o.loop and o.window == "whole":
+        raise ValueError(f"{n('loop')} needs the windowed path (circular windows); not window='whole'")
+    edits = [name for name in ("strength", "inpaint", "extend") if getattr(o, name) is not None]
+    if o.audio is None:
+        if edits:
+            raise ValueError(f"{n(edits[0])} needs an input: give {n('audio')}")
+        return
+    if len(edits) > 1:
+        raise ValueError(f"give one of {n('strength')}, {n('inpaint')} or {n('extend')}, not several")
+    if o.loop or o.audio_length_in_s is not None:
+        other = n("loop") if o.loop else n("audio_length_in_s")
+        raise ValueError(f"{other} cannot be used with {n('audio')}: the input sets the length")
+    if o.strength is not None:
+        check_number(n("strength"), o.strength, minimum=0, maximum=1)
+    if o.extend is not None:
+        check_number(n("extend"), o.extend, minimum=0, strict=True)
+    span = o.inpaint
+    if span is not None and not (isinstance(span, (tuple, list)) and len(span) == 2 and all(
+            not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) for v in span)):
+        raise ValueError(f"{n('inpaint')} must be a span (start, end) in seconds, got {span!r}")

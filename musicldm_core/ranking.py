@@ -1,0 +1,40 @@
+"""Several takes of a prompt, best first: CLAP's text-audio similarity, as diffusers' pipeline ranks them.
+
+The takes are resampled from the vocoder's 16 kHz to CLAP's 48 kHz, turned into CLAP's log-mel
+(audio_frontend.LogMel, with its crop of takes longer than 10 s), embedded by the HTSAT audio tower
+and scored against the prompts' text vectors (`logits_per_text`); each prompt keeps its `takes`
+best-scored rows.
+
+The reference scores every prompt against ALL takes of the batch, so with several prompts a prompt
+can get another prompt's take back; `within_prompt` scores each prompt's own takes only (one prompt
+at a time, so its ranking does not depend on the other prompts).
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .audio_frontend import LogMel, resample
+from .clap import Clap
+from .tokenizer import ClapTokenizer
+
+
+def rank(texts: List[str], audio: torch.Tensor, takes: int, *, tokenizer: ClapTokenizer, clap: Clap,
+         logmel: LogMel, sampling_rate: int, dtype: torch.dtype, within_prompt: bool = False,
+         crop: str = "random") -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N, samples) takes at `sampling_rate`, `takes` per prompt in order -> the same takes best first
+    (N, samples) and each one's score (N,). `clap` is on the device it runs on; `dtype` the pipeline's."""
+    if within_prompt and len(texts) > 1:
+        ranked = [rank([text], audio[i * takes:(i + 1) * takes], takes, tokenizer=tokenizer, clap=clap,
+                       logmel=logmel, sampling_rate=sampling_rate, dtype=dtype, crop=crop)
+                  for i, text in enumerate(texts)]
+        return torch.cat([a for a, _ in ranked]), torch.cat([s for _, s in ranked])
+    ids, mask = tokenizer(texts, pad_to_max_length=False)
+    waves = resample(audio, sampling_rate, logmel.config.sampling_rate)
+    mel = logmel(list(waves.numpy()), crop=crop)  # (N, 1, frames, bins)
+    device = clap.logit_scale_text.device
+    logits = clap.logits_per_text(ids.to(device), mask.to(device), mel.to(device, dtype)).float().cpu()  # (P, N)
+    order = torch.argsort(logits, dim=1, descending=True)[:, :takes]
+    return torch.index_select(audio, 0, order.reshape(-1)), logits.gather(1, order).reshape(-1)
