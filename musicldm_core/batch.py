@@ -36,7 +36,7 @@ import torch
 
 from .options import Options
 from .outputs import (MANIFEST, PARTS, append_record, check_outputs, is_done, merge_manifest, read_records,
-                      remove_temporaries, write_wavs)
+                      file_line, remove_temporaries, write_audio)
 from .placement import default_device, parse_device
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -189,7 +189,7 @@ def generate(pipe, items: List[Item], template: Options = Options()) -> Tuple[Li
     """One call for items of one group: (each item's waveforms (takes, samples) best first, its scores).
 
     The command line runs a single prompt through here too, so a batch and a single run are the same
-    computation."""
+    computation. template: the options the items do not set (long form, audio-to-audio, progress)."""
     out = pipe.generate(item_options(items, template))
     takes = items[0].takes
     audios = [out.audios[i * takes:(i + 1) * takes] for i in range(len(items))]
@@ -269,10 +269,9 @@ def run(args, defaults: Dict[str, object]) -> int:
 
 def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks) -> int:
     """This rank's items: load the model on its device, check them against it, generate them batch by
-    batch, each item's files and manifest record written as soon as it is done."""
-    from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
-
+    batch, each item's files and manifest record written as soon as it is done (and a line said)."""
     from .pipeline import MusicLDMPipeline
+    from .progress import StageProgress
 
     device = args.device or default_device()
     device = parse_device(f"cuda:{ranks.local_rank}" if device == "cuda" and ranks.world > 1 else device)
@@ -287,21 +286,20 @@ def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks) -> int:
         pipe.compile()
     items = checked_against(pipe, items, args.skip_bad)
     manifest = out_dir / MANIFEST if ranks.world == 1 else out_dir / PARTS / f"rank-{ranks.rank:05d}.jsonl"
-    generated, start = 0, time.monotonic()
-    desc = f"items (rank {ranks.rank}/{ranks.world})" if ranks.world > 1 else "items"
-    with tqdm(total=len(items), desc=desc, unit="item") as bar:
-        for batch in batches(items, batch_size):
-            began = time.monotonic()
-            audios, scores = generate(pipe, batch)
-            took = (time.monotonic() - began) / len(batch)
-            for item, audio, score in zip(batch, audios, scores):
-                paths = item.files(out_dir)
-                write_wavs(paths, audio, pipe.sampling_rate, flag="--out-dir")
-                record = {**asdict(item), "sampler": item.sampler or pipe.scheduler.name,
-                          "files": [p.name for p in paths], "duration": audio.shape[-1] / pipe.sampling_rate,
-                          "scores": score, "time": round(took, 3)}
-                append_record(manifest, record)
-            generated += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix_str(f"{generated / (time.monotonic() - start) * 60:.1f} items/min")
+    generated, rank = 0, f"rank {ranks.rank}/{ranks.world}: " if ranks.world > 1 else ""
+    for batch in batches(items, batch_size):
+        began, progress = time.monotonic(), StageProgress(f"{rank}{', '.join(item.id for item in batch)}: ")
+        audios, scores = generate(pipe, batch, Options(progress=progress))
+        progress.close()
+        took = (time.monotonic() - began) / len(batch)
+        for item, audio, score in zip(batch, audios, scores):
+            paths, sampler = item.files(out_dir), item.sampler or pipe.scheduler.name
+            duration = audio.shape[-1] / pipe.sampling_rate
+            write_audio(paths, audio, pipe.sampling_rate, flag="--out-dir")
+            record = {**asdict(item), "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
+                      "scores": score, "time": round(took, 3)}
+            append_record(manifest, record)
+            for path in paths:
+                print(file_line(path, duration, item.seed, sampler, item.steps, item.guidance), flush=True)
+        generated += len(batch)
     return generated

@@ -1,21 +1,25 @@
-"""`musicldm "techno with a fast beat" -o techno.wav`: text to a 16 kHz WAV file; with
+"""`musicldm "techno with a fast beat" -o techno.wav`: text to music (WAV, FLAC or OGG); with
 `--prompts FILE --out-dir DIR`, a whole prompt file (batch.py), also under torchrun.
 
 Errors print as one line and exit non-zero (with --debug: the traceback); everything that can be
 checked without the model (arguments, every output path) is checked before loading it. Files are
 written to temporary names in the target folder and renamed, all takes or none, so a failure never
-leaves a partial file or a partial set.
+leaves a partial file or a partial set. Every file carries the command that remakes it (its comment
+tag), and `musicldm --from FILE` runs that command again. --help and --version import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .hub import DEFAULT_REPO
+from .outputs import RATES
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
 FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
@@ -38,8 +42,16 @@ def parse_span(text: Optional[str]) -> Optional[tuple]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musicldm", description="Generate music from text with MusicLDM.")
     p.add_argument("prompt", nargs="?", default=None, help="what the music should sound like")
-    p.add_argument("-o", "--output", default="music.wav", help="WAV file to write (default: music.wav); "
-                   "with --takes N > 1: NAME-1.wav ... NAME-N.wav, best first")
+    p.add_argument("-o", "--output", default=None, help="the file to write, its extension the format: .wav "
+                   "(float32), .flac (24-bit) or .ogg (default: music.wav; with --from: FILE-remade); with --takes "
+                   "N > 1: NAME-1.wav ... NAME-N.wav, best first")
+    p.add_argument("--version", action="store_true", help="print the versions of musicldm_core, torch and Python")
+    p.add_argument("--from", dest="source", default=None, metavar="FILE",
+                   help="remake FILE: run again the command its comment tag records (bit for bit on the same "
+                   "machine and device); -o names the new file")
+    p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                   help=f"resample the 16 kHz output to HZ ({RATES[0]} to {RATES[1]}), e.g. 44100 or 48000")
+    p.add_argument("--take", type=int, default=None, help=argparse.SUPPRESS)  # write only take K (--from)
     p.add_argument("--negative", default=None, help="what the music should not sound like")
     p.add_argument("--seconds", type=float, default=None, help="length in seconds (default: 10.24)")
     p.add_argument("--steps", type=int, default=200, help="denoising steps (default: 200)")
@@ -89,6 +101,51 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.sample_rate is not None and not RATES[0] <= args.sample_rate <= RATES[1]:
+        raise ValueError(f"--sample-rate must be between {RATES[0]} and {RATES[1]} Hz, got {args.sample_rate}")
+    if args.take is not None and not 1 <= args.take <= args.takes:
+        raise ValueError(f"--take must be between 1 and --takes ({args.takes}), got {args.take}")
+
+
+def remake_args(args: argparse.Namespace) -> argparse.Namespace:
+    """--from FILE: the command FILE's comment tag records, writing to -o (default FILE-remade.EXT)."""
+    import soundfile as sf
+
+    extra = [flag for flag, value in vars(args).items() if flag not in ("source", "output", "debug")
+             and value != build_parser().get_default(flag)]
+    if extra:
+        raise ValueError(f"--from takes only -o and --debug beside it (the file holds the rest), got --{extra[0]}")
+    if not Path(args.source).is_file():
+        raise ValueError(f"--from: no such file {args.source!r}")
+    try:
+        with sf.SoundFile(args.source) as f:
+            command = f.comment or ""
+    except Exception as e:  # soundfile raises its own LibsndfileError, or RuntimeError / OSError
+        raise ValueError(f"--from: cannot read {args.source!r} ({str(e).splitlines()[0]})") from None
+    words = shlex.split(command) if command.startswith("musicldm ") else []
+    if not words:
+        raise ValueError(f"--from: {args.source!r} records no musicldm command (no comment tag starting 'musicldm ')")
+    remade = build_parser().parse_args(words[1:])
+    source = Path(args.source)
+    remade.output = args.output or str(source.with_name(f"{source.stem}-remade{source.suffix}"))
+    remade.recipe, remade.debug = command, args.debug  # the remade file carries the same tag: the same bytes
+    return remade
+
+
+def recipe(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str, threads: int, take: int) -> str:
+    """The command that remakes take `take` of this run, for the files' comment tags."""
+    words = ["musicldm", args.prompt, "-o", Path(args.output).name, "--seed", str(seed), "--steps", str(args.steps),
+             "--guidance", repr(args.guidance), "--sampler", sampler, "--weights", str(args.weights),
+             "--device", str(device), "--dtype", dtype]
+    words += ["--threads", str(threads)] if device.type == "cpu" else []
+    for flag, value in (("--negative", args.negative), ("--seconds", args.seconds), ("--revision", args.revision),
+                        ("--input", args.input and os.path.abspath(args.input)), ("--strength", args.strength),
+                        ("--inpaint", args.inpaint), ("--extend", args.extend), ("--sample-rate", args.sample_rate)):
+        words += [flag, value if isinstance(value, str) else repr(value)] if value is not None else []
+    words += ["--loop"] * args.loop + ["--compile"] * args.compile + (
+        ["--window", args.window] if args.window != "auto" else [])
+    words += ["--takes", str(args.takes), "--take", str(take)] if args.takes > 1 else []
+    return shlex.join(words)
 
 
 def edit_options(args: argparse.Namespace) -> dict:
@@ -103,18 +160,20 @@ def edit_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def run(args: argparse.Namespace) -> List[Path]:
-    """One prompt: the same computation as one item of a batch (batch.generate)."""
+def run(args: argparse.Namespace) -> List[str]:
+    """One prompt: the same computation as one item of a batch (batch.generate). Returns a line per file."""
     import random
     from dataclasses import replace
 
     import torch
 
+    from .audio_frontend import resample
     from .batch import Item, generate, item_options
     from .options import AUDIO_RATE, Options, read_input
-    from .outputs import check_outputs, output_paths, write_wavs
+    from .outputs import check_outputs, file_line, output_paths, write_audio
     from .pipeline import MusicLDMPipeline
     from .placement import default_device, parse_device
+    from .progress import StageProgress
 
     # Everything that can be checked without the checkpoint (the input audio included) is checked before loading it.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
@@ -126,7 +185,7 @@ def run(args: argparse.Namespace) -> List[Path]:
     wave = read_input(options, FLAGS)
     if wave is not None:  # the input as read and resampled once: not read a second time
         template = replace(template, audio=wave, audio_sampling_rate=AUDIO_RATE)
-    paths = output_paths(args.output, args.takes)
+    paths = output_paths(args.output, 1 if args.take else args.takes)
     check_outputs(paths)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,26 +195,48 @@ def run(args: argparse.Namespace) -> List[Path]:
     pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
-
-    from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
-
-    with tqdm(total=None, desc="denoising", unit="eval") as bar:  # UNet evaluations, window by window
-
-        def progress(n: int, total: int) -> None:
-            bar.total = total
-            bar.update(n)
-
-        audios, _ = generate(pipe, [item], replace(template, progress=progress))
-    write_wavs(paths, audios[0], pipe.sampling_rate)
+    progress = StageProgress()
+    audios, _ = generate(pipe, [item], replace(template, progress=progress))
+    progress.close()
+    audio, rate = audios[0][args.take - 1:args.take] if args.take else audios[0], pipe.sampling_rate
+    if args.sample_rate is not None and args.sample_rate != rate:
+        audio = resample(torch.from_numpy(audio).double(), rate, args.sample_rate).float().numpy()
+        rate = args.sample_rate
+    sampler = args.sampler or pipe.scheduler.name
+    tags = [getattr(args, "recipe", None) or recipe(args, seed, sampler, device, dtype, torch.get_num_threads(), k)
+            for k in ([args.take] if args.take else range(1, args.takes + 1))]
+    write_audio(paths, audio, rate, comments=tags)
     if args.compile:
         print("musicldm: compiled " + ", ".join(f"{k} in {v:.1f} s" for k, v in pipe.compile_seconds().items()),
               file=sys.stderr)
-    return paths
+    return [file_line(path, audio.shape[-1] / rate, seed, sampler, args.steps, args.guidance) for path in paths]
+
+
+def print_version() -> None:
+    """Versions without importing torch (read from the installed packages' metadata)."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    from . import __version__
+
+    print(f"musicldm_core {__version__}, torch {version('torch')}, Python {platform.python_version()}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.version:
+        print_version()
+        return 0
     try:
+        if args.source is not None:
+            args = remake_args(args)
+        args.output = args.output or "music.wav"
         check_args(args)
         if args.prompts is not None:
             from .batch import run as run_batch
@@ -164,8 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler}
             run_batch(args, defaults)
         else:
-            for path in run(args):
-                print(path)
+            for line in run(args):
+                print(line)
         # done: a Ctrl-C from here on (during shutdown) must not print a traceback over a finished run
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ def encode_input(wave: torch.Tensor, run: Run, geometry: Geometry, vae) -> torch
     mel = log_mel(wave, hop=hop, n_mels=geometry.mel_bins, sr=geometry.sampling_rate)[:, None, :frames]
     weight = next(vae.parameters())
     mel = mel.to(weight.device, weight.dtype)
-    window, overlap = geometry.window("vae")
+    window, overlap = geometry.window("encoding")
     z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f)
     return F.pad(z * vae.config.scaling_factor, (0, 0, 0, run.frames // f - z.shape[2]))
 
@@ -55,7 +55,7 @@ class AudioEdit:
             frame_s, f = geometry.frame_seconds, geometry.vae_factor  # one latent frame: 40 ms
             start, end = options.inpaint or (run.input_frames // f * frame_s, z_in.shape[2] * frame_s)
             self.span = (start / frame_s, end / frame_s)  # in latent frames
-            self.mask = regenerate_mask(z_in.shape[2], *self.span, geometry.window("vae")[1], z_in.device)
+            self.mask = regenerate_mask(z_in.shape[2], *self.span, geometry.window("decoding")[1], z_in.device)
 
     def sampling(self, noise: torch.Tensor) -> Tuple[Optional[Plan], torch.Tensor, Optional[Callable]]:
         """(plan, init, constrain) for Scheduler.sample; plan None at strength 0 (init is then the result)."""
@@ -85,6 +85,6 @@ class AudioEdit:
         kept = F.pad(kept, (0, max(0, audio.shape[-1] - kept.shape[-1])))[:, :audio.shape[-1]]
         per_frame = g.vae_factor * g.hop  # samples per latent frame
         start, end = (math.floor(self.span[0]) * per_frame, math.ceil(self.span[1]) * per_frame)
-        edge = g.window("vae")[1] * per_frame
+        edge = g.window("decoding")[1] * per_frame
         mask = regenerate_mask(audio.shape[-1], start, end, edge).reshape(1, -1)
         return mask * audio + (1 - mask) * kept

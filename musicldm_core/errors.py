@@ -1,6 +1,13 @@
-"""The errors musicldm_core raises on bad checkpoints and damaged outputs, and the output checks."""
+"""The errors musicldm_core raises on bad checkpoints and damaged outputs, and the output checks.
 
-import torch
+Importing this module imports nothing heavy (no torch): the command line's --help and --version use it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointError(ValueError):
@@ -15,15 +22,15 @@ class DamagedOutputError(RuntimeError):
     overflow, a damaged weight): raised instead of returning or writing it."""
 
 
-def check_finite(x: torch.Tensor, what: str, component: str) -> None:
+def check_finite(x: "torch.Tensor", what: str, component: str) -> None:
     """NaN or inf never leaves silently: name the stage and the likely causes."""
-    if not torch.isfinite(x).all():
-        cause = (f"{x.dtype} overflowed (try float32)" if x.dtype in (torch.float16, torch.bfloat16)
+    if not x.isfinite().all():
+        cause = (f"{x.dtype} overflowed (try float32)" if x.element_size() == 2  # float16, bfloat16
                  else f"a damaged (NaN or infinite) weight in {component}/ is the likely cause")
         raise DamagedOutputError(f"{what} contain NaN or infinite values: {cause}")
 
 
-def check_waveforms(audio: torch.Tensor) -> None:
+def check_waveforms(audio: "torch.Tensor") -> None:
     """(N, samples) waveforms: finite, and none constant (e.g. the tanh of an inf in the vocoder)."""
     check_finite(audio, "the waveform", "vocoder")
     if audio.shape[-1] > 1 and (audio.amax(dim=-1) == audio.amin(dim=-1)).any():

@@ -74,11 +74,11 @@ class Geometry:
         return takes, self.latent_channels, frames // f, self.mel_bins // f
 
     def window(self, stage: str, loop: bool = False) -> Tuple[int, int]:
-        """(window, overlap) of the windowed path in the frames of `stage`: the trained length in latent
-        frames for the UNet and the VAE, in mel frames for the vocoder; overlaps of a quarter (UNet)
-        and an eighth (VAE, vocoder). A loop uses the UNet's overlap at every stage, so that all stages
-        are rotation-equivariant together."""
+        """(window, overlap) of the windowed path in the frames of `stage` ("denoising", "decoding" or
+        "encoding": the VAE's, "vocoding"): the trained length in latent frames for the UNet and the VAE,
+        in mel frames for the vocoder; overlaps of a quarter (denoising) and an eighth (the others). A
+        loop uses the UNet's overlap at every stage, so that all stages are rotation-equivariant together."""
         window = self.sample_size or 256
-        overlap = window // 4 if stage == "unet" or loop else window // 8
-        scale = self.vae_factor if stage == "vocoder" else 1
+        overlap = window // 4 if stage == "denoising" or loop else window // 8
+        scale = self.vae_factor if stage == "vocoding" else 1
         return window * scale, overlap * scale

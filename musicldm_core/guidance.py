@@ -41,16 +41,11 @@ def guided_eps(unet: UNet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
 
 
 def noise_predictor(eps: Callable, unet: UNet, cond: torch.Tensor, scale: Optional[float], *,
-                    window: Optional[Tuple[int, int]] = None, loop: bool = False,
-                    progress: Optional[Callable[[int], None]] = None) -> Denoiser:
+                    window: Optional[Tuple[int, int]] = None, loop: bool = False) -> Denoiser:
     """(x_t, t) -> eps for the sampler. eps: guided_eps or its compiled stage; window: (window, overlap)
-    in latent frames for the windowed path (two windows per UNet call; circular for a loop);
-    progress(n): after each UNet call, with the n latents' windows it evaluated."""
-    rows = cond.shape[0] // (1 if scale is None else 2)
+    in latent frames for the windowed path (two windows per UNet call; circular for a loop)."""
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if progress is not None:
-            progress(x.shape[0] // rows)
         return eps(unet, x, t, cond, scale)
 
     if window is None:

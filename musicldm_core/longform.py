@@ -22,7 +22,7 @@ The windows and overlaps of each stage are the checkpoint's (`Geometry.window`).
 from __future__ import annotations
 
 import math
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -52,19 +52,26 @@ def ramp_weights(window: int, overlap: int, first: bool, last: bool, circular: b
 
 
 def windowed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int, window: int, overlap: int,
-             num: int = 1, den: int = 1, circular: bool = False, batch: int = 1) -> torch.Tensor:
+             num: int = 1, den: int = 1, circular: bool = False, batch: int = 1,
+             progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """fn over overlapping windows of `x` along `dim`, outputs blended: like fn(x), in bounded memory.
 
     fn maps a (B, ..., window, ...) slice to one whose time axis is window * num // den long (samples
     past that, which a transposed convolution can add at the end, are dropped).
     `batch` windows are concatenated along dim 0 for one call of fn. An open signal no longer
-    than one window is fn(x) itself, unchanged.
+    than one window is fn(x) itself, unchanged. progress(done, windows): before the first window, then
+    after each call of fn.
     """
     length = x.shape[dim]
+    report = progress or (lambda done, total: None)
     if not circular and length <= window:
-        return fn(x)
+        report(0, 1)
+        out = fn(x)
+        report(1, 1)
+        return out
     stride = window - overlap
     starts = window_starts(length, window, stride, circular)
+    report(0, len(starts))
     out_len, out_window = length * num // den, window * num // den
     out_overlap = overlap * num // den
     index = [torch.arange(s, s + window) % length for s in starts]
@@ -86,6 +93,7 @@ def windowed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: i
                 weight_sum = piece.new_zeros(out_len, dtype=torch.float32)
             total.index_add_(dim, at, piece.float() * w)
             weight_sum.index_add_(0, at, w.reshape(-1))
+        report(group[-1] + 1, len(starts))
     shape = [1] * total.dim()
     shape[dim] = out_len
     return (total / weight_sum.view(shape)).to(pieces.dtype)

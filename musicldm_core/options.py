@@ -25,7 +25,6 @@ import torch
 
 from .audio_frontend import CROPS, load_audio
 from .geometry import Geometry
-from .longform import window_starts
 from .samplers import Plan, Scheduler, check_sampler
 
 OUTPUT_TYPES = ("np", "pt", "latent")
@@ -57,7 +56,9 @@ class Options:
     # beyond the reference
     rank_within_prompt: bool = False  # rank each prompt's own takes (the reference ranks against all)
     crop: str = "random"  # ranking's crop of takes over 10 s: "random" (numpy's global RNG), "start", "center"
-    progress: Optional[Callable[[int, int], None]] = None  # (evaluations done now, total) after each UNet call
+    # progress(stage, done, total): "encoding the prompt", "denoising" (steps), "decoding" and "vocoding" (windows),
+    # "ranking takes", in that order; each reports done=0 when it starts, then as it goes
+    progress: Optional[Callable[[str, int, int], None]] = None
     sampler: Optional[str] = None  # this call's sampler by name; None: the pipeline's scheduler
     loop: bool = False  # a seamless loop: circular windows at every stage, length in whole 40 ms frames
     window: str = "auto"  # "auto": whole latent up to the trained length, windows beyond; "whole"; "windowed"
@@ -114,7 +115,6 @@ class Run(NamedTuple):
     frames: int  # mel frames generated (the length rounded up to whole latent frames)
     sampling: Plan  # the sampler's timesteps and sigmas
     windowed: bool  # denoise, decode and vocode in windows of the trained length (longform.py)
-    windows: int  # UNet windows per step (1 on the whole-latent path)
     wave: Optional[torch.Tensor] = None  # audio-to-audio: the input, 16 kHz mono
     input_frames: int = 0  # audio-to-audio: mel frames of the input (the rest is extension)
 
@@ -171,9 +171,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if o.latents is not None and tuple(o.latents.shape) != shape:
         raise ValueError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
                          f"of {seconds} s")
-    window, overlap = g.window("unet")
-    windows = len(window_starts(shape[2], window, window - overlap, o.loop)) if windowed else 1
-    return Run(takes, float(seconds), frames, sampling, windowed, windows, wave, input_frames)
+    return Run(takes, float(seconds), frames, sampling, windowed, wave, input_frames)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,18 +9,22 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
+# output file extension -> (soundfile format, subtype): float32 WAV as the models compute, 24-bit FLAC, Vorbis
+FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
+RATES = (8000, 192000)  # the output rates --sample-rate takes (every format above can hold them)
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"  # per-rank manifests of a distributed run, merged at its end
 TEMP_PREFIX = ".musicldm-"  # temporary files, renamed into place when whole
 
 
 def output_paths(output: str, takes: int) -> List[Path]:
-    """--output NAME.wav, or NAME-1.wav ... NAME-N.wav (best first) for several takes."""
+    """--output NAME.EXT, or NAME-1.EXT ... NAME-N.EXT (best first) for several takes."""
     path = Path(output)
-    if path.suffix.lower() != ".wav":
-        raise ValueError(f"--output: {output!r} must end in .wav")
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"--output: {output!r} must end in {', '.join(list(FORMATS)[:-1])} or {list(FORMATS)[-1]} "
+                         "(the extension chooses the format)")
     if takes == 1:
         return [path]
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, takes + 1)]
@@ -45,7 +49,7 @@ def check_outputs(paths: List[Path], flag: str = "--output") -> None:
             raise ValueError(f"{flag}: the name {path.name[:40]!r}... is {size} bytes, longer than the "
                              f"{limit} this file system allows")
         if path.is_dir():
-            raise ValueError(f"{flag}: {str(path)!r} is a folder; give a .wav file name")
+            raise ValueError(f"{flag}: {str(path)!r} is a folder; give a file name")
     try:  # a probe where the files will go: a read-only folder fails now, not after generating
         os.unlink(temp_file(folder))
     except OSError as e:
@@ -108,6 +112,11 @@ def merge_manifest(out_dir: Path, order: Iterable[str]) -> None:
         (out_dir / PARTS).rmdir()
 
 
+def file_line(path: Path, seconds: float, seed: int, sampler: str, steps: int, guidance: float) -> str:
+    """The line said after a file is written: what it is and how it was made."""
+    return f"{path}: {seconds:.2f} s, seed {seed}, {sampler}, {steps} steps, guidance {guidance:g}"
+
+
 def remove_temporaries(out_dir: Path) -> None:
     """Temporary files of runs that were killed."""
     for path in out_dir.glob(f"{TEMP_PREFIX}*"):
@@ -120,11 +129,13 @@ def temp_file(folder: Path) -> str:
     return tmp
 
 
-def write_wavs(paths: List[Path], audios, rate: int, flag: str = "--output") -> None:
-    """Write all files or none: each to a temporary file in its folder, then all renamed into place.
-
-    If anything fails, the temporary files and any target already renamed are removed.
-    """
+def write_audio(paths: List[Path], audios, rate: int, flag: str = "--output",
+                comments: Optional[List[str]] = None) -> None:
+    """Write all files or none, each in the format its extension names (FORMATS), with its comment tag
+    (RIFF INFO in a WAV, a Vorbis comment in FLAC and OGG): each to a temporary file in its folder, then
+    all renamed into place. If anything fails, the temporary files and any target already renamed are
+    removed. A WAV has no PEAK chunk (it holds a time stamp): the same audio gives the same bytes."""
+    import numpy as np
     import soundfile as sf
 
     umask = os.umask(0)
@@ -133,9 +144,16 @@ def write_wavs(paths: List[Path], audios, rate: int, flag: str = "--output") -> 
     done: List[Path] = []
     path = paths[0]
     try:
-        for path, audio in zip(paths, audios):
+        for k, (path, audio) in enumerate(zip(paths, audios)):
             temps.append(temp_file(path.parent))
-            sf.write(temps[-1], audio, rate, subtype="FLOAT", format="WAV")
+            fmt, subtype = FORMATS[path.suffix.lower()]
+            audio = audio if fmt == "WAV" else np.clip(audio, -1.0, 1.0)  # integer and Vorbis formats clip
+            with sf.SoundFile(temps[-1], "w", samplerate=rate, channels=1, format=fmt, subtype=subtype) as f:
+                if fmt == "WAV":  # SFC_SET_ADD_PEAK_CHUNK off
+                    sf._snd.sf_command(f._file, 0x1050, sf._ffi.NULL, sf._snd.SF_FALSE)
+                if comments:
+                    f.comment = comments[k]
+                f.write(audio)
             os.chmod(temps[-1], 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)

@@ -16,7 +16,7 @@ below are handed only what they use: geometry.py (lengths), longform.py (windows
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -25,6 +25,7 @@ from .editing import AudioEdit, encode_input
 from .errors import check_finite, check_waveforms
 from .geometry import Geometry
 from .guidance import guided_eps, noise_predictor
+from .hub import DEFAULT_REPO
 from .layers import embeddings_row_by_row
 from .load import load_components
 from .longform import windowed
@@ -53,19 +54,18 @@ class MusicLDMPipeline:
         self.placement = Placement(lambda: self.components)
 
     @classmethod
-    def from_pretrained(cls, source=None, **kwargs) -> "MusicLDMPipeline":
+    def from_pretrained(cls, source=DEFAULT_REPO, **kwargs) -> "MusicLDMPipeline":
         """A diffusers-layout checkpoint from a folder or Hub id (default ucsd-reach/musicldm); keywords: revision,
         device, dtype (alias torch_dtype: float32, float16, bfloat16), scheduler (None: the checkpoint's, DDIM;
         or "ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++"). See load.py."""
-        return cls(**load_components(*(() if source is None else (source,)), **kwargs))
+        return cls(**load_components(source, **kwargs))
 
     @property
     def components(self) -> Dict[str, torch.nn.Module]:
         return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae, "vocoder": self.vocoder}
 
     @property
-    def geometry(self) -> Geometry:
-        """Lengths and shapes, from the current components' configs (a component may be swapped)."""
+    def geometry(self) -> Geometry:  # lengths and shapes, from the current components (one may be swapped)
         return Geometry.from_configs(self.unet.config, self.vae.config, self.vocoder.config)
 
     vae_scale_factor = property(lambda self: self.geometry.vae_factor)
@@ -115,8 +115,7 @@ class MusicLDMPipeline:
                  negative_prompt=None, num_waveforms_per_prompt=1, eta=0.0, generator=None, latents=None,
                  prompt_embeds=None, negative_prompt_embeds=None, return_dict=True, callback=None, callback_steps=1,
                  cross_attention_kwargs=None, output_type="np", **beyond) -> AudioPipelineOutput:
-        """diffusers' MusicLDMPipeline.__call__, same parameters; `beyond`: any other field of Options
-        (rank_within_prompt, crop, progress, sampler, loop, window, audio, strength, inpaint, extend)."""
+        """diffusers' MusicLDMPipeline.__call__ (same parameters); `beyond`: any further field of Options."""
         return self.generate(Options(
             prompt, audio_length_in_s, num_inference_steps, guidance_scale, negative_prompt, num_waveforms_per_prompt,
             eta, generator, latents, prompt_embeds, negative_prompt_embeds, return_dict, callback, callback_steps,
@@ -138,21 +137,20 @@ class MusicLDMPipeline:
         shape = self.geometry.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 
         # 1. Encode the prompts into CLAP vectors (B, 512); with guidance, [negative; positive] in one batch.
+        report = o.progress or (lambda stage, done, total: None)  # stages reported as (stage, done, total)
+        report("encoding the prompt", 0, 1)
         cond = self.encode_prompt(o.prompt, o.prompt_embeds, device).repeat_interleave(takes, dim=0)
         if o.guided:
             uncond = o.negative_prompt_embeds
             if uncond is None:  # the reference cuts negative prompts at prompt_embeds.shape[1] tokens (512)
                 uncond = self.encode_prompt(o.negative_prompts(cond.shape[0] // takes), None, device, cond.shape[1])
             cond = torch.cat([uncond.to(device=device, dtype=self.dtype).repeat_interleave(takes, dim=0), cond])
+        report("encoding the prompt", 1, 1)
 
         # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
-        def progress(n: int) -> None:  # `steps` is read when called: audio-to-audio may start part way
-            o.progress(n, len(steps.timesteps) * run.windows)
-
         denoiser = noise_predictor(self.compiled.get("unet", guided_eps), self.placement.ready("unet"), cond,
                                    o.guidance_scale if o.guided else None, loop=o.loop,
-                                   window=self.geometry.window("unet") if run.windowed else None,
-                                   progress=progress if o.progress is not None else None)
+                                   window=self.geometry.window("denoising") if run.windowed else None)
 
         # 3. Sample from Gaussian noise (drawn as diffusers draws it); audio-to-audio holds to the input.
         noise = randn(shape, o.generator, device, self.dtype) if o.latents is None else o.latents.to(device, self.dtype)
@@ -168,19 +166,22 @@ class MusicLDMPipeline:
                 o.callback(i // steps.evals_per_step, t, x)
 
         z = init if steps is None else scheduler.sample(denoiser, noise, steps, eta=o.eta, generator=o.generator,
-                                                        callback=on_step, init=init, constrain=constrain)
+                                                        callback=on_step, init=init, constrain=constrain,
+                                                        progress=lambda done, total: report("denoising", done, total))
         check_finite(z, "the denoised latents", "unet")
         if o.output_type == "latent":
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
-        audio = self.decode(z, run.windowed, o.loop)
+        audio = self.decode(z, run.windowed, o.loop, report)
         if edit is not None:
-            audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False))
+            audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False, report))
         check_waveforms(audio)
         audio, scores = audio[:, :int(run.seconds * self.sampling_rate)], None
         if takes > 1 and o.prompt is not None:
+            report("ranking takes", 0, 1)
             audio, scores = self.rank(o.prompt, audio, takes, o.rank_within_prompt or self.batch_invariant, o.crop)
+            report("ranking takes", 1, 1)
         if o.output_type == "np":
             audio = audio.numpy()
         return AudioPipelineOutput(audios=audio, scores=scores) if o.return_dict else (audio,)
@@ -193,24 +194,23 @@ class MusicLDMPipeline:
             embeds = self.placement.ready("text_encoder").encode_texts(self.tokenizer, texts, max_length)
         return embeds.to(device=device, dtype=self.dtype)
 
-    def decode(self, z: torch.Tensor, windowed_path: bool, loop: bool) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
         """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN:
-        the reference's whole-clip decode, or overlapping windows (circular for a loop)."""
-        one_by_one, g = self.vae_slicing or self.batch_invariant, self.geometry
+        the reference's whole-clip decode, or overlapping windows (circular for a loop), each stage reported."""
+        g, one_by_one, split = self.geometry, self.vae_slicing or self.batch_invariant, self.batch_invariant
+
+        def stage(name: str, fn: Callable, x: torch.Tensor, dim: int, num: int) -> torch.Tensor:
+            window = g.window(name, loop) if windowed_path else (x.shape[dim], 0)
+            return windowed(fn, x, dim, *window, num=num, circular=loop,
+                            progress=lambda done, total: report(name, done, total))
+
         decode = self.compiled.get("vae", self.placement.ready("vae").decode)
-        z = 1 / self.vae.config.scaling_factor * z
-        vae = lambda w: decode(w, slice_batch=one_by_one)  # noqa: E731  (B, 8, t, F') -> (B, 1, 4t, bins)
-        mel = windowed(vae, z, 2, *g.window("vae", loop), num=g.vae_factor, circular=loop) if windowed_path else vae(z)
+        mel = stage("decoding", lambda w: decode(w, slice_batch=one_by_one), 1 / self.vae.config.scaling_factor * z, 2,
+                    g.vae_factor)  # (B, 1, 4 T', bins)
         check_finite(mel, "the decoded mel spectrogram", "vae")
         vocoder = self.compiled.get("vocoder", self.placement.ready("vocoder"))
-
-        def vocode(m: torch.Tensor) -> torch.Tensor:  # (B, frames, bins) -> (B, frames * hop)
-            return torch.cat([vocoder(row) for row in m.split(1 if self.batch_invariant else len(m))])
-
-        mel = mel.squeeze(1)
-        wave = (windowed(vocode, mel, 1, *g.window("vocoder", loop), num=g.hop, circular=loop) if windowed_path
-                else vocode(mel))
-        return wave.cpu().float()
+        vocode = lambda m: torch.cat([vocoder(row) for row in m.split(1 if split else len(m))])  # noqa: E731
+        return stage("vocoding", vocode, mel.squeeze(1), 1, g.hop).cpu().float()
 
     def rank(self, prompt: Union[str, List[str]], audio: torch.Tensor, takes: int, within_prompt: bool = False,
              crop: str = "random") -> Tuple[torch.Tensor, torch.Tensor]:

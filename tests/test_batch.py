@@ -73,7 +73,7 @@ BAD = [
     ('{"prompt": "a", "steps": 0}', "line 1: steps must be >= 1"),
     ('{"prompt": "a", "steps": "ten"}', "line 1: steps must be an integer"),
     ('{"prompt": "a", "guidance": -1}', "line 1: guidance must be a finite number"),
-    ('{"prompt": "a", "sampler": "dpm3"}', "line 1: sampler 'dpm3' is unknown"),
+    ('{"prompt": "a", "sampler": "dpm3"}', "line 1: sampler: unknown sampler 'dpm3'"),
     ('{"prompt": "a", "id": "../x"}', "line 1: id '../x' must be"),
     ('{"prompt": "a", "seed": -1}', "line 1: seed must be an integer between 0"),
     ('{"prompt": ""}', "line 1: prompt"),

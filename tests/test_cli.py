@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def test_generates_a_wav(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 16000 and audio.shape == (24000,) and np.isfinite(audio).all()
-    assert r.stdout.strip() == str(out)
+    assert r.stdout.strip() == f"{out}: 1.50 s, seed 4, lms, 3 steps, guidance 3"
     again = tmp_path / "again.wav"
     assert musicldm("techno with a fast beat", "-o", again, "--weights", tiny_ckpt, "--steps", 3, "--seconds", 1.5,
                     "--seed", 4, "--negative", "noise", "--guidance", 3, "--sampler", "lms").returncode == 0
@@ -48,12 +49,15 @@ def test_several_takes(tiny_ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jazz-1.wav", "jazz-2.wav", "jazz-3.wav"]
 
 
-def test_progress_bar(tiny_ckpt, tmp_path):
+def test_progress_without_a_terminal_is_one_line_per_stage(tiny_ckpt, tmp_path):
     r = musicldm("jazz", "-o", tmp_path / "a.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5,
-                 env={"HF_HUB_DISABLE_PROGRESS_BARS": "0"})
-    assert r.returncode == 0 and "denoising" in r.stderr and "2/2" in r.stderr
-    quiet = musicldm("jazz", "-o", tmp_path / "b.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5)
-    assert quiet.returncode == 0 and "denoising" not in quiet.stderr
+                 "--takes", 2)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("musicldm: ")]
+    stages = [re.match(r"musicldm: (.*?)( \d+/\d+ \w+)? \(\d+\.\d s\)$", line) for line in lines]
+    assert all(stages), lines
+    assert [m[1] for m in stages] == ["encoding the prompt", "denoising", "decoding", "vocoding", "ranking takes"]
+    assert "musicldm: denoising 2/2 steps (" in r.stderr and "0eval" not in r.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -62,8 +66,12 @@ def test_progress_bar(tiny_ckpt, tmp_path):
     (["x", "--weights", "{ckpt}", "--steps", "0"], "--steps must be >= 1"),
     (["x", "--weights", "{ckpt}", "--guidance", "nan"], "--guidance must be a finite number"),
     (["x", "--weights", "{ckpt}", "--takes", "0"], "--takes must be >= 1"),
-    (["x", "--weights", "{ckpt}", "-o", "out.mp3"], "must end in .wav"),
+    (["x", "--weights", "{ckpt}", "-o", "out.mp3"], "must end in .wav, .flac or .ogg"),
     (["x", "--weights", "{ckpt}", "-o", "no/such/dir/x.wav"], "does not exist"),
+    (["x", "--weights", "{ckpt}", "--sample-rate", "100"], "--sample-rate must be between 8000 and 192000 Hz"),
+    (["--from", "no/such.wav"], "--from: no such file 'no/such.wav'"),
+    (["--from", "{ckpt}/vocoder/config.json"], "--from: cannot read"),
+    (["--from", "a.wav", "--steps", "3"], "--from takes only -o and --debug beside it"),
     (["x", "--weights", "{ckpt}", "--device", "cuda:3"], "device: 'cuda:3' requested but"),
     (["x", "--weights", "/no/such/checkpoint"], "no such checkpoint folder"),
     (["x", "--weights", "{ckpt}", "--seconds", "0.001"], "audio_length_in_s must be at least"),
@@ -136,18 +144,17 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     """Takes are written all or none: the second file failing leaves neither, and the old file as it was."""
     target = tmp_path / "song-1.wav"
     target.write_bytes(b"the previous song")
-    real_write, calls = sf.write, []
+    real_write, calls = sf.SoundFile.write, []
 
-    def broken_write(path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            Path(path).write_bytes(b"half a file")
+    def broken_write(f, *args, **kwargs):
+        calls.append(f.name)
+        real_write(f, *args, **kwargs)
+        if len(calls) == 2:  # half a file written
             raise OSError(28, "No space left on device")
-        real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(sf, "write", broken_write)
+    monkeypatch.setattr(sf.SoundFile, "write", broken_write)
     with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(No space left on device\)"):
-        outputs.write_wavs([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+        outputs.write_audio([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert target.read_bytes() == b"the previous song"  # untouched
     assert [p.name for p in tmp_path.iterdir()] == ["song-1.wav"]  # no temporary, no half set left behind
 
@@ -234,5 +241,67 @@ def test_a_failed_rename_names_its_file_and_undoes_the_set(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(Permission denied\)"):
-        outputs.write_wavs([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+        outputs.write_audio([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_and_version_import_no_torch():
+    """--help and --version answer before torch could load: here any import of torch fails."""
+    code = ("import sys\nsys.modules['torch'] = None\nfrom musicldm_core.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert main(['--version']) == 0\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "usage: musicldm" in r.stdout and "--sample-rate" in r.stdout
+    assert re.search(r"^musicldm_core \S+, torch \S+, Python 3\.\d+", r.stdout, re.M), r.stdout
+
+
+def test_a_drawn_seed_is_said_and_from_remakes_each_take_bit_for_bit(tiny_ckpt, tmp_path):
+    r = musicldm("rain on a roof", "-o", tmp_path / "rain.wav", "--weights", tiny_ckpt, "--steps", 3, "--seconds",
+                 0.5, "--takes", 2)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    seed = re.search(r", seed (\d+), ddim, 3 steps, guidance 2$", lines[0])[1]
+    assert lines == [f"{tmp_path / f'rain-{k}.wav'}: 0.50 s, seed {seed}, ddim, 3 steps, guidance 2" for k in (1, 2)]
+    tag = sf.SoundFile(tmp_path / "rain-2.wav").comment
+    assert tag.startswith("musicldm 'rain on a roof' -o rain.wav --seed " + seed) and tag.endswith("--takes 2 --take 2")
+    for k in (1, 2):
+        again = musicldm("--from", tmp_path / f"rain-{k}.wav", "-o", tmp_path / f"again-{k}.wav")
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / f"again-{k}.wav").read_bytes() == (tmp_path / f"rain-{k}.wav").read_bytes()
+    assert (tmp_path / "rain-1.wav").read_bytes() != (tmp_path / "rain-2.wav").read_bytes()
+    default = musicldm("--from", tmp_path / "rain-1.wav")
+    assert default.returncode == 0 and (tmp_path / "rain-1-remade.wav").read_bytes() == (tmp_path / "rain-1.wav"
+                                                                                          ).read_bytes()
+
+
+@pytest.mark.parametrize("name, rate, subtype", [("x.flac", 48000, "PCM_24"), ("x.ogg", 44100, "VORBIS"),
+                                                 ("x.wav", 22050, "FLOAT")])
+def test_formats_and_sample_rates(tiny_ckpt, tmp_path, name, rate, subtype):
+    common = ["--weights", tiny_ckpt, "--steps", 2, "--seconds", 0.5, "--seed", 1]
+    assert musicldm("waves", "-o", tmp_path / "ref.wav", *common).returncode == 0
+    r = musicldm("waves", "-o", tmp_path / name, "--sample-rate", rate, *common)
+    assert r.returncode == 0, r.stderr
+    audio, got = sf.read(tmp_path / name, dtype="float32")
+    info = sf.info(tmp_path / name)
+    assert got == rate and info.subtype == subtype and len(audio) == -(-8000 * rate // 16000)
+    from musicldm_core.audio_frontend import resample
+
+    import torch
+
+    ref = resample(torch.from_numpy(sf.read(tmp_path / "ref.wav", dtype="float32")[0]).double()[None], 16000, rate)
+    error = np.abs(audio - ref[0].float().numpy()).max()
+    assert error < {"PCM_24": 2e-7, "FLOAT": 1e-7, "VORBIS": 0.2}[subtype], error  # 24-bit steps are 1.2e-7
+
+
+def test_progress_names_the_decoding_stages_of_a_long_piece(tiny_ckpt, tmp_path):
+    """20.48 s on a checkpoint trained for 1.28 s: every stage, windows counted, one line each."""
+    from musicldm_core.longform import window_starts
+
+    r = musicldm("drone", "-o", tmp_path / "long.wav", "--weights", tiny_ckpt, "--steps", 2, "--seconds", 20.48)
+    assert r.returncode == 0, r.stderr
+    vae, vocoder = len(window_starts(512, 32, 28, False)), len(window_starts(2048, 128, 112, False))
+    for line in ("musicldm: encoding the prompt (", "musicldm: denoising 2/2 steps (",
+                 f"musicldm: decoding {vae}/{vae} windows (", f"musicldm: vocoding {vocoder}/{vocoder} windows ("):
+        assert line in r.stderr, r.stderr
+    assert vae > 10 and vocoder > 10

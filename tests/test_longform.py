@@ -101,12 +101,16 @@ def test_long_audio_is_windowed_and_seamless(pipe):
     """6 s with a 1.28 s trained window: the windowed path by default (whole-latent on request), the
     progress counts every window evaluation, and no border jumps more than the inside does."""
     seen = []
-    a = pipe("techno", audio_length_in_s=6.0, generator=seeded(), progress=lambda n, total: seen.append((n, total)),
-             **KW).audios
+    a = pipe("techno", audio_length_in_s=6.0, generator=seeded(), **KW,
+             progress=lambda stage, done, total: seen.append((stage, done, total))).audios
     whole = pipe("techno", audio_length_in_s=6.0, generator=seeded(), window="whole", **KW).audios
     assert a.shape == whole.shape == (1, 96000) and not np.array_equal(a, whole)
-    windows = len(range(0, 150 - 32, 24)) + 1  # 150 latent frames, stride 24
-    assert sum(n for n, _ in seen) == seen[0][1] == 3 * windows
+    # every stage starts at 0 and ends complete: 3 steps, then 150 latent frames in VAE windows of 32 (stride
+    # 28) and 600 mel frames in vocoder windows of 128 (stride 112)
+    vae, vocoder = len(range(0, 150 - 32, 28)) + 1, len(range(0, 600 - 128, 112)) + 1
+    expected = {"encoding the prompt": 1, "denoising": 3, "decoding": vae, "vocoding": vocoder}
+    assert [stage for stage, done, _ in seen if done == 0] == list(expected)
+    assert seen == [(stage, done, total) for stage, total in expected.items() for done in range(total + 1)]
     wave = a[0]
     jumps = np.abs(np.diff(wave))
     borders = np.zeros_like(jumps, dtype=bool)

@@ -99,16 +99,21 @@ class Scheduler:
 
     def sample(self, model: Model, noise: torch.Tensor, plan: Plan, *, eta: float = 0.0,
                generator: Generator = None, callback: Callback = None, init: Optional[torch.Tensor] = None,
-               constrain: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+               constrain: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+               progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """Integrate from unit Gaussian `noise` to x_0 along `plan` (from `self.plan(steps)`).
 
         model(x_in, t) -> the model output; callback(i, t, x) runs where diffusers' pipeline
         reports a step, with i the model evaluation's index (its step is i // plan.evals_per_step).
         init: where to start instead of noise * plan.init_scale (audio-to-audio: `add_noise`).
         constrain(i, x) -> x: applied after each completed step (inpainting puts known parts back).
+        progress(done, steps): before the first step, then after each completed one.
         """
         step = SAMPLERS[self.name][1](self.schedule, plan, eta=eta, generator=generator)
         x = noise * plan.init_scale if init is None else init
+        steps, done = sum(map(plan.reports, range(len(plan.timesteps)))), 0
+        if progress is not None:
+            progress(0, steps)
         for i, t in enumerate(plan.timesteps.to(noise.device)):
             x_in = x / ((plan.sigmas[i] ** 2 + 1) ** 0.5) if plan.scale_input else x
             x = step(i, x, model(x_in, t))
@@ -117,6 +122,9 @@ class Scheduler:
                     x = constrain(i, x)
                 if callback is not None:
                     callback(i, t, x)
+                done += 1
+                if progress is not None:
+                    progress(done, steps)
         return x
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, plan: Plan, i: int = 0) -> torch.Tensor:

@@ -1,0 +1,56 @@
+"""Progress through a generation's stages, for a person watching the command line.
+
+The pipeline reports `(stage, done, total)` (pipeline.generate): "encoding the prompt", "denoising"
+(steps), "decoding" and "vocoding" (windows), "ranking takes". On a terminal each stage gets its own
+bar, drawn when the stage starts (never an empty one before). Elsewhere (logs, CI, torchrun ranks)
+each stage is one plain line when it ends, with its elapsed time:
+
+    musicldm: denoising 200/200 steps (148.2 s)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Optional, TextIO
+
+UNITS = {"denoising": "steps", "decoding": "windows", "vocoding": "windows"}
+
+
+class StageProgress:
+    """A `progress` callback for Options; `close()` ends the last stage. prefix: e.g. the batch's items."""
+
+    def __init__(self, prefix: str = "", stream: Optional[TextIO] = None):
+        self.prefix, self.stream = prefix, stream or sys.stderr
+        self.bars = self.stream.isatty() and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "0") in ("", "0")
+        self.stage: Optional[str] = None
+        self.done = self.total = 0
+        self.began = 0.0
+        self.bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.began = stage, time.monotonic()
+            if self.bars:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=f"{self.prefix}{stage}", unit=UNITS.get(stage, "it")[:-1],
+                                file=self.stream, leave=False)
+        self.done, self.total = done, total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.stage is None:
+            return
+        seconds = time.monotonic() - self.began
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        unit = UNITS.get(self.stage)
+        count = f" {self.done}/{self.total}{' ' + unit if unit else ''}" if unit else ""
+        print(f"musicldm: {self.prefix}{self.stage}{count} ({seconds:.1f} s)", file=self.stream, flush=True)
+        self.stage = None
