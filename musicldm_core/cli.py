@@ -111,8 +111,9 @@ def remake_args(args: argparse.Namespace) -> argparse.Namespace:
     """--from FILE: the command FILE's comment tag records, writing to -o (default FILE-remade.EXT)."""
     import soundfile as sf
 
+    parser = build_parser()
     extra = [flag for flag, value in vars(args).items() if flag not in ("source", "output", "debug")
-             and value != build_parser().get_default(flag)]
+             and value != parser.get_default(flag)]
     if extra:
         raise ValueError(f"--from takes only -o and --debug beside it (the file holds the rest), got --{extra[0]}")
     if not Path(args.source).is_file():
@@ -125,7 +126,7 @@ def remake_args(args: argparse.Namespace) -> argparse.Namespace:
     words = shlex.split(command) if command.startswith("musicldm ") else []
     if not words:
         raise ValueError(f"--from: {args.source!r} records no musicldm command (no comment tag starting 'musicldm ')")
-    remade = build_parser().parse_args(words[1:])
+    remade = parser.parse_args(words[1:])
     source = Path(args.source)
     remade.output = args.output or str(source.with_name(f"{source.stem}-remade{source.suffix}"))
     remade.recipe, remade.debug = command, args.debug  # the remade file carries the same tag: the same bytes

@@ -25,7 +25,7 @@ from .audio_frontend import log_mel, normalize_loudness
 from .geometry import Geometry
 from .longform import regenerate_mask, windowed
 from .options import Options, Run
-from .samplers import Plan, Scheduler
+from .samplers import Plan
 
 
 def encode_input(wave: torch.Tensor, run: Run, geometry: Geometry, vae) -> torch.Tensor:
@@ -48,8 +48,8 @@ class AudioEdit:
     z_in: (B, 8, T', F') the input's scaled latent (encode_input), one row per take.
     """
 
-    def __init__(self, z_in: torch.Tensor, options: Options, run: Run, geometry: Geometry, scheduler: Scheduler):
-        self.z_in, self.options, self.run, self.geometry, self.scheduler = z_in, options, run, geometry, scheduler
+    def __init__(self, z_in: torch.Tensor, options: Options, run: Run, geometry: Geometry):
+        self.z_in, self.options, self.run, self.geometry, self.scheduler = z_in, options, run, geometry, run.scheduler
         self.mask = self.span = None
         if options.inpaint is not None or options.extend is not None:
             frame_s, f = geometry.frame_seconds, geometry.vae_factor  # one latent frame: 40 ms

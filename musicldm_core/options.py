@@ -113,7 +113,8 @@ class Run(NamedTuple):
     takes: int  # rows generated: prompts x num_waveforms_per_prompt
     seconds: float  # the audio length returned
     frames: int  # mel frames generated (the length rounded up to whole latent frames)
-    sampling: Plan  # the sampler's timesteps and sigmas
+    scheduler: Scheduler  # the sampler of this call
+    sampling: Plan  # its timesteps and sigmas for the asked steps
     windowed: bool  # denoise, decode and vocode in windows of the trained length (longform.py)
     wave: Optional[torch.Tensor] = None  # audio-to-audio: the input, 16 kHz mono
     input_frames: int = 0  # audio-to-audio: mel frames of the input (the rest is extension)
@@ -171,7 +172,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if o.latents is not None and tuple(o.latents.shape) != shape:
         raise ValueError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
                          f"of {seconds} s")
-    return Run(takes, float(seconds), frames, sampling, windowed, wave, input_frames)
+    return Run(takes, float(seconds), frames, scheduler, sampling, windowed, wave, input_frames)
 
 
 # --------------------------------------------------------------------------------------------

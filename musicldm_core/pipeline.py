@@ -132,8 +132,7 @@ class MusicLDMPipeline:
     @torch.inference_mode()
     def generate(self, o: Options) -> AudioPipelineOutput:
         """The procedure, for the options of one call (options.py says what each field does)."""
-        run, scheduler = self.plan(o), self.scheduler.with_sampler(o.sampler)
-        device, takes = self.device, o.num_waveforms_per_prompt
+        run, device, takes = self.plan(o), self.device, o.num_waveforms_per_prompt
         shape = self.geometry.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 
         # 1. Encode the prompts into CLAP vectors (B, 512); with guidance, [negative; positive] in one batch.
@@ -158,16 +157,16 @@ class MusicLDMPipeline:
         if run.wave is not None:
             z_in = encode_input(run.wave, run, self.geometry, self.placement.ready("vae")).expand(shape)
             self.placement.ready("unet")  # back from the encoder (with offload, one component on the device)
-            edit = AudioEdit(z_in, o, run, self.geometry, scheduler)
+            edit = AudioEdit(z_in, o, run, self.geometry)
             steps, init, constrain = edit.sampling(noise)
 
         def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
             if o.callback is not None and i % o.callback_steps == 0:
                 o.callback(i // steps.evals_per_step, t, x)
 
-        z = init if steps is None else scheduler.sample(denoiser, noise, steps, eta=o.eta, generator=o.generator,
-                                                        callback=on_step, init=init, constrain=constrain,
-                                                        progress=lambda done, total: report("denoising", done, total))
+        z = init if steps is None else run.scheduler.sample(
+            denoiser, noise, steps, eta=o.eta, generator=o.generator, callback=on_step, init=init, constrain=constrain,
+            progress=lambda done, total: report("denoising", done, total))
         check_finite(z, "the denoised latents", "unet")
         if o.output_type == "latent":
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
