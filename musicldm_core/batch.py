@@ -76,7 +76,11 @@ class Item:
         return self.seconds, self.steps, self.sampler, self.guidance, self.takes
 
 
-def item_options(items: List[Item], template: Options = Options()) -> Options:
+# What the items of a prompt file do not set, as the command line has it: windows past the trained length.
+COMMAND_LINE = Options(window="auto")
+
+
+def item_options(items: List[Item], template: Options = COMMAND_LINE) -> Options:
     """The pipeline options of items of one group, generated in one call: their prompts, each drawing its
     noise from its own seed exactly as a single run draws it, ranked per prompt with a deterministic crop.
     template: the options the items do not set (the command line's long-form and audio-to-audio ones)."""
@@ -185,7 +189,7 @@ def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     return out
 
 
-def generate(pipe, items: List[Item], template: Options = Options()) -> Tuple[List, List[Optional[List[float]]]]:
+def generate(pipe, items: List[Item], template: Options = COMMAND_LINE) -> Tuple[List, List[Optional[List[float]]]]:
     """One call for items of one group: (each item's waveforms (takes, samples) best first, its scores).
 
     The command line runs a single prompt through here too, so a batch and a single run are the same
@@ -289,7 +293,7 @@ def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks) -> int:
     generated, rank = 0, f"rank {ranks.rank}/{ranks.world}: " if ranks.world > 1 else ""
     for batch in batches(items, batch_size):
         began, progress = time.monotonic(), StageProgress(f"{rank}{', '.join(item.id for item in batch)}: ")
-        audios, scores = generate(pipe, batch, Options(progress=progress))
+        audios, scores = generate(pipe, batch, replace(COMMAND_LINE, progress=progress))
         progress.close()
         took = (time.monotonic() - began) / len(batch)
         for item, audio, score in zip(batch, audios, scores):

@@ -28,7 +28,7 @@ from .geometry import Geometry
 from .samplers import Plan, Scheduler, check_sampler
 
 OUTPUT_TYPES = ("np", "pt", "latent")
-WINDOWS = ("auto", "whole", "windowed")
+WINDOWS = (None, "auto", "whole", "windowed")
 AUDIO_RATE = 16000  # MusicLDM's audio rate: an input is resampled to it
 Generator = Union[torch.Generator, List[torch.Generator], None]
 
@@ -61,7 +61,9 @@ class Options:
     progress: Optional[Callable[[str, int, int], None]] = None
     sampler: Optional[str] = None  # this call's sampler by name; None: the pipeline's scheduler
     loop: bool = False  # a seamless loop: circular windows at every stage, length in whole 40 ms frames
-    window: str = "auto"  # "auto": whole latent up to the trained length, windows beyond; "whole"; "windowed"
+    # None: the reference's whole-latent path at every length (a loop: windows; audio-to-audio: "auto");
+    # "auto": the whole latent up to the trained length, windows beyond; "whole"; "windowed"
+    window: Optional[str] = None
     audio: Any = None  # audio-to-audio input: a file path, or an array (samples,) / (channels, samples)
     audio_sampling_rate: Optional[int] = None  # the rate of an array `audio`
     strength: Optional[float] = None  # SDEdit: 0 (the input's round trip) to 1 (only its length kept)
@@ -162,7 +164,8 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if o.loop:  # a loop is a whole number of latent frames: no trim may cut its seam
         seconds = frames * g.hop_seconds
     trained = g.trained_frames or frames
-    windowed = o.loop or o.window == "windowed" or (o.window == "auto" and frames > trained)
+    window = o.window or ("auto" if wave is not None else "whole")  # beyond the reference, windows past training
+    windowed = o.loop or window == "windowed" or (window == "auto" and frames > trained)
     sampling = scheduler.plan(o.num_inference_steps)  # a step count this sampler's spacing can take
     for name in ("prompt_embeds", "negative_prompt_embeds"):
         embeds = getattr(o, name)

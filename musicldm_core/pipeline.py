@@ -125,8 +125,9 @@ class MusicLDMPipeline:
         """Every check of `o` and what this checkpoint makes of it, before any model runs."""
         run = plan(o, o.check(names), self.geometry, self.scheduler.with_sampler(o.sampler), read_input(o, names),
                    self.unet.config.projection_class_embeddings_input_dim, names)
+        trained, windows = self.geometry.trained_frames or run.frames, f"{names.get('window', 'window')}=windowed"
         self.placement.check_memory(run.takes, run.frames, o.guided, run.seconds, self.vae_slicing,
-                                    self.geometry.trained_frames or run.frames if run.windowed else None)
+                                    trained if run.windowed else None, None if run.windowed else (trained, windows))
         return run
 
     @torch.inference_mode()

@@ -10,7 +10,7 @@ costs little.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -105,19 +105,23 @@ class Placement:
         return components[name]
 
     def check_memory(self, takes: int, frames: int, guided: bool, seconds: float, vae_slicing: bool,
-                     window: Optional[int] = None) -> None:
+                     window: Optional[int] = None, way_out: Optional[Tuple[int, str]] = None) -> None:
         """Refuse a request whose activations cannot fit in the memory available on the device.
 
         A coarse estimate (estimate_memory: activations of the largest stage, the latents and the
         waveforms; the weights are already resident), meant to stop what cannot possibly run (an hour
         of audio, a million takes) with a clear line instead of an allocator error after loading.
+        way_out: (window, words): the windowed path's window in mel frames, named in the refusal by `words`
+        when it would fit.
         """
         models = tuple(self.components()[name].config for name in ("unet", "vae", "vocoder"))
         need, stage = estimate_memory(*models, takes, frames, guided, vae_slicing, window)
         available = available_memory(self.device)
         if available is not None and need > 0.9 * available:
             sliced, _ = estimate_memory(*models, takes, frames, guided, True, window)
-            hint = "; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else ""
+            windowed = way_out and estimate_memory(*models, takes, frames, guided, vae_slicing, way_out[0])[0]
+            hint = ("; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else
+                    f", or {way_out[1]} (the memory of one window)" if windowed and windowed <= 0.9 * available else "")
             raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
                              f"{stage}, but {available / 2**30:.1f} GiB is available on {self.device}: ask for "
                              f"fewer takes or shorter audio{hint}")

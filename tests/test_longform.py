@@ -98,13 +98,16 @@ def test_full_size_one_window_equals_the_direct_path(full_ckpt):
 
 
 def test_long_audio_is_windowed_and_seamless(pipe):
-    """6 s with a 1.28 s trained window: the windowed path by default (whole-latent on request), the
-    progress counts every window evaluation, and no border jumps more than the inside does."""
+    """6 s with a 1.28 s trained window: the windowed path asked for by name ("auto", the command line's
+    default, windows past the trained length too), the reference's whole latent by default; the progress
+    counts every window, and no border jumps more than the inside does."""
     seen = []
-    a = pipe("techno", audio_length_in_s=6.0, generator=seeded(), **KW,
+    a = pipe("techno", audio_length_in_s=6.0, generator=seeded(), window="windowed", **KW,
              progress=lambda stage, done, total: seen.append((stage, done, total))).audios
-    whole = pipe("techno", audio_length_in_s=6.0, generator=seeded(), window="whole", **KW).audios
-    assert a.shape == whole.shape == (1, 96000) and not np.array_equal(a, whole)
+    auto = pipe("techno", audio_length_in_s=6.0, generator=seeded(), window="auto", **KW).audios
+    whole = pipe("techno", audio_length_in_s=6.0, generator=seeded(), **KW).audios
+    assert np.array_equal(whole, pipe("techno", audio_length_in_s=6.0, generator=seeded(), window="whole", **KW).audios)
+    assert a.shape == whole.shape == (1, 96000) and not np.array_equal(a, whole) and np.array_equal(a, auto)
     # every stage starts at 0 and ends complete: 3 steps, then 150 latent frames in VAE windows of 32 (stride
     # 28) and 600 mel frames in vocoder windows of 128 (stride 112)
     vae, vocoder = len(range(0, 150 - 32, 28)) + 1, len(range(0, 600 - 128, 112)) + 1

@@ -223,3 +223,19 @@ def test_a_saturated_vocoder_is_named(tiny_ckpt, tmp_path):
     _edit_weights(folder / "vocoder" / "model.safetensors", lambda s: s["conv_post.bias"].fill_(float("inf")))
     with pytest.raises(DamagedOutputError, match="the waveform of a take is constant: a damaged weight in vocoder/"):
         MusicLDMPipeline.from_pretrained(folder)("calm piano", num_inference_steps=2, audio_length_in_s=0.1)
+
+
+def test_a_whole_latent_too_large_names_both_ways_out(tiny_ckpt, monkeypatch):
+    """The default (the reference's whole latent) refused for memory names shorter audio and the windowed path,
+    which fits; asked for by name, the windowed path passes the check."""
+    from musicldm_core import placement
+    from musicldm_core.options import Options
+
+    monkeypatch.setattr(placement, "available_memory", lambda device: 2**29)  # 0.5 GiB
+    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+    with pytest.raises(ValueError, match=r"1 take\(s\) of 300 s need about 0\.9 GiB .* ask for fewer takes or shorter "
+                                         r"audio, or window=windowed \(the memory of one window\)$"):
+        pipe("rain", audio_length_in_s=300.0)
+    assert pipe.plan(Options(prompt="rain", audio_length_in_s=300.0, window="windowed")).windowed
+    with pytest.raises(ValueError, match=r"shorter audio$"):  # an hour does not fit in windows either
+        pipe("rain", audio_length_in_s=3600.0 * 20)
