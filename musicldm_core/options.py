@@ -83,7 +83,7 @@ class Options:
     def check(self, names: Mapping[str, str] = {}) -> int:
         """Every check that needs no model and reads no file; returns the number of prompts.
         names: argument -> the name to use in messages (a command-line flag, a batch field)."""
-        n = lambda argument: names.get(argument, argument)  # noqa: E731
+        n = namer(names)
         if self.audio_length_in_s is not None:
             check_number(n("audio_length_in_s"), self.audio_length_in_s, minimum=0, strict=True)
         check_int(n("num_inference_steps"), self.num_inference_steps, minimum=1)
@@ -127,7 +127,7 @@ def read_input(o: Options, names: Mapping[str, str] = {}) -> Optional[torch.Tens
     An inpaint span is checked against its length here."""
     if o.audio is None:
         return None
-    n = lambda argument: names.get(argument, argument)  # noqa: E731
+    n = namer(names)
     wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, n("audio"))
     seconds = len(wave) / AUDIO_RATE
     span = o.inpaint
@@ -146,7 +146,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if seconds is None:
         seconds = g.default_seconds()
     if seconds < g.min_seconds:
-        raise ValueError(f"{names.get('audio_length_in_s', 'audio_length_in_s')} must be at least {g.min_seconds} s "
+        raise ValueError(f"{namer(names)('audio_length_in_s')} must be at least {g.min_seconds} s "
                          f"(one latent frame), got {seconds}")
     if g.mel_bins % g.vae_factor:
         raise ValueError(f"the vocoder's {g.mel_bins} mel bins are not divisible by the VAE scale factor "
@@ -181,6 +181,11 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
 # --------------------------------------------------------------------------------------------
 # The model-free checks, one per kind of argument
 # --------------------------------------------------------------------------------------------
+
+
+def namer(names: Mapping[str, str]) -> Callable[[str], str]:
+    """argument -> the name messages use for it: from `names` (command-line flags, batch fields), else itself."""
+    return lambda argument: names.get(argument, argument)
 
 
 def check_number(name: str, value, *, minimum: float, strict: bool = False, maximum: Optional[float] = None) -> float:
