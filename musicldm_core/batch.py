@@ -4,17 +4,21 @@
     torchrun --nproc-per-node 8 -m musicldm_core --prompts prompts.jsonl --out-dir out/
 
 The prompt file is JSON Lines (`{"prompt": ..., "id": ..., "seed": ..., ...}`, see FIELDS) or plain
-text, one prompt a line. Every item is checked before any model loads, each problem named by line.
-Missing ids and seeds are derived from the line and --seed, so a rerun makes the same audio.
+text, one prompt a line (decided by the extension, else by the first line that is not a # comment).
+Every item is checked before any model loads, each problem named by line: its values, its file names
+against every other item's, and its request against the checkpoint's configs. Missing ids and seeds
+are derived from the line and --seed, so a rerun makes the same audio.
 
 What a run guarantees:
+* One run per folder: it holds DIR/.musicldm.lock (outputs.lock_folder); a second run is refused.
 * Whole files only: WAVs go to temporary names and are renamed into place; an item's manifest
   record is appended (one write, flushed and synced) only after its files are there. A killed run
   loses at most the items in flight; the next run removes their temporary files.
-* A rerun skips every item recorded with its files present, and leaves those files untouched.
-* Items of the same length, steps, sampler, guidance and takes go through the models together, up
-  to --batch-size; the pipeline runs batch-invariant, so each item's audio equals its single run
-  (`musicldm PROMPT --seed S ...`), to the bit on the same device, dtype and thread count.
+* A rerun skips every item recorded with its files present and made from what is asked now
+  (Item.asked), and leaves those files untouched; an item whose line or options changed is made again.
+* Items of the same length, steps, sampler, guidance, takes, loop and window go through the models
+  together, up to --batch-size; the pipeline runs batch-invariant, so each item's audio equals its
+  single run (`musicldm PROMPT --seed S ...`), to the bit on the same device, dtype and thread count.
 * Under torchrun each rank takes every WORLD_SIZE-th item (by position in the file), runs on its
   own GPU (LOCAL_RANK) or its share of the CPU cores, and appends to its own part of the manifest;
   at the end rank 0 merges the parts into DIR/manifest.jsonl: one record per item, in file order.
@@ -35,18 +39,24 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .options import Options
-from .outputs import (MANIFEST, PARTS, append_record, check_outputs, is_done, merge_manifest, read_records,
-                      file_line, remove_temporaries, write_audio)
+from .outputs import (MANIFEST, PARTS, append_record, check_outputs, file_line, is_done, lock_folder, merge_manifest,
+                      read_records, remove_temporaries, write_audio)
 from .placement import default_device, parse_device
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 # JSON field -> its type (all but prompt and id override the command's option of the same name)
 FIELDS = {"prompt": str, "id": str, "negative": str, "seconds": float, "seed": int, "steps": int, "guidance": float,
-          "takes": int, "sampler": str}
+          "takes": int, "sampler": str, "loop": bool, "window": str}
+# the command's options that batch mode does not take, each with the reason
+NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),
+                "input": ("--input", "audio-to-audio runs one input at a time: leave out --prompts"),
+                "strength": ("--strength", "it goes with --input"), "inpaint": ("--inpaint", "it goes with --input"),
+                "extend": ("--extend", "it goes with --input")}
 # the pipeline's argument names -> the fields, for messages
 NAMES = {"audio_length_in_s": "seconds", "num_inference_steps": "steps", "guidance_scale": "guidance",
-         "num_waveforms_per_prompt": "takes", "negative_prompt": "negative", "sampler": "sampler"}
+         "num_waveforms_per_prompt": "takes", "negative_prompt": "negative", "sampler": "sampler", "loop": "loop",
+         "window": "window"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class Item:
     guidance: float
     takes: int
     sampler: Optional[str]  # None: the checkpoint's own
+    loop: bool = False  # a seamless loop
+    window: str = "auto"  # the command line's: windows past the trained length
 
     def files(self, out_dir: Path) -> List[Path]:
         """DIR/<id>.wav, or DIR/<id>-1.wav ... DIR/<id>-N.wav (best first) for several takes."""
@@ -73,17 +85,20 @@ class Item:
     @property
     def group(self) -> tuple:
         """Items with the same group run through the models together."""
-        return self.seconds, self.steps, self.sampler, self.guidance, self.takes
+        return self.seconds, self.steps, self.sampler, self.guidance, self.takes, self.loop, self.window
+
+    def asked(self, extra: Dict[str, object]) -> dict:
+        """What this item's files were made from, as its manifest record keeps it ("asked"): its values
+        and the run's (`extra`: weights, revision, sample rate). A rerun skips the item only when this is
+        unchanged; otherwise it is made again."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")}
+        return json.loads(json.dumps({**values, **extra}))
 
 
-# What the items of a prompt file do not set, as the command line has it: windows past the trained length.
-COMMAND_LINE = Options(window="auto")
-
-
-def item_options(items: List[Item], template: Options = COMMAND_LINE) -> Options:
+def item_options(items: List[Item], template: Options = Options()) -> Options:
     """The pipeline options of items of one group, generated in one call: their prompts, each drawing its
     noise from its own seed exactly as a single run draws it, ranked per prompt with a deterministic crop.
-    template: the options the items do not set (the command line's long-form and audio-to-audio ones)."""
+    template: the options the items do not set (the command line's audio-to-audio ones, progress)."""
     first, one = items[0], len(items) == 1
     prompts, negatives = [item.prompt for item in items], [item.negative or "" for item in items]
     generators = [torch.Generator().manual_seed(item.seed) for item in items]
@@ -91,7 +106,7 @@ def item_options(items: List[Item], template: Options = COMMAND_LINE) -> Options
     return replace(template, prompt=prompts[0] if one else prompts, audio_length_in_s=first.seconds,
                    num_inference_steps=first.steps, guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes,
                    sampler=first.sampler, negative_prompt=negative, generator=generators[0] if one else generators,
-                   rank_within_prompt=True, crop="start")
+                   loop=first.loop, window=first.window, rank_within_prompt=True, crop="start")
 
 
 def derived_seed(base: int, item_id: str) -> int:
@@ -103,23 +118,45 @@ def _slug(text: str) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", text.lower()))[:40].rstrip("-") or "item"
 
 
+def read_text(path: Path, flag: str) -> str:
+    """A text file as UTF-8 (a byte-order mark dropped); bytes that are not UTF-8 named by line and column."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot read {str(path)!r} ({e.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{flag}: {str(path)!r} line {line} is not UTF-8 (byte 0x{data[e.start]:02x} at column "
+                         f"{column}); save the file as UTF-8") from None
+
+
+def is_json_lines(path: Path, lines: List[str]) -> bool:
+    """The prompt file's format: by the extension (.jsonl, .json: JSON Lines; .txt: one prompt a line),
+    else by the first line that is neither blank nor a `# comment`."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json", ".txt"):
+        return suffix != ".txt"
+    first = next((line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
+    return first.startswith("{")
+
+
 def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple[List[Item], List[str]]:
     """(the good items, one problem per bad line); reads and checks, loads no model.
 
-    defaults: the command's values for the FIELDS other than prompt and id.
+    defaults: the command's values for the FIELDS other than prompt and id. Blank lines and lines
+    starting with # are skipped in both formats. Two items whose files would share a name (also when
+    only letter case differs, as on macOS and Windows) are refused by line.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--prompts: cannot read {str(path)!r} ({getattr(e, 'strerror', None) or e})") from None
-    lines = text.splitlines()
-    first = next((line.strip() for line in lines if line.strip()), "")
-    as_json = Path(path).suffix.lower() in (".jsonl", ".json") or first.startswith("{")
+    lines = read_text(path, "--prompts").splitlines()
+    as_json = is_json_lines(path, lines)
     items: List[Item] = []
     problems: List[str] = []
-    seen: Dict[str, int] = {}
+    owners: Dict[str, Item] = {}  # file name, case folded -> the item that writes it
     for number, line in enumerate(lines, 1):
-        if not line.strip() or (not as_json and line.lstrip().startswith("#")):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             data = _parse(line, as_json)
@@ -128,18 +165,25 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
             if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
                 raise ValueError(f"id {item_id!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
                                  "letter or digit (it names the output files)")
-            if item_id in seen:
-                raise ValueError(f"id {item_id!r} is also on line {seen[item_id]}")
             seed = values["seed"] if values.get("seed") is not None else derived_seed(base_seed, item_id)
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
                 raise ValueError(f"seed must be an integer between 0 and {2**64 - 1}, got {seed!r}")
             item = Item(number, item_id, values["prompt"], values.get("negative"), values.get("seconds"), seed,
-                        values["steps"], values["guidance"], values["takes"], values.get("sampler"))
+                        values["steps"], values["guidance"], values["takes"], values.get("sampler"),
+                        values.get("loop", False), values.get("window", "auto"))
             item_options([item]).check(NAMES)
+            for name in (p.name.casefold() for p in item.files(Path())):
+                other = owners.get(name)
+                if other is not None and other.id == item_id:
+                    raise ValueError(f"id {item_id!r} is also on line {other.line}")
+                if other is not None:
+                    case = other.id.casefold() == item_id.casefold()
+                    raise ValueError(f"id {item_id!r} and {other.id!r} on line {other.line} both write {name!r}"
+                                     + (" (letter case does not tell files apart on macOS and Windows)" if case else ""))
         except ValueError as e:
             problems.append(f"{path} line {number}: {e}")
             continue
-        seen[item_id] = number
+        owners.update((p.name.casefold(), item) for p in item.files(Path()))
         items.append(item)
     if not items and not problems:
         problems.append(f"{path}: no prompts in the file")
@@ -160,13 +204,13 @@ def _parse(line: str, as_json: bool) -> dict:
         raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(FIELDS)}")
     if "prompt" not in data:
         raise ValueError("the field 'prompt' is missing")
+    words = {float: "a number", int: "an integer", str: "text", bool: "true or false"}
     for key, value in data.items():
         kind = FIELDS[key]
-        ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
-                                                                          and not isinstance(value, bool))
+        ok = isinstance(value, bool) if kind is bool else (
+            not isinstance(value, bool) and (isinstance(value, kind) or kind is float and isinstance(value, int)))
         if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler")):
-            raise ValueError(f"{key} must be {'a number' if kind is float else 'an integer' if kind is int else 'text'}"
-                             f", got {value!r}")
+            raise ValueError(f"{key} must be {words[kind]}, got {value!r}")
     return data
 
 
@@ -189,11 +233,11 @@ def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     return out
 
 
-def generate(pipe, items: List[Item], template: Options = COMMAND_LINE) -> Tuple[List, List[Optional[List[float]]]]:
+def generate(pipe, items: List[Item], template: Options = Options()) -> Tuple[List, List[Optional[List[float]]]]:
     """One call for items of one group: (each item's waveforms (takes, samples) best first, its scores).
 
     The command line runs a single prompt through here too, so a batch and a single run are the same
-    computation. template: the options the items do not set (long form, audio-to-audio, progress)."""
+    computation. template: the options the items do not set (audio-to-audio, progress)."""
     out = pipe.generate(item_options(items, template))
     takes = items[0].takes
     audios = [out.audios[i * takes:(i + 1) * takes] for i in range(len(items))]
@@ -202,13 +246,16 @@ def generate(pipe, items: List[Item], template: Options = COMMAND_LINE) -> Tuple
     return audios, scores
 
 
-def checked_against(pipe, items: List[Item], skip_bad: bool) -> List[Item]:
-    """What only the checkpoint can tell (the sampler's step counts, the shortest length), checked for
-    every item before any is generated; bad items named by line, or skipped with skip_bad."""
+def checked_against(checkpoint, device, items: List[Item], skip_bad: bool) -> List[Item]:
+    """What only the checkpoint can tell (the sampler's step counts, the shortest length, the memory on
+    `device`), from its configs, for every item before any model loads; bad items named by line, or
+    skipped with skip_bad. Every rank of a torchrun job checks every item, so all decide alike."""
+    from .pipeline import plan_call
+
     good, problems = [], []
     for item in items:
         try:
-            pipe.plan(item_options([item]), NAMES)
+            plan_call(item_options([item]), checkpoint.configs, checkpoint.scheduler, device, False, NAMES)
             good.append(item)
         except ValueError as e:
             problems.append(f"line {item.line} ({item.id}): {e}")
@@ -227,12 +274,14 @@ def report(problems: List[str], what: str, skip: bool) -> None:
 
 class Ranks:
     """This process's place in a torchrun job (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), or a
-    world of one; a process group (gloo, through torchrun's store) when there are several."""
+    world of one; `join()` forms the process group (gloo, through torchrun's store) when there are several."""
 
     def __init__(self):
         env = os.environ
         self.rank, self.world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
         self.local_rank, self.local_world = int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1))
+
+    def join(self) -> None:
         if self.world > 1:
             import datetime
 
@@ -244,64 +293,129 @@ class Ranks:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether `flag` holds on every rank (each rank learns the same answer)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
+
     def close(self) -> None:
         if self.world > 1:
             torch.distributed.destroy_process_group()
 
 
+def check_out_dir(out_dir: Path) -> Path:
+    """--out-dir: a folder (made if missing) where files can be written, its manifest a file if present."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir: {str(out_dir)!r} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out-dir: cannot make the folder {str(out_dir)!r} ({e.strerror})") from None
+    for name in (MANIFEST, PARTS):
+        path = out_dir / name
+        if path.exists() and path.is_dir() != (name == PARTS):
+            raise ValueError(f"--out-dir: {str(path)!r} is a {'folder' if path.is_dir() else 'file'}; move it away "
+                             f"(batch mode keeps its {'manifest' if name == MANIFEST else 'manifest parts'} there)")
+    check_outputs([out_dir / "probe.wav"], "--out-dir")
+    return out_dir
+
+
 def run(args, defaults: Dict[str, object]) -> int:
-    """The batch command; returns the number of items generated by this process."""
+    """The batch command; returns the number of items generated by this process.
+
+    Every check runs on every rank before any rank generates: the lines, the out-dir, each item against
+    the checkpoint's configs; then rank 0 takes the out-dir's lock for the job (a second job on the
+    same folder is refused, naming the holder)."""
+    from .load import open_checkpoint
+
+    for name, (flag, why) in NOT_IN_BATCH.items():
+        if getattr(args, name) is not None:
+            raise ValueError(f"{flag} cannot be used with --prompts: {why}")
     items, problems = read_items(Path(args.prompts), defaults, args.seed if args.seed is not None else 0)
     report(problems, "bad line(s) in --prompts", args.skip_bad and bool(items))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_outputs([out_dir / "probe.wav"], "--out-dir")
-
+    out_dir = check_out_dir(Path(args.out_dir))
     ranks = Ranks()
-    if ranks.rank == 0:
-        remove_temporaries(out_dir)
-    ranks.barrier()  # no rank writes before the stale temporary files are gone
-    records = read_records(out_dir)
-    mine = [item for item in items[ranks.rank::ranks.world] if not is_done(item, records, out_dir)]
-    generated = generate_items(args, mine, out_dir, ranks) if mine else 0
-    ranks.barrier()
-    if ranks.rank == 0:  # one record per item, in the file's order, whatever the ranks and reruns
-        merge_manifest(out_dir, [item.id for item in items])
-    ranks.close()
+    device = rank_device(args, ranks)
+    checkpoint = open_checkpoint(args.weights, args.revision)
+    items = checked_against(checkpoint, device, items, args.skip_bad)
+    ranks.join()
+    lock, refusal = None, None
+    try:
+        if ranks.rank == 0:
+            try:
+                lock = lock_folder(out_dir)
+            except ValueError as e:
+                refusal = e
+        if not ranks.all_true(refusal is None):  # every rank stops with rank 0, which says why
+            raise refusal if refusal is not None else SameOnEveryRank("rank 0 could not lock --out-dir")
+        args.checked = True  # from here on an error is this rank's own
+        if ranks.rank == 0:
+            remove_temporaries(out_dir)
+        ranks.barrier()  # no rank writes before the stale temporary files are gone
+        records = read_records(out_dir, say=ranks.rank == 0)
+        extra = run_values(args)
+        mine = [item for item in items[ranks.rank::ranks.world] if not is_done(item, records, out_dir, extra)]
+        generated = generate_items(args, mine, out_dir, ranks, device, checkpoint.folder, extra) if mine else 0
+        ranks.barrier()
+        if ranks.rank == 0:  # one record per item, in the file's order, whatever the ranks and reruns
+            merge_manifest(out_dir, [item.id for item in items])
+    finally:
+        if lock is not None:
+            lock.release()
+        ranks.close()
     return generated
 
 
-def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks) -> int:
-    """This rank's items: load the model on its device, check them against it, generate them batch by
-    batch, each item's files and manifest record written as soon as it is done (and a line said)."""
+class SameOnEveryRank(Exception):
+    """Raised on ranks > 0 when rank 0 stops on a check that concerns the whole job: rank 0 says why."""
+
+
+def run_values(args) -> Dict[str, object]:
+    """The run's values an item's files depend on, beside its own (Item.asked)."""
+    return {"weights": str(args.weights), "revision": args.revision, "sample_rate": args.sample_rate}
+
+
+def rank_device(args, ranks: Ranks) -> torch.device:
+    device = args.device or default_device()
+    return parse_device(f"cuda:{ranks.local_rank}" if device == "cuda" and ranks.world > 1 else device)
+
+
+def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks, device: torch.device, folder: Path,
+                   extra: Dict[str, object]) -> int:
+    """This rank's items: load the model on its device, generate them batch by batch, each item's files
+    and manifest record written as soon as it is done (and a line said)."""
+    from .audio_frontend import resample
     from .pipeline import MusicLDMPipeline
     from .progress import StageProgress
 
-    device = args.device or default_device()
-    device = parse_device(f"cuda:{ranks.local_rank}" if device == "cuda" and ranks.world > 1 else device)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // ranks.local_world) if device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # CPU: 4 measured 1.22x of 1
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype)
+    pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
     pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
-    items = checked_against(pipe, items, args.skip_bad)
     manifest = out_dir / MANIFEST if ranks.world == 1 else out_dir / PARTS / f"rank-{ranks.rank:05d}.jsonl"
     generated, rank = 0, f"rank {ranks.rank}/{ranks.world}: " if ranks.world > 1 else ""
+    rate = args.sample_rate or pipe.sampling_rate
     for batch in batches(items, batch_size):
         began, progress = time.monotonic(), StageProgress(f"{rank}{', '.join(item.id for item in batch)}: ")
-        audios, scores = generate(pipe, batch, replace(COMMAND_LINE, progress=progress))
+        audios, scores = generate(pipe, batch, Options(progress=progress))
         progress.close()
         took = (time.monotonic() - began) / len(batch)
         for item, audio, score in zip(batch, audios, scores):
             paths, sampler = item.files(out_dir), item.sampler or pipe.scheduler.name
-            duration = audio.shape[-1] / pipe.sampling_rate
-            write_audio(paths, audio, pipe.sampling_rate, flag="--out-dir")
+            if rate != pipe.sampling_rate:
+                audio = resample(torch.from_numpy(audio).double(), pipe.sampling_rate, rate).float().numpy()
+            duration = audio.shape[-1] / rate
+            write_audio(paths, audio, rate, flag="--out-dir")
             record = {**asdict(item), "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
-                      "scores": score, "time": round(took, 3)}
+                      "scores": score, "time": round(took, 3), "asked": item.asked(extra)}
             append_record(manifest, record)
             for path in paths:
                 print(file_line(path, duration, item.seed, sampler, item.steps, item.guidance), flush=True)

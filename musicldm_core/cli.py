@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -150,11 +151,11 @@ def recipe(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str
 
 
 def edit_options(args: argparse.Namespace) -> dict:
-    """The long-form and audio-to-audio options of the command line (--strength defaults to 0.6 with
-    --input alone)."""
-    options = dict(loop=args.loop, window=args.window)
+    """The audio-to-audio options of the command line (--strength defaults to 0.6 with --input alone)."""
+    options = {}
     if args.input is not None:
-        strength = args.strength if args.strength is not None or args.inpaint or args.extend else 0.6
+        edited = any(value is not None for value in (args.strength, args.inpaint, args.extend))
+        strength = args.strength if edited else 0.6
         options.update(audio=args.input, strength=strength, inpaint=parse_span(args.inpaint), extend=args.extend)
     elif args.strength is not None or args.inpaint is not None or args.extend is not None:
         raise ValueError("--strength, --inpaint and --extend need --input FILE")
@@ -172,31 +173,40 @@ def run(args: argparse.Namespace) -> List[str]:
     from .batch import Item, generate, item_options
     from .options import AUDIO_RATE, Options, read_input
     from .outputs import check_outputs, file_line, output_paths, write_audio
-    from .pipeline import MusicLDMPipeline
+    from .geometry import Geometry
+    from .load import open_checkpoint
+    from .pipeline import MusicLDMPipeline, plan_call
     from .placement import default_device, parse_device
     from .progress import StageProgress
 
-    # Everything that can be checked without the checkpoint (the input audio included) is checked before loading it.
+    # Everything is checked before the weights load: the arguments, the input audio (read once), the request
+    # against the checkpoint's configs (lengths, sampler, memory), then the output paths.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
     item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
-                args.sampler)
+                args.sampler, args.loop, args.window)
     template = Options(**edit_options(args))
     options = item_options([item], template)
     options.check(FLAGS)
-    wave = read_input(options, FLAGS)
+    progress = StageProgress()
+    wave = read_input(replace(options, progress=progress), FLAGS)
     if wave is not None:  # the input as read and resampled once: not read a second time
         template = replace(template, audio=wave, audio_sampling_rate=AUDIO_RATE)
-    paths = output_paths(args.output, 1 if args.take else args.takes)
-    check_outputs(paths)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = parse_device(args.device or default_device())
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    pipe = MusicLDMPipeline.from_pretrained(args.weights, revision=args.revision, device=device, dtype=dtype)
+    checkpoint = open_checkpoint(args.weights, args.revision)
+    planned = plan_call(item_options([item], template), checkpoint.configs, checkpoint.scheduler, device, False, FLAGS)
+    if args.loop and args.seconds is not None and abs(planned.seconds - args.seconds) > 0.5 / AUDIO_RATE:
+        frame = Geometry.from_configs(*checkpoint.configs).frame_seconds
+        print(f"musicldm: --loop rounds --seconds {args.seconds:g} to {planned.seconds:g} s (a loop is a whole "
+              f"number of {1000 * frame:g} ms latent frames)", file=sys.stderr)
+    paths = output_paths(args.output, 1 if args.take else args.takes)
+    check_outputs(paths)
+    pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype)
     pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
-    progress = StageProgress()
     audios, _ = generate(pipe, [item], replace(template, progress=progress))
     progress.close()
     audio, rate = audios[0][args.take - 1:args.take] if args.take else audios[0], pipe.sampling_rate
@@ -235,30 +245,42 @@ def main(argv: Optional[List[str]] = None) -> int:
         print_version()
         return 0
     try:
-        if args.source is not None:
-            args = remake_args(args)
-        args.output = args.output or "music.wav"
-        check_args(args)
-        if args.prompts is not None:
-            from .batch import run as run_batch
-
-            defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
-                        "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler}
-            run_batch(args, defaults)
-        else:
-            for line in run(args):
-                print(line)
+        with warnings.catch_warnings():  # a warning is one line too
+            warnings.showwarning = lambda message, *_, **__: print(f"musicldm: warning: {message}", file=sys.stderr)
+            return_code = command(args)
         # done: a Ctrl-C from here on (during shutdown) must not print a traceback over a finished run
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return return_code
     except KeyboardInterrupt:
         print("musicldm: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one clear line; the traceback only with --debug
         if args.debug:
             raise
+        rank = int(os.environ.get("RANK", 0))
+        if rank > 0 and not getattr(args, "checked", False):
+            return 1  # under torchrun every rank runs the same checks first: rank 0 alone says what failed
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"musicldm: error: {message}", file=sys.stderr)
+        print(f"musicldm: error: {f'rank {rank}: ' if rank else ''}{message}", file=sys.stderr)
         return 1
+
+
+def command(args: argparse.Namespace) -> int:
+    """The command's work, once its arguments are parsed: a remake, a batch or a single run."""
+    if args.source is not None:
+        args = remake_args(args)
+    check_args(args)
+    if args.prompts is not None:
+        from .batch import run as run_batch
+
+        defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
+                    "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler, "loop": args.loop,
+                    "window": args.window}
+        run_batch(args, defaults)
+        return 0
+    args.output = args.output or "music.wav"
+    for line in run(args):
+        print(line)
     return 0
 
 

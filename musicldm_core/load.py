@@ -8,13 +8,14 @@ each component's dtype: the pipeline's, but the vocoder's always float32.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from .audio_frontend import LogMel
 from .clap import Clap
 from .clap_config import FeatureExtractorConfig
+from .config import UNetConfig, VAEConfig, VocoderConfig
 from .hub import DEFAULT_REPO, resolve
 from .placement import component_dtype, parse_device, parse_dtype
 from .samplers import Scheduler, check_sampler
@@ -22,6 +23,23 @@ from .tokenizer import ClapTokenizer
 from .unet import UNet
 from .vae import AutoencoderKL
 from .vocoder import HifiGan
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint's folder and what plans a generation without its weights: the (UNet, VAE, vocoder)
+    configs and the sampler. The command line checks every request against it before loading."""
+
+    folder: Path
+    configs: Tuple[UNetConfig, VAEConfig, VocoderConfig]
+    scheduler: Scheduler
+
+
+def open_checkpoint(source: Union[str, Path] = DEFAULT_REPO, revision: Optional[str] = None) -> Checkpoint:
+    """The folder resolved (hub.py) and its configs read, each checked; no weight is read."""
+    folder = resolve(source, revision)
+    configs = (UNetConfig.from_json(folder / "unet" / "config.json"), VAEConfig.from_json(folder / "vae" / "config.json"),
+               VocoderConfig.from_json(folder / "vocoder" / "config.json"))
+    return Checkpoint(folder, configs, Scheduler.from_pretrained(folder / "scheduler"))
 
 
 def load_components(source: Union[str, Path] = DEFAULT_REPO, *, revision: Optional[str] = None,

@@ -30,6 +30,7 @@ from .samplers import Plan, Scheduler, check_sampler
 OUTPUT_TYPES = ("np", "pt", "latent")
 WINDOWS = (None, "auto", "whole", "windowed")
 AUDIO_RATE = 16000  # MusicLDM's audio rate: an input is resampled to it
+MIN_INPUT_SECONDS = 0.04  # the shortest input: one latent frame (4 mel frames of 10 ms)
 Generator = Union[torch.Generator, List[torch.Generator], None]
 
 
@@ -56,8 +57,8 @@ class Options:
     # beyond the reference
     rank_within_prompt: bool = False  # rank each prompt's own takes (the reference ranks against all)
     crop: str = "random"  # ranking's crop of takes over 10 s: "random" (numpy's global RNG), "start", "center"
-    # progress(stage, done, total): "encoding the prompt", "denoising" (steps), "decoding" and "vocoding" (windows),
-    # "ranking takes", in that order; each reports done=0 when it starts, then as it goes
+    # progress(stage, done, total): "reading the input" (audio-to-audio), "encoding the prompt", "denoising"
+    # (steps), "decoding" and "vocoding" (windows), "ranking takes", in that order; each as it goes
     progress: Optional[Callable[[str, int, int], None]] = None
     sampler: Optional[str] = None  # this call's sampler by name; None: the pipeline's scheduler
     loop: bool = False  # a seamless loop: circular windows at every stage, length in whole 40 ms frames
@@ -124,11 +125,14 @@ class Run(NamedTuple):
 
 def read_input(o: Options, names: Mapping[str, str] = {}) -> Optional[torch.Tensor]:
     """The input audio of audio-to-audio as (samples,) 16 kHz mono, read once; None without one.
-    An inpaint span is checked against its length here."""
+    Its length and rate are bounded (audio_frontend.load_audio), the resampling reported as the stage
+    "reading the input"; an inpaint span is checked against its length here."""
     if o.audio is None:
         return None
     n = namer(names)
-    wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, n("audio"))
+    report = o.progress or (lambda stage, done, total: None)
+    wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, n("audio"), MIN_INPUT_SECONDS,
+                      lambda done, total: report("reading the input", done, total))
     seconds = len(wave) / AUDIO_RATE
     span = o.inpaint
     if span is not None and not 0 <= span[0] < span[1] <= seconds:

@@ -4,12 +4,15 @@ Output paths are checked here too, before any work, for every entry point."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 # output file extension -> (soundfile format, subtype): float32 WAV as the models compute, 24-bit FLAC, Vorbis
 FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
@@ -51,65 +54,177 @@ def check_outputs(paths: List[Path], flag: str = "--output") -> None:
         if path.is_dir():
             raise ValueError(f"{flag}: {str(path)!r} is a folder; give a file name")
     try:  # a probe where the files will go: a read-only folder fails now, not after generating
-        os.unlink(temp_file(folder))
+        Path(temp_file(folder)).unlink(missing_ok=True)  # (a batch run holding the folder may remove it first)
     except OSError as e:
         raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
 
 
-def read_records(out_dir: Path) -> Dict[str, dict]:
-    """id -> its latest record, from the manifest and any parts a distributed run left.
+REJECTED = "manifest-rejected.jsonl"  # manifest lines that are not valid records, set aside by the merge
 
-    A last line cut short by a kill is skipped (its item is simply not done)."""
+
+def _scan(out_dir: Path) -> Tuple[Dict[str, dict], List[Tuple[str, str]]]:
+    """(id -> its latest record, [(where, the line)] of lines that are not valid records) from the
+    manifest and any parts a distributed run left. A last line cut short by a kill (no newline, not
+    JSON) is neither: its item is simply not done."""
     records: Dict[str, dict] = {}
+    rejected: List[Tuple[str, str]] = []
     sources = [out_dir / MANIFEST] + sorted((out_dir / PARTS).glob("*.jsonl"))
     for source in sources:
         if not source.is_file():
             continue
-        for line in source.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                records[record["id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+        data = source.read_bytes()
+        lines = data.split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
+            cut = number == len(lines)  # the file does not end with a newline after it
+            problem, record = _record(raw)
+            if problem is None:
+                records[record["id"]] = record
+            elif not (cut and problem.startswith("not JSON")):
+                rejected.append((f"{source} line {number}: {problem}", raw.decode("utf-8", "replace")))
+    return records, rejected
+
+
+def _record(raw: bytes) -> Tuple[Optional[str], Optional[dict]]:
+    """(what is wrong with a manifest line, or None; the record)."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8", None
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg})", None
+    if not isinstance(record, dict):
+        return "not a JSON object", None
+    if not isinstance(record.get("id"), str):
+        return f"its id must be text, got {record.get('id')!r}", None
+    files = record.get("files")
+    if not isinstance(files, list) or not all(isinstance(name, str) and name == Path(name).name for name in files):
+        return f"its files must be a list of file names, got {files!r}", None
+    return None, record
+
+
+def read_records(out_dir: Path, say: bool = False) -> Dict[str, dict]:
+    """id -> its latest record; with `say`, each line that is not a valid record is named (the merge
+    sets it aside in REJECTED)."""
+    records, rejected = _scan(out_dir)
+    for where, _ in rejected if say else ():
+        print(f"musicldm: {where}; skipped (the merge moves it to {REJECTED})", file=sys.stderr)
     return records
 
 
-def is_done(item, records: Dict[str, dict], out_dir: Path) -> bool:
+def is_done(item, records: Dict[str, dict], out_dir: Path, extra: Dict[str, object]) -> bool:
+    """Recorded with its files present and made from what is asked now (Item.asked); else it is made again."""
     record = records.get(item.id)
-    return record is not None and all((out_dir / name).is_file() for name in record.get("files", ()))
+    return (record is not None and record.get("asked") == item.asked(extra)
+            and all((out_dir / name).is_file() for name in record["files"]))
 
 
 def append_record(path: Path, record: dict) -> None:
     """One line, one write, flushed and synced: a kill leaves the line whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        prefix = b""
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            prefix = b"" if f.read(1) == b"\n" else b"\n"  # end a line a kill cut short
-        f.write(prefix + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            prefix = b""
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                prefix = b"" if f.read(1) == b"\n" else b"\n"  # end a line a kill cut short
+            f.write(prefix + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a failed append leaves at most a cut line, which the next run skips
+        raise ValueError(f"--out-dir: cannot write {str(path)!r} ({write_problem(e, path.parent)})") from None
 
 
 def merge_manifest(out_dir: Path, order: Iterable[str]) -> None:
     """Write DIR/manifest.jsonl with one record per item (the latest), in the file's order, whole
-    (temporary file + rename); then remove the parts it took them from."""
-    records = read_records(out_dir)
+    (temporary file + rename); lines that are not valid records are appended to REJECTED; then remove
+    the parts it took them from. Run under the out-dir's lock (lock_folder)."""
+    records, rejected = _scan(out_dir)
     rank = {item_id: i for i, item_id in enumerate(order)}
     lines = [json.dumps(r, ensure_ascii=False) + "\n"
              for r in sorted(records.values(), key=lambda r: (rank.get(r["id"], math.inf), r["id"]))]
-    tmp = out_dir / f"{TEMP_PREFIX}manifest.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / MANIFEST)
+    if rejected:
+        with open(out_dir / REJECTED, "a", encoding="utf-8") as f:
+            f.writelines(line.rstrip("\n") + "\n" for _, line in rejected)
+    tmp = temp_file(out_dir)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_dir / MANIFEST)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ValueError(f"--out-dir: cannot write {str(out_dir / MANIFEST)!r} ({write_problem(e, out_dir)})") from None
     for part in (out_dir / PARTS).glob("*.jsonl"):
         part.unlink()
     if (out_dir / PARTS).is_dir():
         (out_dir / PARTS).rmdir()
+
+
+class FolderLock:
+    """An exclusive lock on a folder for one batch job (see lock_folder); `release()` ends it."""
+
+    def __init__(self, path: Path, handle):
+        self.path, self.handle = path, handle
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)  # while still held: the next run makes a fresh file
+        self.handle.close()
+
+
+LOCK = ".musicldm.lock"  # in the out-dir while a batch job runs there
+
+
+def lock_folder(folder: Path) -> FolderLock:
+    """Take the folder's lock without waiting (flock on DIR/.musicldm.lock, which names its holder),
+    or raise naming the run that holds it. A lock file left by a killed run is not held: it is taken."""
+    import fcntl
+
+    path = folder / LOCK
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ValueError(f"--out-dir: {str(folder)!r} is in use by another batch run ({holder}); wait for it "
+                             "to finish, or use another folder") from None
+        try:  # the file we locked may have been released and removed meanwhile: then lock the new one
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    import socket
+    import time
+
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return FolderLock(path, handle)
+
+
+def write_problem(e: OSError, folder: Path) -> str:
+    """Why a write failed, in words that name the folder (and, when it is full, its disk)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = _free(folder)
+        return f"the disk holding {str(folder)!r} is full: {free / 2**20:.1f} MiB free"
+    return f"{e.strerror or e} in {str(folder)!r}"
+
+
+def _free(folder: Path) -> float:
+    """Bytes free on the disk holding `folder` (infinite where it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return math.inf
 
 
 def file_line(path: Path, seconds: float, seed: int, sampler: str, steps: int, guidance: float) -> str:
@@ -164,5 +279,10 @@ def write_audio(paths: List[Path], audios, rate: int, flag: str = "--output",
         for written in done:
             written.unlink(missing_ok=True)
         if isinstance(e, OSError):  # `path` is the file that failed
-            raise ValueError(f"{flag}: cannot write {str(path)!r} ({e.strerror or e})") from None
+            raise ValueError(f"{flag}: cannot write {str(path)!r} ({write_problem(e, path.parent)})") from None
+        if isinstance(e, sf.SoundFileRuntimeError):  # libsndfile says only "System error." when the disk is full
+            need = sum(np.asarray(a).size * 4 for a in audios) + 2**20
+            problem = write_problem(OSError(errno.ENOSPC, "disk full"), path.parent) if _free(path.parent) < need \
+                else f"{str(e).splitlines()[0]}"
+            raise ValueError(f"{flag}: cannot write {str(path)!r} ({problem})") from None
         raise

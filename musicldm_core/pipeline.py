@@ -15,6 +15,7 @@ below are handed only what they use: geometry.py (lengths), longform.py (windows
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -26,12 +27,12 @@ from .errors import check_finite, check_waveforms
 from .geometry import Geometry
 from .guidance import guided_eps, noise_predictor
 from .hub import DEFAULT_REPO
-from .layers import embeddings_row_by_row
+from .layers import rows_apart
 from .load import load_components
 from .longform import windowed
 from .noise import randn
-from .options import Options, Run, plan, read_input
-from .placement import Placement, parse_device, parse_dtype
+from .options import Options, Run, namer, plan, read_input
+from .placement import Placement, check_memory, parse_device, parse_dtype
 from .ranking import rank
 from .samplers import Scheduler
 
@@ -45,6 +46,21 @@ class AudioPipelineOutput:
     scores: Optional[torch.Tensor] = None
 
 
+def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,
+              names: Dict[str, str] = {}) -> Run:
+    """Every check of `o` and what a checkpoint makes of it, from its (UNet, VAE, vocoder) configs and
+    sampler alone: the pipeline's own check, and the command line's before the weights load.
+    names: argument -> the name messages use (command-line flags, batch fields)."""
+    geometry = Geometry.from_configs(*configs)
+    run = plan(o, o.check(names), geometry, scheduler.with_sampler(o.sampler), read_input(o, names),
+               configs[0].projection_class_embeddings_input_dim, names)
+    trained, windows = geometry.trained_frames or run.frames, f"{names.get('window', 'window')}=windowed"
+    check_memory(configs, device, run.takes, run.frames, o.guided, run.seconds, vae_slicing,
+                 trained if run.windowed else None, None if run.windowed else (trained, windows),
+                 0 if run.wave is None else len(run.wave), namer(names))
+    return run
+
+
 class MusicLDMPipeline:
     def __init__(self, tokenizer, text_encoder, unet, vae, vocoder, scheduler: Scheduler, feature_extractor):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
@@ -52,6 +68,7 @@ class MusicLDMPipeline:
         self.vae_slicing = self.batch_invariant = False
         self.compiled: Dict[str, CompiledStage] = {}  # set by compile()
         self.placement = Placement(lambda: self.components)
+        self.lock = threading.RLock()  # one generation at a time: threads may share a pipeline (see generate)
 
     @classmethod
     def from_pretrained(cls, source=DEFAULT_REPO, **kwargs) -> "MusicLDMPipeline":
@@ -94,12 +111,14 @@ class MusicLDMPipeline:
         """On the CPU, keep only the running component's weights resident (see placement.py)."""
         self.placement.low_memory = True
 
-    def enable_batch_invariance(self) -> None:
-        """Make each take independent of what shares its call, to the last bit: the UNet's embedding
-        layers run row by row (layers.EmbeddingLinear), each take is decoded and vocoded alone, and
-        takes are ranked per prompt. Batch mode relies on it; the cost is small."""
-        self.batch_invariant = True
-        embeddings_row_by_row(self.unet)
+    def enable_batch_invariance(self, on: bool = True) -> None:
+        """Make each take independent of what shares its call, to the last bit, at any batch size and
+        thread count: the UNet's convolutions and linear layers run one row at a time (layers.rows_apart),
+        each take is decoded and vocoded alone, and takes are ranked per prompt. Batch mode and the
+        command line rely on it. The cost on a CPU: 3% for one item; batching four items, which gained
+        1.18x only by running other kernels, now gains little (benchmarks/results/batch-cpu-2026-12-03.md)."""
+        self.batch_invariant = on
+        rows_apart(self.unet, on)
 
     def compile(self, stages: Optional[Tuple[str, ...]] = None, mode: Optional[str] = None) -> None:
         """torch.compile `stages` ("unet": the step's `guided_eps`, "vae", "vocoder"); see compiled.py.
@@ -123,16 +142,18 @@ class MusicLDMPipeline:
 
     def plan(self, o: Options, names: Dict[str, str] = {}) -> Run:
         """Every check of `o` and what this checkpoint makes of it, before any model runs."""
-        run = plan(o, o.check(names), self.geometry, self.scheduler.with_sampler(o.sampler), read_input(o, names),
-                   self.unet.config.projection_class_embeddings_input_dim, names)
-        trained, windows = self.geometry.trained_frames or run.frames, f"{names.get('window', 'window')}=windowed"
-        self.placement.check_memory(run.takes, run.frames, o.guided, run.seconds, self.vae_slicing,
-                                    trained if run.windowed else None, None if run.windowed else (trained, windows))
-        return run
+        return plan_call(o, (self.unet.config, self.vae.config, self.vocoder.config), self.scheduler, self.device,
+                         self.vae_slicing, names)
+
+    def generate(self, o: Options) -> AudioPipelineOutput:
+        """The procedure, for the options of one call (options.py says what each field does). Calls from
+        several threads run one after another: offload moves, compiled graphs and numpy's global random
+        state (the ranking's crop) are shared by every call."""
+        with self.lock:
+            return self._generate(o)
 
     @torch.inference_mode()
-    def generate(self, o: Options) -> AudioPipelineOutput:
-        """The procedure, for the options of one call (options.py says what each field does)."""
+    def _generate(self, o: Options) -> AudioPipelineOutput:
         run, device, takes = self.plan(o), self.device, o.num_waveforms_per_prompt
         shape = self.geometry.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 

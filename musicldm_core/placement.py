@@ -104,27 +104,30 @@ class Placement:
                     page_out(m)
         return components[name]
 
-    def check_memory(self, takes: int, frames: int, guided: bool, seconds: float, vae_slicing: bool,
-                     window: Optional[int] = None, way_out: Optional[Tuple[int, str]] = None) -> None:
-        """Refuse a request whose activations cannot fit in the memory available on the device.
 
-        A coarse estimate (estimate_memory: activations of the largest stage, the latents and the
-        waveforms; the weights are already resident), meant to stop what cannot possibly run (an hour
-        of audio, a million takes) with a clear line instead of an allocator error after loading.
-        way_out: (window, words): the windowed path's window in mel frames, named in the refusal by `words`
-        when it would fit.
-        """
-        models = tuple(self.components()[name].config for name in ("unet", "vae", "vocoder"))
-        need, stage = estimate_memory(*models, takes, frames, guided, vae_slicing, window)
-        available = available_memory(self.device)
-        if available is not None and need > 0.9 * available:
-            sliced, _ = estimate_memory(*models, takes, frames, guided, True, window)
-            windowed = way_out and estimate_memory(*models, takes, frames, guided, vae_slicing, way_out[0])[0]
-            hint = ("; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else
-                    f", or {way_out[1]} (the memory of one window)" if windowed and windowed <= 0.9 * available else "")
-            raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
-                             f"{stage}, but {available / 2**30:.1f} GiB is available on {self.device}: ask for "
-                             f"fewer takes or shorter audio{hint}")
+def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, guided: bool, seconds: float,
+                 vae_slicing: bool, window: Optional[int] = None, way_out: Optional[Tuple[int, str]] = None,
+                 input_samples: int = 0, names: Callable[[str], str] = str) -> None:
+    """Refuse a request whose activations cannot fit in the memory available on `device`, from the
+    (UNet, VAE, vocoder) configs alone: callable before the weights load.
+
+    A coarse estimate (estimate_memory: activations of the largest stage, the latents, the waveforms
+    and an input's spectrogram; the weights come on top), meant to stop what cannot possibly run (an
+    hour of audio, a million takes) with a clear line instead of an allocator error.
+    way_out: (window, words): the windowed path's window in mel frames, named in the refusal by `words`
+    when it would fit. names: argument -> the name the caller's user typed (a flag, a field).
+    """
+    need, stage = estimate_memory(*configs, takes, frames, guided, vae_slicing, window, input_samples)
+    available = available_memory(device)
+    if available is not None and need > 0.9 * available:
+        sliced, _ = estimate_memory(*configs, takes, frames, guided, True, window, input_samples)
+        windowed = way_out and estimate_memory(*configs, takes, frames, guided, vae_slicing, way_out[0],
+                                               input_samples)[0]
+        hint = ("; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else
+                f", or {way_out[1]} (the memory of one window)" if windowed and windowed <= 0.9 * available else "")
+        raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
+                         f"{stage}, but {available / 2**30:.1f} GiB is available on {device}: ask for a smaller "
+                         f"{names('num_waveforms_per_prompt')} or {names('audio_length_in_s')}{hint}")
 
 
 def available_memory(device: torch.device) -> Optional[int]:
@@ -147,7 +150,7 @@ def available_memory(device: torch.device) -> Optional[int]:
 
 
 def estimate_memory(u, v, h, takes: int, frames: int, guided: bool, vae_slicing: bool,
-                    window: Optional[int] = None) -> tuple[int, str]:
+                    window: Optional[int] = None, input_samples: int = 0) -> tuple[int, str]:
     """(bytes, stage): activations of the stage that needs most, plus latents and waveforms, for the
     UNet, VAE and vocoder configs u, v, h.
 
@@ -156,7 +159,9 @@ def estimate_memory(u, v, h, takes: int, frames: int, guided: bool, vae_slicing:
     UNet: every resolution level holds its skip connections and a few temporaries (2L + 4 maps of
     C x T x F per row, twice the rows with guidance). VAE decoder: about four maps per level at
     the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
-    the residual branches. Counted in float32 (the widest the models compute in).
+    the residual branches. An input of audio-to-audio (input_samples at 16 kHz): its STFT, the
+    real and imaginary halves of n_fft / 2 + 1 bins a mel frame (n_fft at most 8 hops), then its mel.
+    Counted in float32 (the widest the models compute in).
     """
     f, bins = v.scale_factor, h.model_in_dim
     rows = takes * (2 if guided else 1)
@@ -171,8 +176,9 @@ def estimate_memory(u, v, h, takes: int, frames: int, guided: bool, vae_slicing:
         length *= rate
         vocoder_bytes = max(vocoder_bytes, (h.upsample_initial_channel >> (i + 1)) * length
                             * (len(h.resblock_kernel_sizes) + 3))
+    input_frames = input_samples // h.hop_length + 1
     stages = {"UNet": unet_bytes * (1 if window is None else 2), "VAE decoder": vae_bytes,
-              "vocoder": vocoder_bytes * takes}
+              "vocoder": vocoder_bytes * takes, "input's spectrogram": (8 * h.hop_length + 2 + bins) * input_frames}
     stage = max(stages, key=stages.get)
     # the waveforms and their 3x resampled copy when ranking; the latents, the noise and their copies
     buffers = takes * whole * h.hop_length * 8 + rows * u.in_channels * (whole // f) * (bins // f) * 3

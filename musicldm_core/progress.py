@@ -1,6 +1,7 @@
 """Progress through a generation's stages, for a person watching the command line.
 
-The pipeline reports `(stage, done, total)` (pipeline.generate): "encoding the prompt", "denoising"
+The pipeline reports `(stage, done, total)` (pipeline.generate): "reading the input" (the resampling of
+an audio-to-audio input, which the command line does before the model loads), "encoding the prompt", "denoising"
 (steps), "decoding" and "vocoding" (windows), "ranking takes". On a terminal each stage gets its own
 bar, drawn when the stage starts (never an empty one before). Elsewhere (logs, CI, torchrun ranks)
 each stage is one plain line when it ends, with its elapsed time:

@@ -10,6 +10,8 @@ from `vocab.json` + `merges.txt`.
 from __future__ import annotations
 
 import json
+import threading
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,6 +34,9 @@ class ClapTokenizer:
         if self.pad_token_id is None:
             raise CheckpointError(f"tokenizer: the vocabulary has no pad token {pad_token!r}")
         self.pad_token = pad_token
+        # the Rust tokenizer's truncation and padding are settings of the object, changed per call: a lock
+        # makes a call's settings and its encoding one step, so threads can share the pipeline
+        self.lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "ClapTokenizer":
@@ -63,13 +68,18 @@ class ClapTokenizer:
         """
         tok = self.tokenizer
         limit = max_length or self.model_max_length  # None: the config sets no limit
-        if truncate and limit is not None:
-            tok.enable_truncation(limit)
-        else:
-            tok.no_truncation()
-        tok.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
-                           length=self.model_max_length if pad_to_max_length else None)
-        encodings = tok.encode_batch(list(texts), add_special_tokens=True)
+        with self.lock:
+            if truncate and limit is not None:
+                tok.enable_truncation(limit)
+            else:
+                tok.no_truncation()
+            tok.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
+                               length=self.model_max_length if pad_to_max_length else None)
+            encodings = tok.encode_batch(list(texts), add_special_tokens=True)
+        for text, e in zip(texts, encodings):
+            if e.overflowing:  # as the reference, which logs the part it cut
+                warnings.warn(f"a prompt longer than {limit} tokens was cut to its first {limit}, all that CLAP "
+                              f"reads: {text[:40]!r}... ({len(text)} characters)")
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
         return ids, mask

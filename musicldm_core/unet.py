@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .layers import MLP, Attention, Downsample2D, EmbeddingLinear, ResnetBlock2D, Upsample2D, timestep_embedding
+from .layers import MLP, Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
 from weights_convert import diffusers as diffusers_names
 
 from .weights import load_component
@@ -187,7 +187,7 @@ class UNet(nn.Module):
         c0 = cfg.block_out_channels[0]
         self.conv_in = nn.Conv2d(cfg.in_channels, c0, cfg.conv_in_kernel, padding=cfg.conv_in_kernel // 2)
         self.time_embedding = MLP(c0, cfg.time_embed_dim, "silu")  # on the sinusoidal embedding
-        self.class_embedding = (EmbeddingLinear(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim)
+        self.class_embedding = (nn.Linear(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim)
                                 if cfg.class_embed_type == "simple_projection" else None)
         n = len(cfg.block_out_channels)
         self.down_blocks = nn.ModuleList()

@@ -203,10 +203,11 @@ def load_module(
     mapping = check_keys(expected, _shapes(mapped), names.published_to_ours if names else _same, what,
                          names.ours_to_published if names else _same)
     floating = {k for k, v in module.state_dict().items() if v.is_floating_point()}
-    wrong = [f"  {key!r} is {f.entries[key][0]} in {f.path}, where the model needs floating-point values"
+    wrong = [f"{key!r} is {f.entries[key][0]} in {f.path}, where the model needs floating-point values"
              for f in mapped for key in f.entries if mapping.get(key) in floating and not f.entries[key][0].is_floating_point]
-    if wrong:
-        raise CheckpointError(f"{what}: {len(wrong)} weight(s) of an integer or boolean dtype:\n" + "\n".join(wrong))
+    if wrong:  # the first line names a key and its file on its own (the command line shows only it)
+        more = f" (and {len(wrong) - 1} more weight(s) of an integer or boolean dtype:)" if len(wrong) > 1 else ""
+        raise CheckpointError(f"{what}: weight {wrong[0]}{more}" + "".join(f"\n  {w}" for w in wrong[1:]))
     state: Dict[str, torch.Tensor] = {}
     device = torch.device(device)
     for f in mapped:

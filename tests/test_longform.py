@@ -131,10 +131,7 @@ def test_a_loop_rotates_with_its_noise_and_has_no_seam(pipe):
     noise = torch.randn(1, 8, 72, 16, generator=seeded(3))
     a = pipe("techno", audio_length_in_s=2.88, latents=noise, loop=True, **KW).audios[0]
     b = pipe("techno", audio_length_in_s=2.88, latents=noise.roll(24, dims=2), loop=True, **KW).audios[0]
-    pipe.batch_invariant = False
-    for m in pipe.unet.modules():
-        if hasattr(m, "row_by_row"):
-            m.row_by_row = False
+    pipe.enable_batch_invariance(False)
     assert a.shape == (72 * 640,)
     assert np.array_equal(np.roll(a, 24 * 640), b)
     assert abs(a[0] - a[-1]) <= np.abs(np.diff(a)).max()
@@ -254,6 +251,30 @@ def test_resample_against_librosa():
     rms = np.sqrt(np.mean((ours[:n] - ref[:n]) ** 2) / np.mean(ref[:n] ** 2))
     print(f"[resample] 44.1 -> 16 kHz vs librosa soxr_hq: rms {rms:.2e}")
     assert rms < 0.01
+
+
+def test_resample_block_and_gather_paths_agree(monkeypatch):
+    """Common ratios run as one block matrix per chunk, odd ones gather from a table of phases: the same
+    taps at the same positions, so the two agree to float64 rounding (the gather path forced by a lower
+    limit), in every phase and at both ends; progress ends at its total."""
+    from musicldm_core import audio_frontend
+
+    x = torch.from_numpy(np.random.RandomState(1).randn(2, 5003))
+    for orig, target in ((44100, 16000), (16000, 48000), (22050, 16000), (8000, 16000)):
+        block = resample(x, orig, target)
+        with monkeypatch.context() as m:
+            m.setattr(audio_frontend, "TABLE_LIMIT", audio_frontend.resample_cost(orig, target))
+            gather = resample(x, orig, target)
+        assert block.shape == gather.shape == (2, -(-5003 * target // orig))
+        assert (block - gather).abs().max() < 1e-12, (orig, target)
+    progress = []
+    resample(x, 44100, 16000, progress=lambda done, total: progress.append((done, total)))
+    assert progress[-1][0] == progress[-1][1]
+
+
+def test_resample_refuses_a_rate_without_a_small_ratio():
+    with pytest.raises(ValueError, match="resampling from 999983 Hz to 16000 Hz needs more than"):
+        resample(torch.zeros(1, 1000, dtype=torch.float64), 999983, 16000)
 
 
 # --- command line --------------------------------------------------------------------------------
