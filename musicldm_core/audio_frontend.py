@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 from typing import Callable, Optional, Sequence
 
@@ -314,8 +315,6 @@ def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = 
 
 def check_rate(rate, target_sr: int, name: str) -> None:
     """An integer rate in INPUT_RATES that `resample` can take to target_sr with a bounded filter."""
-    import numbers
-
     if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not INPUT_RATES[0] <= rate <= INPUT_RATES[1]:
         raise ValueError(f"{name} must be a whole number of Hz from {INPUT_RATES[0]} to {INPUT_RATES[1]}, got {rate!r}")
     if resample_cost(int(rate), target_sr) > TABLE_LIMIT:
