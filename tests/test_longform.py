@@ -58,6 +58,69 @@ def test_cross_fade_between_two_constants_is_symmetric():
     assert torch.allclose(out[:stride], m1.expand(stride), atol=1e-12)
 
 
+def test_ramp_weights_are_the_documented_sin_squared_cross_fade():
+    """The blend weights themselves, not only their sum: sin^2 at the half-sample centres of the overlap,
+    (1 - cos(pi (i + 1/2) / overlap)) / 2 written another way, in float64; none at an open end, both
+    ends on a ring; an overlap of 1 is a ramp of one frame at 1/2."""
+    from musicldm_core.longform import ramp_weights
+
+    i = np.arange(6)
+    up = (1 - np.cos(np.pi * (i + 0.5) / 6)) / 2
+    inner = ramp_weights(20, 6, False, False, False)
+    assert inner.dtype == torch.float64
+    assert np.abs(inner[:6].numpy() - up).max() < 1e-15 and np.abs(inner[-6:].numpy() - up[::-1]).max() < 1e-15
+    assert torch.equal(inner[6:-6], torch.ones(8, dtype=torch.float64))
+    assert torch.equal(ramp_weights(20, 6, True, True, False), torch.ones(20, dtype=torch.float64))  # open ends
+    assert torch.equal(ramp_weights(20, 6, True, True, True), inner)  # a ring has no open end
+    first, last = ramp_weights(20, 6, True, False, False), ramp_weights(20, 6, False, True, False)
+    assert torch.equal(first[:6], torch.ones(6, dtype=torch.float64)) and torch.equal(first[-6:], inner[-6:])
+    assert torch.equal(last[-6:], torch.ones(6, dtype=torch.float64)) and torch.equal(last[:6], inner[:6])
+    assert np.abs(ramp_weights(4, 1, False, False, False).numpy() - [0.5, 1.0, 1.0, 0.5]).max() < 1e-15
+    assert torch.equal(ramp_weights(4, 0, False, False, False), torch.ones(4, dtype=torch.float64))
+
+
+def test_window_starts_at_the_edges():
+    from musicldm_core.longform import window_starts
+
+    assert window_starts(10, 32, 24, False) == [0] and window_starts(32, 32, 24, False) == [0]
+    assert window_starts(33, 32, 24, False) == [0, 1]  # the last window ends at the end
+    assert window_starts(96, 32, 24, True) == [0, 24, 48, 72]  # a ring: every stride, from 0
+    assert window_starts(32, 32, 24, True) == [0, 24]
+
+
+def test_windowed_reports_its_progress_and_batches_its_windows():
+    """progress: (0, windows) before the first, then after each call of fn; `batch` windows a call; an
+    open signal of one window is one call reported as (0, 1), (1, 1)."""
+    calls, said = [], []
+    fn = lambda w: calls.append(w.shape[0]) or w  # noqa: E731
+    x = torch.randn(2, 100)
+    windowed(fn, x, 1, 32, 8, batch=2, progress=lambda done, total: said.append((done, total)))
+    assert said == [(0, 4), (2, 4), (4, 4)] and calls == [4, 4]  # 4 windows, 2 a call, 2 rows each
+    said.clear()
+    one = torch.randn(2, 32, dtype=torch.float64)
+    assert windowed(lambda w: w, one, 1, 32, 8, progress=lambda done, total: said.append((done, total))) is one
+    assert said == [(0, 1), (1, 1)]  # fn(x) itself: not a float32 blend of one window
+
+
+def test_an_open_signal_keeps_its_ends_untouched():
+    """No ramp at the open ends: the frames only the first (last) window covers come back bit for bit
+    (a weight there, divided out again, would move their last bits)."""
+    x = torch.randn(3, 100)
+    out = windowed(lambda w: w, x, 1, 32, 8)
+    assert torch.equal(out[:, :24], x[:, :24]) and torch.equal(out[:, 80:], x[:, 80:])  # windows at 0, 24, 48, 68
+
+
+def test_a_circular_signal_comes_back_whole():
+    """On a ring every frame is covered by the blend all round: the identity gives the input back, also
+    when the signal is exactly one window long (which, open, would be a single call)."""
+    for length in (96, 100, 32):
+        x = torch.randn(1, 3, length, dtype=torch.float32)
+        out = windowed(lambda w: w, x, 2, 32, 8, circular=True)
+        assert torch.allclose(out, x, rtol=0, atol=1e-6), length
+        shifted = windowed(lambda w: w + torch.arange(w.shape[2]).float(), x, 2, 32, 8, circular=True)
+        assert not torch.allclose(shifted, x + torch.arange(length).float())  # the windows' own positions
+
+
 def test_regenerate_mask_keeps_kept_frames_exactly():
     m = regenerate_mask(40, 10.0, 25.0, 4)[0, 0, :, 0]
     assert torch.all(m[:10] == 0) and torch.all(m[25:] == 0) and torch.all(m[14:21] == 1)

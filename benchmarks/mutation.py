@@ -1,0 +1,94 @@
+"""Mutation testing of one module with its own tests: how many planted bugs the tests catch.
+
+    python benchmarks/mutation.py musicldm_core/longform.py
+    python benchmarks/mutation.py musicldm_core/options.py --tests tests/test_pipeline_inputs.py
+
+mutmut (from the test extra) rewrites the module into one mutant per small change (an operator, a
+constant, a comparison, a dropped argument) and runs, for each, the tests that reach the mutated
+function: a mutant they fail on is killed; one they pass on survived, and is either a missing test or
+an equivalent mutant (a change that cannot alter behaviour), to be killed or explained. It works in a
+copy of the repository in a temporary folder, so the working tree is never touched, and switches
+mutants inside the test process: tests that run the command line in a subprocess import the
+installed package and do not see the mutant (they count for nothing here). The test command does
+not run this (a module takes minutes). Results are appended to benchmarks/results/mutation-<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT
+
+# module -> the tests that guard it
+TESTS = {
+    "musicldm_core/samplers/schedule.py": ["tests/parity/test_samplers.py"],
+    "musicldm_core/longform.py": ["tests/test_longform.py", "tests/test_editing.py"],
+    "musicldm_core/editing.py": ["tests/test_editing.py", "tests/test_longform.py"],
+    "musicldm_core/options.py": ["tests/test_pipeline_inputs.py", "tests/parity/test_input_checks.py"],
+    "musicldm_core/outputs.py": ["tests/test_refusals.py", "tests/test_cli.py", "tests/test_batch.py"],
+    "musicldm_core/batch.py": ["tests/test_batch.py", "tests/test_refusals.py"],
+    "musicldm_core/audio_frontend.py": ["tests/test_longform.py", "tests/parity/test_clap.py",
+                                        "tests/test_refusals.py"],
+}
+STATES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("module", help="the file to mutate, e.g. musicldm_core/longform.py")
+    p.add_argument("--tests", nargs="+", default=None, help="the tests to run (default: TESTS[module])")
+    p.add_argument("--children", type=int, default=os.cpu_count() or 1, help="mutants run in parallel")
+    p.add_argument("--out", default=None, help="the results file (default: benchmarks/results/mutation-DATE.md)")
+    args = p.parse_args()
+    tests = args.tests or TESTS.get(args.module)
+    if not tests:
+        sys.exit(f"mutation.py: no tests known for {args.module}; give --tests")
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        work = Path(tmp)
+        for name in ("musicldm_core", "weights_convert", "tests"):
+            shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        listed = lambda values: "".join(f"\n    {v}" for v in values)  # noqa: E731 - setup.cfg lists
+        (work / "setup.cfg").write_text(
+            f"[mutmut]\nsource_paths=musicldm_core/\nalso_copy={listed(['weights_convert/'])}\n"
+            f"only_mutate={listed([args.module])}\npytest_add_cli_args_test_selection={listed(tests)}\n")
+        env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        subprocess.run(["mutmut", "run", "--max-children", str(args.children)], cwd=work, env=env,
+                       stdout=subprocess.DEVNULL, check=True)
+        results = subprocess.run(["mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True,
+                                 text=True, check=True).stdout
+        states = dict(re.findall(r"^\s*(\S+): (.+?)\s*$", results, re.M))
+        survivors = sorted(name for name, state in states.items() if state == "survived")
+        diffs = {name: subprocess.run(["mutmut", "show", name], cwd=work, env=env, capture_output=True,
+                                      text=True).stdout for name in survivors}
+    report(args.module, tests, states, diffs, Path(args.out or ROOT / "benchmarks" / "results" /
+                                                   f"mutation-{datetime.date.today()}.md"))
+
+
+def report(module: str, tests, states: dict, diffs: dict, out: Path) -> None:
+    """One section per run: the counts, the share killed, each survivor's changed lines."""
+    counts = {state: sum(1 for s in states.values() if s == state) for state in STATES}
+    decided = counts["killed"] + counts["survived"] + counts["timeout"]
+    lines = [f"## {module}\n", f"Tests: {', '.join(tests)}.\n",
+             ", ".join(f"{n} {state}" for state, n in counts.items() if n) + f": **{counts['killed'] / max(1, decided):.0%}"
+             " killed** of those the tests reach (before equivalents are set apart).\n"]
+    for name, diff in diffs.items():
+        changed = [d[1:].strip() for d in diff.splitlines() if d[:1] in "-+" and not d.startswith(("---", "+++"))]
+        lines.append(f"- survived `{name}`: " + " -> ".join(f"`{c}`" for c in changed[:2]))
+    text = "\n".join(lines) + "\n\n"
+    if not out.exists():
+        text = f"# Mutation testing, {datetime.date.today()}\n\n`python benchmarks/mutation.py MODULE`\n\n" + text
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(text)
+    print(text + f"appended to {out}")
+
+
+if __name__ == "__main__":
+    main()
