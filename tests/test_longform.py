@@ -102,6 +102,23 @@ def test_windowed_reports_its_progress_and_batches_its_windows():
     assert said == [(0, 1), (1, 1)]  # fn(x) itself: not a float32 blend of one window
 
 
+def test_a_ring_cross_fades_across_its_seam():
+    """Where the last window wraps onto the first, the two cross-fade with the sin^2 ramps like any other
+    pair: a function that answers each window with its own index shows the weights (the identity cannot,
+    since they divide out)."""
+    from musicldm_core.longform import ramp_weights
+
+    calls = []
+
+    def index_of_call(w):
+        calls.append(len(calls))
+        return torch.full_like(w, float(calls[-1]))
+
+    out = windowed(index_of_call, torch.zeros(1, 96), 1, 32, 8, circular=True)  # windows at 0, 24, 48, 72
+    up = ramp_weights(32, 8, False, False, True)[:8].float()  # window 0 rises over frames 0-7 as window 3 falls
+    assert len(calls) == 4 and torch.allclose(out[0, :8], 3 * (1 - up), rtol=0, atol=1e-6)
+
+
 def test_an_open_signal_keeps_its_ends_untouched():
     """No ramp at the open ends: the frames only the first (last) window covers come back bit for bit
     (a weight there, divided out again, would move their last bits)."""
