@@ -171,10 +171,10 @@ def run(args: argparse.Namespace) -> List[str]:
 
     from .audio_frontend import resample
     from .batch import Item, generate, item_options
-    from .options import AUDIO_RATE, Options, read_input
-    from .outputs import check_outputs, file_line, output_paths, write_audio
     from .geometry import Geometry
     from .load import open_checkpoint
+    from .options import AUDIO_RATE, Options, read_input
+    from .outputs import check_outputs, file_line, output_paths, write_audio
     from .pipeline import MusicLDMPipeline, plan_call
     from .placement import default_device, parse_device
     from .progress import StageProgress
