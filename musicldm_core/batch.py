@@ -375,7 +375,12 @@ class SameOnEveryRank(Exception):
 
 def run_values(args) -> Dict[str, object]:
     """The run's values an item's files depend on, beside its own (Item.asked)."""
-    return {"weights": str(args.weights), "revision": args.revision, "sample_rate": args.sample_rate}
+    values = {"weights": str(args.weights), "revision": args.revision, "sample_rate": args.sample_rate}
+    # recorded only when not the default, so that the records of earlier runs still match
+    values.update({"eta": args.eta} if getattr(args, "eta", 0.0) else {})
+    attention = getattr(args, "attention_heads", "checkpoint")
+    values.update({"attention_heads": attention} if attention != "checkpoint" else {})
+    return values
 
 
 def rank_device(args, ranks: Ranks) -> torch.device:
@@ -396,7 +401,8 @@ def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks, device:
         torch.set_num_threads(threads)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # CPU: 4 measured 1.22x of 1
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype)
+    pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype,
+                                            attention_heads=getattr(args, "attention_heads", "checkpoint"))
     pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
@@ -405,7 +411,7 @@ def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks, device:
     rate = args.sample_rate or pipe.sampling_rate
     for batch in batches(items, batch_size):
         began, progress = time.monotonic(), StageProgress(f"{rank}{', '.join(item.id for item in batch)}: ")
-        audios, scores = generate(pipe, batch, Options(progress=progress))
+        audios, scores = generate(pipe, batch, Options(progress=progress, eta=getattr(args, "eta", 0.0)))
         progress.close()
         took = (time.monotonic() - began) / len(batch)
         for item, audio, score in zip(batch, audios, scores):

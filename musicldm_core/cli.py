@@ -21,12 +21,13 @@ from typing import List, Optional
 
 from .hub import DEFAULT_REPO
 from .outputs import RATES
+from .presets import ATTENTION_HEADS, PRESETS
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
 FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
          "num_waveforms_per_prompt": "--takes", "negative_prompt": "--negative", "loop": "--loop",
          "window": "--window", "audio": "--input", "strength": "--strength", "inpaint": "--inpaint",
-         "extend": "--extend", "sampler": "--sampler"}
+         "extend": "--extend", "sampler": "--sampler", "eta": "--eta"}
 
 
 def parse_span(text: Optional[str]) -> Optional[tuple]:
@@ -59,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2.0)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--takes", type=int, default=1, help="takes to generate and rank with CLAP (default: 1)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM's share of fresh noise per step, 0 (default, "
+                   "deterministic) to 1 (the authors')")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="authors: the authors' own settings (DDIM, 200 steps, guidance 2, eta 1, the best of 5 "
+                   "takes ranked by CLAP); flags given beside it win")
+    p.add_argument("--attention-heads", choices=list(ATTENTION_HEADS), default="checkpoint",
+                   help="checkpoint (default): the config's heads, exact to diffusers; authors: 32 channels a head, "
+                   "the layout MusicLDM was trained with (diffusers' conversion of the published weights left its "
+                   "default of 8)")
     p.add_argument("--sampler", default=None, help="ddim, pndm, lms, euler, euler_ancestral, heun or dpmsolver++ "
                    "(default: the checkpoint's own, DDIM)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
@@ -102,6 +112,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if not 0 <= args.eta <= 1:  # DDIM's variance goes negative past 1
+        raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
     if args.sample_rate is not None and not RATES[0] <= args.sample_rate <= RATES[1]:
         raise ValueError(f"--sample-rate must be between {RATES[0]} and {RATES[1]} Hz, got {args.sample_rate}")
     if args.take is not None and not 1 <= args.take <= args.takes:
@@ -144,6 +156,8 @@ def recipe(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str
                         ("--input", args.input and os.path.abspath(args.input)), ("--strength", args.strength),
                         ("--inpaint", args.inpaint), ("--extend", args.extend), ("--sample-rate", args.sample_rate)):
         words += [flag, value if isinstance(value, str) else repr(value)] if value is not None else []
+    words += ["--eta", repr(args.eta)] if args.eta else []
+    words += ["--attention-heads", args.attention_heads] if args.attention_heads != "checkpoint" else []
     words += ["--loop"] * args.loop + ["--compile"] * args.compile + (
         ["--window", args.window] if args.window != "auto" else [])
     words += ["--takes", str(args.takes), "--take", str(take)] if args.takes > 1 else []
@@ -184,7 +198,7 @@ def run(args: argparse.Namespace) -> List[str]:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
     item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
                 args.sampler, args.loop, args.window)
-    template = Options(**edit_options(args))
+    template = Options(**edit_options(args), eta=args.eta)
     options = item_options([item], template)
     options.check(FLAGS)
     progress = StageProgress()
@@ -203,7 +217,8 @@ def run(args: argparse.Namespace) -> List[str]:
               f"number of {1000 * frame:g} ms latent frames)", file=sys.stderr)
     paths = output_paths(args.output, 1 if args.take else args.takes)
     check_outputs(paths)
-    pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype)
+    pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype,
+                                            attention_heads=args.attention_heads)
     pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
@@ -239,8 +254,22 @@ def print_version() -> None:
     print(f"musicldm_core {__version__}, torch {version('torch')}, Python {platform.python_version()}")
 
 
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The arguments; a --preset's settings become the defaults, so flags given beside it win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset is not None:
+        p = PRESETS[args.preset]
+        parser.set_defaults(sampler=p["sampler"], steps=p["steps"], guidance=p["guidance"], eta=p["eta"],
+                            takes=p["candidates"])
+        args = parser.parse_args(argv)
+        if args.prompts is None and args.take is None and args.takes > 1:
+            args.take = 1  # one prompt: write only the best-ranked take, as the authors keep
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     if args.version:
         print_version()
         return 0

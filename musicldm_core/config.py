@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Tuple, Type, TypeVar
 
@@ -260,6 +260,20 @@ class UNetConfig(Config):
                                       f"={c}: MusicLDM passes no encoder hidden states")
         if self.sample_size is not None and self.sample_size < 1:
             raise CheckpointError(f"{source}: sample_size={self.sample_size} must be positive")
+
+    def with_head_channels(self, channels: int, source: str = "unet/config.json") -> "UNetConfig":
+        """The same UNet with `channels` channels in every attention head, the mid block's included.
+
+        The MusicLDM authors' UNet (openaimodel, `num_head_channels: 32`) has 4, 8, 12 and 20 heads at
+        widths 128/256/384/640 and 20 in the mid block. diffusers' conversion sets no head count, so a
+        converted config runs its default of 8 heads at every width: the same weights, other attention
+        at three of the four widths. The weights do not depend on the split into heads.
+        """
+        bad = [(i, c) for i, c in enumerate(self.block_out_channels) if c % channels]
+        if bad:
+            raise CheckpointError(f"{source}: block_out_channels[{bad[0][0]}]={bad[0][1]} is not a multiple of "
+                                  f"{channels} channels a head")
+        return replace(self, attention_head_dim=tuple(c // channels for c in self.block_out_channels))
 
     @property
     def time_embed_dim(self) -> int:

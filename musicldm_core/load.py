@@ -18,6 +18,7 @@ from .clap_config import FeatureExtractorConfig
 from .config import UNetConfig, VAEConfig, VocoderConfig
 from .hub import DEFAULT_REPO, resolve
 from .placement import component_dtype, parse_device, parse_dtype
+from .presets import ATTENTION_HEADS
 from .samplers import Scheduler, check_sampler
 from .tokenizer import ClapTokenizer
 from .unet import UNet
@@ -45,7 +46,7 @@ def open_checkpoint(source: Union[str, Path] = DEFAULT_REPO, revision: Optional[
 def load_components(source: Union[str, Path] = DEFAULT_REPO, *, revision: Optional[str] = None,
                     device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype, None] = None,
                     torch_dtype: Union[str, torch.dtype, None] = None,
-                    scheduler: Optional[str] = None) -> Dict[str, Any]:
+                    scheduler: Optional[str] = None, attention_heads: str = "checkpoint") -> Dict[str, Any]:
     """The pipeline's components by name (see MusicLDMPipeline.from_pretrained for the arguments).
     Arguments are checked before anything is downloaded or read."""
     if dtype is not None and torch_dtype is not None and parse_dtype(dtype) != parse_dtype(torch_dtype):
@@ -54,12 +55,15 @@ def load_components(source: Union[str, Path] = DEFAULT_REPO, *, revision: Option
     device = parse_device(device)
     if scheduler is not None:
         check_sampler(scheduler, "scheduler")
+    if attention_heads not in ATTENTION_HEADS:
+        raise ValueError(f"attention_heads must be one of {', '.join(map(repr, ATTENTION_HEADS))}, "
+                         f"got {attention_heads!r}")
     folder = resolve(source, revision)
     kw = dict(device=device, dtype=dtype)
     return dict(
         tokenizer=ClapTokenizer.from_pretrained(folder / "tokenizer"),
         text_encoder=Clap.from_pretrained(folder / "text_encoder", **kw),
-        unet=UNet.from_pretrained(folder / "unet", **kw),
+        unet=UNet.from_pretrained(folder / "unet", attention_heads=attention_heads, **kw),
         vae=AutoencoderKL.from_pretrained(folder / "vae", **kw),
         vocoder=HifiGan.from_pretrained(folder / "vocoder", device=device, dtype=component_dtype("vocoder", dtype)),
         scheduler=Scheduler.from_pretrained(folder / "scheduler", scheduler),

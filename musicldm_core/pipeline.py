@@ -74,7 +74,8 @@ class MusicLDMPipeline:
     def from_pretrained(cls, source=DEFAULT_REPO, **kwargs) -> "MusicLDMPipeline":
         """A diffusers-layout checkpoint from a folder or Hub id (default ucsd-reach/musicldm); keywords: revision,
         device, dtype (alias torch_dtype: float32, float16, bfloat16), scheduler (None: the checkpoint's, DDIM;
-        or "ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++"). See load.py."""
+        or "ddim", "pndm", "lms", "euler", "euler_ancestral", "heun", "dpmsolver++"), attention_heads ("checkpoint":
+        the config's, exact to diffusers; "authors": 32 channels a head, as MusicLDM was trained). See load.py."""
         return cls(**load_components(source, **kwargs))
 
     @property

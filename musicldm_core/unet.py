@@ -18,6 +18,7 @@ UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D / UpBlock2D / Transformer2DModel.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,7 +30,8 @@ from .config import UNetConfig
 from .layers import MLP, Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
 from weights_convert import diffusers as diffusers_names
 
-from .weights import load_component
+from .presets import AUTHORS_HEAD_CHANNELS
+from .weights import load_module, weight_files
 
 
 class FeedForward(nn.Module):
@@ -202,10 +204,23 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.conv_out_kernel, padding=cfg.conv_out_kernel // 2)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "UNet":
-        """Load `unet/` of a diffusers checkpoint folder (config.json + safetensors)."""
-        return load_component(cls, UNetConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype,
-                              names=diffusers_names)
+    def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32,
+                        attention_heads: str = "checkpoint") -> "UNet":
+        """Load `unet/` of a diffusers checkpoint folder (config.json + safetensors).
+
+        attention_heads: "checkpoint" (the config's heads, exact to diffusers) or "authors" (32 channels a
+        head everywhere, as MusicLDM was trained; see UNetConfig.with_head_channels)."""
+        folder = Path(folder)
+        cfg = UNetConfig.from_json(folder / "config.json")
+        if attention_heads == "authors":
+            authors = cfg.with_head_channels(AUTHORS_HEAD_CHANNELS, str(folder / "config.json"))
+            if authors == cfg:
+                warnings.warn(f"{folder / 'config.json'} already has the authors' attention heads "
+                              f"({AUTHORS_HEAD_CHANNELS} channels a head: {list(cfg.attention_head_dim)}); "
+                              "attention_heads='authors' changes nothing")
+            cfg = authors
+        return load_module(lambda: cls(cfg), weight_files(folder, "diffusion_pytorch_model"), device=device,
+                           dtype=dtype, names=diffusers_names, what=str(folder))
 
     def embed(self, timestep: torch.Tensor, class_labels: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         """The embedding every ResNet sees, after the SiLU each of them applies: (B, temb_dim)."""

@@ -33,3 +33,24 @@ def hf_cache() -> tuple[Path, str]:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def authors_release(tmp_path_factory, tiny_ckpt):
+    """A synthetic release of the authors (small shapes, tests/authors_code.py) and its conversions.
+
+    Returns a namespace: model (the authors' modules), other (those of the separate files), paths (the
+    release files), ema / no_ema (converted folders), report (the EMA conversion's)."""
+    import types
+
+    import authors_code
+    from weights_convert import original
+
+    folder = tmp_path_factory.mktemp("authors-release")
+    model, other = authors_code.AuthorsModel("small"), authors_code.AuthorsModel("small", seed=1)
+    paths = authors_code.save_release(model, folder / "release", separate=other)
+    quiet = lambda *a: None  # noqa: E731
+    report = original.convert(paths["main"], folder / "ema", tokenizer_from=str(tiny_ckpt), log=quiet)
+    original.convert(paths["main"], folder / "no-ema", ema=False, tokenizer_from=str(tiny_ckpt), log=quiet)
+    return types.SimpleNamespace(model=model, other=other, paths=paths, ema=folder / "ema",
+                                 no_ema=folder / "no-ema", report=report, root=folder)
