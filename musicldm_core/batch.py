@@ -199,19 +199,25 @@ def _parse(line: str, as_json: bool) -> dict:
         raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(data, dict):
         raise ValueError(f"a line must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FIELDS))
+    check_fields(data)
+    return data
+
+
+def check_fields(data: dict, fields: Dict[str, type] = FIELDS, optional: Tuple[str, ...] = ()) -> None:
+    """A batch line's (or a web request's) fields: known names, the prompt given, each value of its type.
+    `optional`: fields beyond FIELDS' that may be null."""
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(FIELDS)}")
+        raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(fields)}")
     if "prompt" not in data:
         raise ValueError("the field 'prompt' is missing")
     words = {float: "a number", int: "an integer", str: "text", bool: "true or false"}
     for key, value in data.items():
-        kind = FIELDS[key]
+        kind = fields[key]
         ok = isinstance(value, bool) if kind is bool else (
             not isinstance(value, bool) and (isinstance(value, kind) or kind is float and isinstance(value, int)))
-        if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler")):
-            raise ValueError(f"{key} must be {words[kind]}, got {value!r}")
-    return data
+        if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler") + optional):
+            raise ValueError(f"{key} must be {words.get(kind, kind.__name__)}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------

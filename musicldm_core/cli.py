@@ -1,5 +1,6 @@
 """`musicldm "techno with a fast beat" -o techno.wav`: text to music (WAV, FLAC or OGG); with
-`--prompts FILE --out-dir DIR`, a whole prompt file (batch.py), also under torchrun.
+`--prompts FILE --out-dir DIR`, a whole prompt file (batch.py), also under torchrun; `musicldm serve`, a
+local page (serve.py).
 
 Errors print as one line and exit non-zero (with --debug: the traceback); everything that can be
 checked without the model (arguments, every output path) is checked before loading it. Files are
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .hub import DEFAULT_REPO
-from .outputs import RATES
+from .outputs import RATES, recipe
 from .presets import ATTENTION_HEADS, PRESETS
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
@@ -146,24 +147,6 @@ def remake_args(args: argparse.Namespace) -> argparse.Namespace:
     return remade
 
 
-def recipe(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str, threads: int, take: int) -> str:
-    """The command that remakes take `take` of this run, for the files' comment tags."""
-    words = ["musicldm", args.prompt, "-o", Path(args.output).name, "--seed", str(seed), "--steps", str(args.steps),
-             "--guidance", repr(args.guidance), "--sampler", sampler, "--weights", str(args.weights),
-             "--device", str(device), "--dtype", dtype]
-    words += ["--threads", str(threads)] if device.type == "cpu" else []
-    for flag, value in (("--negative", args.negative), ("--seconds", args.seconds), ("--revision", args.revision),
-                        ("--input", args.input and os.path.abspath(args.input)), ("--strength", args.strength),
-                        ("--inpaint", args.inpaint), ("--extend", args.extend), ("--sample-rate", args.sample_rate)):
-        words += [flag, value if isinstance(value, str) else repr(value)] if value is not None else []
-    words += ["--eta", repr(args.eta)] if args.eta else []
-    words += ["--attention-heads", args.attention_heads] if args.attention_heads != "checkpoint" else []
-    words += ["--loop"] * args.loop + ["--compile"] * args.compile + (
-        ["--window", args.window] if args.window != "auto" else [])
-    words += ["--takes", str(args.takes), "--take", str(take)] if args.takes > 1 else []
-    return shlex.join(words)
-
-
 def edit_options(args: argparse.Namespace) -> dict:
     """The audio-to-audio options of the command line (--strength defaults to 0.6 with --input alone)."""
     options = {}
@@ -269,6 +252,11 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # `musicldm serve ...`: the page (a prompt "serve": `musicldm -- serve`)
+        from .serve import main as serve
+
+        return serve(argv[1:])
     args = parse(argv)
     if args.version:
         print_version()

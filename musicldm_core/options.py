@@ -70,6 +70,7 @@ class Options:
     strength: Optional[float] = None  # SDEdit: 0 (the input's round trip) to 1 (only its length kept)
     inpaint: Optional[Tuple[float, float]] = None  # (start, end) seconds of the input to regenerate
     extend: Optional[float] = None  # seconds to continue the input by
+    return_mels: bool = False  # also return the mels the VAE decoded (N, frames, bins), in .audios' order
 
     @property
     def guided(self) -> bool:
@@ -96,6 +97,7 @@ class Options:
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be a function or None, got {type(getattr(self, name)).__name__}")
         for name, value, allowed in (("return_dict", self.return_dict, (True, False)),
+                                     ("return_mels", self.return_mels, (True, False)),
                                      ("output_type", self.output_type, OUTPUT_TYPES), ("crop", self.crop, CROPS),
                                      (n("window"), self.window, WINDOWS), (n("loop"), self.loop, (True, False))):
             if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):

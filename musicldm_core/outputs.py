@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,24 @@ RATES = (8000, 192000)  # the output rates --sample-rate takes (every format abo
 MANIFEST = "manifest.jsonl"
 PARTS = ".manifest-parts"  # per-rank manifests of a distributed run, merged at its end
 TEMP_PREFIX = ".musicldm-"  # temporary files, renamed into place when whole
+
+
+def recipe(args, seed: int, sampler: str, device, dtype: str, threads: int, take: int) -> str:
+    """The command that remakes take `take` of this run, for the files' comment tags."""
+    words = ["musicldm", args.prompt, "-o", Path(args.output).name, "--seed", str(seed), "--steps", str(args.steps),
+             "--guidance", repr(args.guidance), "--sampler", sampler, "--weights", str(args.weights),
+             "--device", str(device), "--dtype", dtype]
+    words += ["--threads", str(threads)] if device.type == "cpu" else []
+    for flag, value in (("--negative", args.negative), ("--seconds", args.seconds), ("--revision", args.revision),
+                        ("--input", args.input and os.path.abspath(args.input)), ("--strength", args.strength),
+                        ("--inpaint", args.inpaint), ("--extend", args.extend), ("--sample-rate", args.sample_rate)):
+        words += [flag, value if isinstance(value, str) else repr(value)] if value is not None else []
+    words += ["--eta", repr(args.eta)] if args.eta else []
+    words += ["--attention-heads", args.attention_heads] if args.attention_heads != "checkpoint" else []
+    words += ["--loop"] * args.loop + ["--compile"] * args.compile + (
+        ["--window", args.window] if args.window != "auto" else [])
+    words += ["--takes", str(args.takes), "--take", str(take)] if args.takes > 1 else []
+    return shlex.join(words)
 
 
 def output_paths(output: str, takes: int) -> List[Path]:
@@ -174,6 +193,12 @@ class FolderLock:
         self.path.unlink(missing_ok=True)  # while still held: the next run makes a fresh file
         self.handle.close()
 
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 LOCK = ".musicldm.lock"  # in the out-dir while a batch job runs there
 
@@ -286,3 +311,45 @@ def write_audio(paths: List[Path], audios, rate: int, flag: str = "--output",
                 else f"{str(e).splitlines()[0]}"
             raise ValueError(f"{flag}: cannot write {str(path)!r} ({problem})") from None
         raise
+
+
+def mel_png(mel) -> bytes:
+    """A log-mel spectrogram (frames, bins) as an 8-bit RGB PNG, time left to right, low frequencies at the
+    bottom, its own range mapped onto a dark-to-bright ramp. numpy and zlib only: PNG is a signature and
+    three chunks (IHDR, IDAT: zlib of each row after a 0 filter byte, IEND), each with its CRC-32."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    m = np.asarray(mel, dtype=np.float64).T[::-1]  # (bins, frames), low bins at the bottom
+    low, high = float(m.min()), float(m.max())
+    level = (m - low) / (high - low) if high > low else np.zeros_like(m)
+    ramp = np.array([[0, 0, 4], [80, 18, 123], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=np.float64)
+    at = level * (len(ramp) - 1)
+    i = np.minimum(at.astype(int), len(ramp) - 2)
+    rgb = ramp[i] + (ramp[i + 1] - ramp[i]) * (at - i)[..., None]
+    pixels = np.round(rgb).astype(np.uint8)  # (height, width, 3)
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """A file written whole or not at all: a temporary file in its folder, renamed into place."""
+    tmp = temp_file(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ValueError(f"--out-dir: cannot write {str(path)!r} ({write_problem(e, path.parent)})") from None

@@ -44,6 +44,7 @@ class AudioPipelineOutput:
 
     audios: Any
     scores: Optional[torch.Tensor] = None
+    mels: Any = None  # with return_mels: (N, frames, bins) log-mels the VAE decoded, the image the model drew
 
 
 def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,
@@ -195,18 +196,22 @@ class MusicLDMPipeline:
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
-        audio = self.decode(z, run.windowed, o.loop, report)
+        mel = self.decode_mel(z, run.windowed, o.loop, report)  # (B, 1, frames, bins)
+        audio = self.vocode(mel, run.windowed, o.loop, report)
         if edit is not None:
             audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False, report))
         check_waveforms(audio)
-        audio, scores = audio[:, :int(run.seconds * self.sampling_rate)], None
+        audio, scores, mels = audio[:, :int(run.seconds * self.sampling_rate)], None, mel.squeeze(1).cpu().float()
         if takes > 1 and o.prompt is not None:
             report("ranking takes", 0, 1)
-            audio, scores = self.rank(o.prompt, audio, takes, o.rank_within_prompt or self.batch_invariant, o.crop)
+            order, scores = self.rank_order(o.prompt, audio, takes, o.rank_within_prompt or self.batch_invariant, o.crop)
+            audio, mels = audio.index_select(0, order), mels.index_select(0, order)
             report("ranking takes", 1, 1)
         if o.output_type == "np":
-            audio = audio.numpy()
-        return AudioPipelineOutput(audios=audio, scores=scores) if o.return_dict else (audio,)
+            audio, mels = audio.numpy(), mels.numpy()
+        if not o.return_dict:
+            return (audio,)
+        return AudioPipelineOutput(audios=audio, scores=scores, mels=mels if o.return_mels else None)
 
     def encode_prompt(self, prompt: Union[str, List[str], None], embeds: Optional[torch.Tensor],
                       device: torch.device, max_length: Optional[int] = None) -> torch.Tensor:
@@ -219,24 +224,39 @@ class MusicLDMPipeline:
     def decode(self, z: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
         """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN:
         the reference's whole-clip decode, or overlapping windows (circular for a loop), each stage reported."""
-        g, one_by_one, split = self.geometry, self.vae_slicing or self.batch_invariant, self.batch_invariant
+        return self.vocode(self.decode_mel(z, windowed_path, loop, report), windowed_path, loop, report)
 
-        def stage(name: str, fn: Callable, x: torch.Tensor, dim: int, num: int) -> torch.Tensor:
-            window = g.window(name, loop) if windowed_path else (x.shape[dim], 0)
-            return windowed(fn, x, dim, *window, num=num, circular=loop,
-                            progress=lambda done, total: report(name, done, total))
+    def _stage(self, name: str, fn: Callable, x: torch.Tensor, dim: int, num: int, windowed_path: bool, loop: bool,
+               report) -> torch.Tensor:
+        window = self.geometry.window(name, loop) if windowed_path else (x.shape[dim], 0)
+        return windowed(fn, x, dim, *window, num=num, circular=loop, progress=lambda done, total: report(name, done, total))
 
+    def decode_mel(self, z: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
+        """(B, 8, T', F') latents -> (B, 1, 4 T', bins) log-mel spectrograms (the VAE, after its scaling)."""
+        one_by_one = self.vae_slicing or self.batch_invariant
         decode = self.compiled.get("vae", self.placement.ready("vae").decode)
-        mel = stage("decoding", lambda w: decode(w, slice_batch=one_by_one), 1 / self.vae.config.scaling_factor * z, 2,
-                    g.vae_factor)  # (B, 1, 4 T', bins)
+        mel = self._stage("decoding", lambda w: decode(w, slice_batch=one_by_one), 1 / self.vae.config.scaling_factor * z,
+                          2, self.geometry.vae_factor, windowed_path, loop, report)
         check_finite(mel, "the decoded mel spectrogram", "vae")
+        return mel
+
+    def vocode(self, mel: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
+        """(B, 1, frames, bins) mels -> (B, frames * hop) float32 waveforms on the CPU (HiFi-GAN)."""
+        split = self.batch_invariant
         vocoder = self.compiled.get("vocoder", self.placement.ready("vocoder"))
         vocode = lambda m: torch.cat([vocoder(row) for row in m.split(1 if split else len(m))])  # noqa: E731
-        return stage("vocoding", vocode, mel.squeeze(1), 1, g.hop).cpu().float()
+        return self._stage("vocoding", vocode, mel.squeeze(1), 1, self.geometry.hop, windowed_path, loop,
+                           report).cpu().float()
 
     def rank(self, prompt: Union[str, List[str]], audio: torch.Tensor, takes: int, within_prompt: bool = False,
              crop: str = "random") -> Tuple[torch.Tensor, torch.Tensor]:
         """Takes (N, samples), `takes` per prompt, best first by CLAP, and their scores (N,); see ranking.py."""
+        order, scores = self.rank_order(prompt, audio, takes, within_prompt, crop)
+        return audio.index_select(0, order), scores
+
+    def rank_order(self, prompt: Union[str, List[str]], audio: torch.Tensor, takes: int, within_prompt: bool = False,
+                   crop: str = "random") -> Tuple[torch.Tensor, torch.Tensor]:
+        """Which rows of `audio`, best first (N,), and their scores (N,)."""
         return rank([prompt] if isinstance(prompt, str) else list(prompt), audio, takes, tokenizer=self.tokenizer,
                     clap=self.placement.ready("text_encoder"), logmel=self.feature_extractor,
                     sampling_rate=self.sampling_rate, dtype=self.dtype, within_prompt=within_prompt, crop=crop)

@@ -24,17 +24,17 @@ from .tokenizer import ClapTokenizer
 def rank(texts: List[str], audio: torch.Tensor, takes: int, *, tokenizer: ClapTokenizer, clap: Clap,
          logmel: LogMel, sampling_rate: int, dtype: torch.dtype, within_prompt: bool = False,
          crop: str = "random") -> Tuple[torch.Tensor, torch.Tensor]:
-    """(N, samples) takes at `sampling_rate`, `takes` per prompt in order -> the same takes best first
-    (N, samples) and each one's score (N,). `clap` is on the device it runs on; `dtype` the pipeline's."""
+    """(N, samples) takes at `sampling_rate`, `takes` per prompt in order -> which rows, best first (N,) and
+    each one's score (N,). `clap` is on the device it runs on; `dtype` the pipeline's."""
     if within_prompt and len(texts) > 1:
         ranked = [rank([text], audio[i * takes:(i + 1) * takes], takes, tokenizer=tokenizer, clap=clap,
                        logmel=logmel, sampling_rate=sampling_rate, dtype=dtype, crop=crop)
                   for i, text in enumerate(texts)]
-        return torch.cat([a for a, _ in ranked]), torch.cat([s for _, s in ranked])
+        return torch.cat([order + i * takes for i, (order, _) in enumerate(ranked)]), torch.cat([s for _, s in ranked])
     ids, mask = tokenizer(texts, pad_to_max_length=False)
     waves = resample(audio, sampling_rate, logmel.config.sampling_rate)
     mel = logmel(list(waves.numpy()), crop=crop)  # (N, 1, frames, bins)
     device = clap.logit_scale_text.device
     logits = clap.logits_per_text(ids.to(device), mask.to(device), mel.to(device, dtype)).float().cpu()  # (P, N)
     order = torch.argsort(logits, dim=1, descending=True)[:, :takes]
-    return torch.index_select(audio, 0, order.reshape(-1)), logits.gather(1, order).reshape(-1)
+    return order.reshape(-1), logits.gather(1, order).reshape(-1)

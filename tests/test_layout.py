@@ -11,7 +11,7 @@ from pathlib import Path
 import musicldm_core
 
 PACKAGE = Path(musicldm_core.__file__).parent
-ENTRY_POINTS = {"__init__", "__main__", "cli", "batch"}
+ENTRY_POINTS = {"__init__", "__main__", "cli", "batch", "serve"}
 
 
 def _imports() -> dict:

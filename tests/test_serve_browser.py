@@ -1,0 +1,91 @@
+"""The page of `musicldm serve` in a real browser: headless Chromium from Debian's packages, driven by
+playwright's Python package (its own browser download is not used: `executable_path` is the system's).
+
+It fills the prompt, clicks Generate and waits for the audio; the file behind the player is a WAV of the
+asked length, the progress bar moved, the mel picture loaded, and a bad value shows its message by its
+field. Set MUSICLDM_SCREENSHOT=PATH to keep a picture of the page after the run (the README's).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+
+import pytest
+import soundfile as sf
+
+from test_serve import Running, pipe  # noqa: F401  (the tiny pipeline fixture)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if CHROMIUM is None or sync_playwright is None:
+        missing = "Debian's chromium" if CHROMIUM is None else "playwright"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} is not installed: .ci/run installs it for this test")
+        pytest.skip(f"{missing} is not installed (apt-get install chromium; pip install playwright)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def test_generate_in_the_browser(browser, pipe, tiny_ckpt, tmp_path):  # noqa: F811
+    (tmp_path / "out").mkdir()
+    server = Running(pipe, tmp_path / "out", tiny_ckpt)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"http://localhost:{server.server.port}/")
+        page.get_by_label("Prompt", exact=True).fill("warm piano chords over soft rain")
+
+        # a bad value is named by its field, and nothing is queued
+        page.fill("#seconds", "-1")
+        page.get_by_role("button", name="Generate").click()
+        error = page.locator('.error[data-for="seconds"]')
+        error.wait_for(state="visible", timeout=10_000)
+        assert "seconds must be" in error.inner_text()
+        assert server.request("GET", "/api/jobs")[1]["jobs"] == []
+        page.fill("#steps", "x1")
+        page.get_by_role("button", name="Generate").click()
+        assert "steps must be an integer" in page.locator('.error[data-for="steps"]').inner_text()
+
+        # a good one: the progress bar moves with the steps, then a player and the mel picture
+        page.fill("#seconds", "0.64")
+        page.fill("#steps", "30")
+        page.fill("#seed", "7")
+        page.evaluate("""() => { window.seen = []; setInterval(() => {
+            const bar = document.querySelector('progress'); if (bar) window.seen.push(bar.value); }, 20); }""")
+        began = time.monotonic()
+        page.get_by_role("button", name="Generate").click()
+        player = page.locator("audio")
+        player.wait_for(timeout=120_000)
+        page.wait_for_function("document.querySelector('audio').readyState >= 1", timeout=30_000)
+        took = time.monotonic() - began
+        print(f"[serve] tiny checkpoint, 30 steps, 0.64 s: Generate -> playable audio in {took:.2f} s")
+        assert page.locator('.error[data-for="seconds"]').inner_text() == ""
+        seen = page.evaluate("window.seen")
+        assert any(0 < v < 1 for v in seen), f"the progress bar never moved: {seen[:20]}"
+
+        source = player.get_attribute("src")
+        response = page.request.get(f"http://localhost:{server.server.port}{source}")
+        assert response.ok
+        audio, rate = sf.read(io.BytesIO(response.body()))
+        assert rate == 16000 and audio.shape == (10240,)  # the asked 0.64 s
+
+        page.wait_for_function("(() => { const m = document.querySelector('img.mel');"
+                               " return m && m.complete && m.naturalWidth === 64; })()", timeout=30_000)
+        assert "seed 7" in page.locator("article.job .meta").first.inner_text()
+        command = page.locator("article.job code").first.inner_text()
+        assert command.startswith("musicldm 'warm piano chords over soft rain'") and "--seed 7" in command
+        shot = os.environ.get("MUSICLDM_SCREENSHOT")
+        page.screenshot(path=shot or str(tmp_path / "page.png"), full_page=True)
+    finally:
+        server.close()
