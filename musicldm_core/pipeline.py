@@ -201,17 +201,17 @@ class MusicLDMPipeline:
         if edit is not None:
             audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False, report))
         check_waveforms(audio)
-        audio, scores, mels = audio[:, :int(run.seconds * self.sampling_rate)], None, mel.squeeze(1).cpu().float()
+        audio, scores = audio[:, :int(run.seconds * self.sampling_rate)], None
+        mels = mel.squeeze(1).cpu().float() if o.return_mels else None  # (B, frames, bins)
         if takes > 1 and o.prompt is not None:
             report("ranking takes", 0, 1)
             order, scores = self.rank_order(o.prompt, audio, takes, o.rank_within_prompt or self.batch_invariant, o.crop)
-            audio, mels = audio.index_select(0, order), mels.index_select(0, order)
+            audio = audio.index_select(0, order)
+            mels = mels.index_select(0, order) if mels is not None else None
             report("ranking takes", 1, 1)
         if o.output_type == "np":
-            audio, mels = audio.numpy(), mels.numpy()
-        if not o.return_dict:
-            return (audio,)
-        return AudioPipelineOutput(audios=audio, scores=scores, mels=mels if o.return_mels else None)
+            audio, mels = audio.numpy(), mels.numpy() if mels is not None else None
+        return AudioPipelineOutput(audios=audio, scores=scores, mels=mels) if o.return_dict else (audio,)
 
     def encode_prompt(self, prompt: Union[str, List[str], None], embeds: Optional[torch.Tensor],
                       device: torch.device, max_length: Optional[int] = None) -> torch.Tensor:

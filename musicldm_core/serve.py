@@ -320,6 +320,7 @@ class Service:
 
 
 def _slug(text: str) -> str:
+    """A short name from the prompt for the job id (batch's rule, cut shorter: the id has a time stamp)."""
     from .batch import _slug as slug
 
     return slug(text)[:24].rstrip("-") or "job"

@@ -19,7 +19,6 @@ from helpers import assert_close, assert_detects, errors
 from musicldm_core import MusicLDMPipeline
 from musicldm_core.clap import Clap
 from musicldm_core.clap_config import ClapConfig
-from musicldm_core.config import UNetConfig
 from musicldm_core.unet import UNet
 from weights_convert import clap as clap_names, diffusers as diffusers_names, original
 
