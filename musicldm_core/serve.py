@@ -33,6 +33,7 @@ import argparse
 import email.parser
 import email.policy
 import hmac
+import itertools
 import http.server
 import json
 import os
@@ -114,6 +115,7 @@ class Service:
         for record in read_records(self.out_dir).values():  # the history: earlier runs, batch runs included
             self.jobs[record["id"]] = self._from_record(record)
         self.served = {name for job in self.jobs.values() for name in job.files + job.pictures}
+        self.numbers = itertools.count(len(self.jobs) + 1)  # each request its own number, hence its own id
         self.worker = threading.Thread(target=self._work, name="musicldm-worker", daemon=True)
 
     def _from_record(self, record: dict) -> Job:
@@ -155,8 +157,8 @@ class Service:
         if not 0 <= seed < 2**64:
             raise Refused(400, f"seed must be an integer between 0 and {2**64 - 1}, got {seed!r}", "seed")
         with self.lock:
-            number = len(self.jobs) + 1
-            job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{_slug(data['prompt'])}"
+            number = next(self.numbers)
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{_slug(data['prompt'])}"
         item = Item(number, job_id, data["prompt"], data.get("negative"), data.get("seconds"), seed,
                     data.get("steps", 200), data.get("guidance", 2.0), data.get("takes", 1), data.get("sampler"),
                     data.get("loop", False), "auto")

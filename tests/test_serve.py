@@ -356,3 +356,20 @@ def test_mel_png_is_a_valid_picture_of_the_mel():
     pixel = lambda row, col: tuple(rows[row * 16 + 1 + 3 * col: row * 16 + 4 + 3 * col])  # noqa: E731
     assert pixel(2, 0) == (0, 0, 4)  # bottom-left: the lowest bin of the first frame, the minimum: darkest
     assert pixel(0, 4) == (252, 253, 191)  # top-right: the highest bin of the last frame, the maximum: brightest
+
+
+def test_requests_at_the_same_moment_get_their_own_ids(running, pipe):
+    r = running()
+    gate = Gate(pipe)
+    r.service.pipe = gate
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(r.request("POST", "/api/jobs", JOB))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [answer["id"] for status, answer in answers if status == 202]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    for job_id in ids:
+        r.request("DELETE", f"/api/jobs/{job_id}")
+    gate.open.set()
