@@ -112,9 +112,10 @@ class Service:
         self.queue: Deque[Job] = deque()
         self.lock = threading.Condition()
         self.stopping = False
-        for record in read_records(self.out_dir).values():  # the history: earlier runs, batch runs included
-            self.jobs[record["id"]] = self._from_record(record)
+        records = read_records(self.out_dir).values()  # the history: earlier runs, batch runs included
+        self.jobs.update((record["id"], self._from_record(record)) for record in records)
         self.served = {name for job in self.jobs.values() for name in job.files + job.pictures}
+        self.served.update(r["input"] for r in records if r.get("input") and (self.out_dir / r["input"]).is_file())
         self.numbers = itertools.count(len(self.jobs) + 1)  # each request its own number, hence its own id
         self.worker = threading.Thread(target=self._work, name="musicldm-worker", daemon=True)
 
@@ -272,13 +273,14 @@ class Service:
         item, edit, began = job.item, job.edit, time.monotonic()
         template = Options(progress=progress, return_mels=True,
                            **{k: v for k, v in edit.items() if k in ("strength", "inpaint", "extend")})
-        input_path = None
-        if job.wave is not None:  # kept beside the outputs, so the command can remake the take
-            input_path = self.out_dir / f"{job.id}-input.wav"
-            write_audio([input_path], [job.wave.numpy()], AUDIO_RATE, flag="--out-dir")
+        if job.wave is not None:
             template = replace(template, audio=job.wave, audio_sampling_rate=AUDIO_RATE)
         out = self.pipe.generate(item_options([item], template))
         progress("vocoding", 1, 1)
+        input_path = None
+        if job.wave is not None:  # the input as read, kept beside the takes: the command remakes them from it
+            input_path = self.out_dir / f"{job.id}-input.wav"
+            write_audio([input_path], [job.wave.numpy()], AUDIO_RATE, flag="--out-dir")
         paths = item.files(self.out_dir)
         pictures = [p.with_suffix(".png") for p in paths]
         write_audio(paths, out.audios, self.pipe.sampling_rate, flag="--out-dir")
@@ -301,7 +303,7 @@ class Service:
                   "scores": scores, "time": round(time.monotonic() - began, 3),
                   "asked": item.asked({"weights": self.weights, "revision": None, "sample_rate": None}),
                   "edit": {k: list(v) if isinstance(v, tuple) else v for k, v in edit.items()},
-                  "command": commands[0], "commands": commands}
+                  "command": commands[0], "commands": commands, "input": input_path.name if input_path else None}
         append_record(self.out_dir / MANIFEST, record)
         with self.lock:
             job.files, job.pictures = record["files"], record["pictures"]

@@ -147,6 +147,9 @@ def test_audio_to_audio_from_a_multipart_upload(running, tmp_path):
     assert job["settings"]["strength"] == 0.5 and "--input" in job["command"] and "--strength 0.5" in job["command"]
     input_file = tmp_path / "out" / f"{job['id']}-input.wav"
     assert input_file.is_file() and r.request("GET", f"/files/{input_file.name}", raw=True)[0] == 200
+    r.close()
+    again = running()  # after a restart the input is still served with its takes
+    assert again.request("GET", f"/files/{input_file.name}", raw=True)[0] == 200
 
 
 # --- bad requests: 400 with the field, 413, 415, 404 -------------------------------------------------------
