@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -23,6 +24,8 @@ from typing import List, Optional
 from .hub import DEFAULT_REPO
 from .outputs import RATES, recipe
 from .presets import ATTENTION_HEADS, PRESETS
+
+RANK_WAIT_SECONDS = 60.0  # how long a rank > 0 waits for rank 0 to report a failed check (see main)
 
 # the pipeline's argument names -> the flags a user of the command typed, for error messages
 FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
@@ -276,7 +279,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         rank = int(os.environ.get("RANK", 0))
         if rank > 0 and not getattr(args, "checked", False):
-            return 1  # under torchrun every rank runs the same checks first: rank 0 alone says what failed
+            # under torchrun every rank runs the same checks first, and rank 0 alone says what failed. This
+            # rank waits for rank 0 to end the job (torchrun then stops it): exiting first would have torchrun
+            # stop rank 0 too, perhaps before its line is out.
+            time.sleep(RANK_WAIT_SECONDS)
+            return 1
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"musicldm: error: {f'rank {rank}: ' if rank else ''}{message}", file=sys.stderr)
         return 1
