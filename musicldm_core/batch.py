@@ -379,6 +379,13 @@ class SameOnEveryRank(Exception):
     """Raised on ranks > 0 when rank 0 stops on a check that concerns the whole job: rank 0 says why."""
 
 
+def item_record(item: Item, sampler: str, paths: List[Path], duration: float, scores, took: float,
+                extra: Dict[str, object]) -> dict:
+    """An item's manifest record: what a rerun checks (Item.asked) and what the page lists as history."""
+    return {**asdict(item), "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
+            "scores": scores, "time": round(took, 3), "asked": item.asked(extra)}
+
+
 def run_values(args) -> Dict[str, object]:
     """The run's values an item's files depend on, beside its own (Item.asked)."""
     values = {"weights": str(args.weights), "revision": args.revision, "sample_rate": args.sample_rate}
@@ -426,9 +433,7 @@ def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks, device:
                 audio = resample(torch.from_numpy(audio).double(), pipe.sampling_rate, rate).float().numpy()
             duration = audio.shape[-1] / rate
             write_audio(paths, audio, rate, flag="--out-dir")
-            record = {**asdict(item), "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
-                      "scores": score, "time": round(took, 3), "asked": item.asked(extra)}
-            append_record(manifest, record)
+            append_record(manifest, item_record(item, sampler, paths, duration, score, took, extra))
             for path in paths:
                 print(file_line(path, duration, item.seed, sampler, item.steps, item.guidance), flush=True)
         generated += len(batch)

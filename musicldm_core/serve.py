@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields as dataclass_fields, replace
+from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -258,7 +258,7 @@ class Service:
     def _run(self, job: Job) -> None:
         import torch
 
-        from .batch import item_options
+        from .batch import item_options, item_record
         from .options import AUDIO_RATE, Options
         from .outputs import MANIFEST, append_record, mel_png, recipe, write_audio, write_bytes
 
@@ -298,10 +298,9 @@ class Service:
         commands = [recipe(args, item.seed, sampler, self.device, self.dtype, threads, k)
                     for k in range(1, item.takes + 1)]
         scores = None if out.scores is None else [float(s) for s in out.scores]
-        record = {**asdict(item), "sampler": sampler, "files": [p.name for p in paths],
-                  "pictures": [p.name for p in pictures], "duration": out.audios.shape[-1] / self.pipe.sampling_rate,
-                  "scores": scores, "time": round(time.monotonic() - began, 3),
-                  "asked": item.asked({"weights": self.weights, "revision": None, "sample_rate": None}),
+        record = {**item_record(item, sampler, paths, out.audios.shape[-1] / self.pipe.sampling_rate, scores,
+                                time.monotonic() - began, {"weights": self.weights, "revision": None, "sample_rate": None}),
+                  "pictures": [p.name for p in pictures],
                   "edit": {k: list(v) if isinstance(v, tuple) else v for k, v in edit.items()},
                   "command": commands[0], "commands": commands, "input": input_path.name if input_path else None}
         append_record(self.out_dir / MANIFEST, record)

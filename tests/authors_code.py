@@ -274,7 +274,7 @@ class AuthorsModel:
 
 
 def _signal_preserving_weight_norm_(generator, seed: int) -> None:
-    """Weights with std 1/sqrt(fan-in) (see reference_checkpoints.signal_preserving_init_), then each
+    """Weights with std 1/sqrt(fan-in) (as reference_checkpoints.signal_preserving_init_), then each
     weight-norm gain moved off ||v|| by ~10%, so fusing g and v is not the identity."""
     import torch
 
@@ -283,11 +283,7 @@ def _signal_preserving_weight_norm_(generator, seed: int) -> None:
         for m in generator.modules():
             if not hasattr(m, "weight_v"):
                 continue
-            if isinstance(m, torch.nn.ConvTranspose1d):
-                fan = m.in_channels * m.kernel_size[0] / m.stride[0]
-            else:
-                fan = m.in_channels * m.kernel_size[0]
-            m.weight_v.copy_(torch.randn(m.weight_v.shape, generator=g) / fan**0.5)
+            m.weight_v.copy_(torch.randn(m.weight_v.shape, generator=g) / reference_checkpoints.fan_in(m) ** 0.5)
             norm = m.weight_v.flatten(1).norm(dim=1).view(m.weight_g.shape)
             m.weight_g.copy_(norm * (1 + 0.1 * torch.randn(m.weight_g.shape, generator=g)))
             if m.bias is not None:

@@ -160,6 +160,15 @@ def randomize_(module, seed: int) -> None:
             t.add_(torch.randn(t.shape, generator=g) * max(0.25 * spread, 0.02))
 
 
+def fan_in(m) -> float:
+    """Inputs summed into one output of a 1-d convolution (a transposed one spreads each over stride outputs)."""
+    import torch
+
+    if isinstance(m, torch.nn.ConvTranspose1d):
+        return m.in_channels * m.kernel_size[0] / m.stride[0]
+    return m.in_channels * m.kernel_size[0]
+
+
 def signal_preserving_init_(vocoder, seed: int) -> None:
     """Re-draw the vocoder's conv weights with std 1/sqrt(fan-in).
 
@@ -171,13 +180,8 @@ def signal_preserving_init_(vocoder, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in vocoder.modules():
-            if isinstance(m, torch.nn.ConvTranspose1d):
-                fan = m.in_channels * m.kernel_size[0] / m.stride[0]
-            elif isinstance(m, torch.nn.Conv1d):
-                fan = m.in_channels * m.kernel_size[0]
-            else:
-                continue
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan**0.5)
+            if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in(m) ** 0.5)
 
 
 def _train_tokenizer(folder: Path, cfg: dict) -> None:
