@@ -8,9 +8,11 @@ constant, a comparison, a dropped argument) and runs, for each, the tests that r
 function: a mutant they fail on is killed; one they pass on survived, and is either a missing test or
 an equivalent mutant (a change that cannot alter behaviour), to be killed or explained. It works in a
 copy of the repository in a temporary folder, so the working tree is never touched, and switches
-mutants inside the test process: tests that run the command line in a subprocess import the
-installed package and do not see the mutant (they count for nothing here). The test command does
-not run this (a module takes minutes). Results are appended to benchmarks/results/mutation-<date>.md.
+mutants inside the test process: the tests' `musicldm` helper then runs the command line in that
+process (MUSICLDM_TESTS_IN_PROCESS=1) instead of a subprocess, which would import the unmutated
+package; the few tests that need a real process (kill -9, torchrun) count for nothing here. The test
+command does not run this (a module takes minutes to an hour). Results are appended to
+benchmarks/results/mutation-<date>.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import datetime
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,11 +30,14 @@ from pathlib import Path
 
 from common import ROOT
 
+TINY = ["-m", "not full_size"]  # the tiny checkpoint's cases of a test that runs both
 # module -> the tests that guard it
 TESTS = {
-    "musicldm_core/samplers/schedule.py": ["tests/parity/test_samplers.py"],
-    "musicldm_core/longform.py": ["tests/test_longform.py", "tests/test_editing.py"],
-    "musicldm_core/editing.py": ["tests/test_editing.py", "tests/test_longform.py"],
+    "musicldm_core/samplers/schedule.py": ["tests/parity/test_samplers.py", "tests/parity/test_config.py"],
+    "musicldm_core/longform.py": ["tests/test_longform.py", "tests/test_editing.py", "tests/test_properties.py",
+                                  *TINY],
+    "musicldm_core/editing.py": ["tests/test_editing.py", "tests/test_longform.py", "tests/test_properties.py",
+                                 *TINY],
     "musicldm_core/options.py": ["tests/test_pipeline_inputs.py", "tests/parity/test_input_checks.py"],
     "musicldm_core/outputs.py": ["tests/test_refusals.py", "tests/test_cli.py", "tests/test_batch.py"],
     "musicldm_core/batch.py": ["tests/test_batch.py", "tests/test_refusals.py"],
@@ -46,6 +52,9 @@ def main() -> None:
     p.add_argument("module", help="the file to mutate, e.g. musicldm_core/longform.py")
     p.add_argument("--tests", nargs="+", default=None, help="the tests to run (default: TESTS[module])")
     p.add_argument("--children", type=int, default=os.cpu_count() or 1, help="mutants run in parallel")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="CPU seconds a mutant's tests may take beyond twice their measured time (their fixtures are "
+                        "not in that measure) before it counts as timed out")
     p.add_argument("--out", default=None, help="the results file (default: benchmarks/results/mutation-DATE.md)")
     args = p.parse_args()
     tests = args.tests or TESTS.get(args.module)
@@ -58,8 +67,15 @@ def main() -> None:
         listed = lambda values: "".join(f"\n    {v}" for v in values)  # noqa: E731 - setup.cfg lists
         (work / "setup.cfg").write_text(
             f"[mutmut]\nsource_paths=musicldm_core/\nalso_copy={listed(['weights_convert/'])}\n"
-            f"only_mutate={listed([args.module])}\npytest_add_cli_args_test_selection={listed(tests)}\n")
-        env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            f"only_mutate={listed([args.module])}\npytest_add_cli_args_test_selection={listed(tests)}\n"
+            # mutmut's limit is (measured + constant) * multiplier * 2 CPU seconds
+            f"timeout_multiplier=1\ntimeout_constant={args.timeout / 2}\n"
+            # torch's thread pool does not survive a fork from a process that has used it (the stats pass has):
+            # mutants are forked from a server that has only collected the tests
+            "process_isolation=forkserver\n")
+        # one thread per mutant: the children share the cores, and CPU time is what the limit counts
+        env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1",
+               "MUSICLDM_TESTS_IN_PROCESS": "1"}
         subprocess.run(["mutmut", "run", "--max-children", str(args.children)], cwd=work, env=env,
                        stdout=subprocess.DEVNULL, check=True)
         results = subprocess.run(["mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True,
@@ -76,7 +92,7 @@ def report(module: str, tests, states: dict, diffs: dict, out: Path) -> None:
     """One section per run: the counts, the share killed, each survivor's changed lines."""
     counts = {state: sum(1 for s in states.values() if s == state) for state in STATES}
     decided = counts["killed"] + counts["survived"] + counts["timeout"]
-    lines = [f"## {module}\n", f"Tests: {', '.join(tests)}.\n",
+    lines = [f"## {module}\n", f"Tests: `{shlex.join(tests)}`.\n",
              ", ".join(f"{n} {state}" for state, n in counts.items() if n) + f": **{counts['killed'] / max(1, decided):.0%}"
              " killed** of those the tests reach (before equivalents are set apart).\n"]
     for name, diff in diffs.items():

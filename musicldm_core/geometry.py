@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 
+STAGES = ("encoding", "denoising", "decoding", "vocoding")  # the windowed stages, in the order a request runs them
+
+
 @dataclass(frozen=True)
 class Geometry:
     sampling_rate: int  # waveform samples per second (the vocoder's)
@@ -78,6 +81,8 @@ class Geometry:
         "encoding": the VAE's, "vocoding"): the trained length in latent frames for the UNet and the VAE,
         in mel frames for the vocoder; overlaps of a quarter (denoising) and an eighth (the others). A
         loop uses the UNet's overlap at every stage, so that all stages are rotation-equivariant together."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         window = self.sample_size or 256
         overlap = window // 4 if stage == "denoising" or loop else window // 8
         scale = self.vae_factor if stage == "vocoding" else 1

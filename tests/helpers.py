@@ -1,9 +1,52 @@
-"""One comparison for every parity test: max abs and relative error, printed and asserted."""
+"""One comparison for every parity test (max abs and relative error, printed and asserted), and the command
+line as a user runs it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from unittest import mock
+
 import numpy as np
 import torch
+
+# Mutation testing (benchmarks/mutation.py) swaps mutants inside the test process, where a subprocess cannot see
+# them: there the command line runs in this process instead.
+IN_PROCESS = os.environ.get("MUSICLDM_TESTS_IN_PROCESS") == "1"
+
+
+def musicldm(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m musicldm_core ARGS`: exit status, stdout and stderr as text."""
+    argv = [str(a) for a in args]
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
+    if not IN_PROCESS:
+        return subprocess.run([sys.executable, "-m", "musicldm_core", *argv], capture_output=True, text=True,
+                              env=env, cwd=cwd)
+    from musicldm_core import cli
+
+    out, err, here, sigint = io.StringIO(), io.StringIO(), os.getcwd(), signal.getsignal(signal.SIGINT)
+    threads = torch.get_num_threads()
+    try:
+        with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            os.chdir(cwd or here)
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:  # --debug: the traceback, as Python prints it
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        signal.signal(signal.SIGINT, sigint)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def errors(ours, ref) -> tuple[float, float, tuple]:
@@ -29,7 +72,7 @@ def assert_close(ours, ref, rtol: float, name: str) -> tuple[float, float]:
 def assert_detects(ours, ref, rtol: float, name: str) -> None:
     """A deliberately broken model must fail the same tolerance: the parity test can go red."""
     _, rel_err, _ = errors(ours, ref)
-    print(f"[mutation] {name}: rel {rel_err:.3e} (must exceed {rtol:.1e})")
+    print(f"[mutation] {name}: rel {rel_err:.3e} (must exceed {rtol:.1e}: {rel_err / rtol:.3g}x the bound)")
     assert rel_err > rtol, f"{name}: a deliberate break went unnoticed (rel {rel_err:.3e} <= {rtol:.1e})"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from helpers import musicldm
 from musicldm_core import batch, cli
 
 BASE = ["--steps", "3", "--seconds", "0.5", "--threads", "1"]
@@ -28,10 +29,6 @@ def write_prompts(path: Path, items) -> Path:
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
     return path
 
-
-def musicldm(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "musicldm_core", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}, **kw)
 
 
 def records(out: Path) -> dict:

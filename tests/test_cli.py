@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from helpers import musicldm
 from musicldm_core import cli, outputs
 
-
-def musicldm(*args, env=None, cwd=None):
-    full_env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "musicldm_core.cli", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, cwd=cwd)
 
 
 def test_console_script_is_installed():

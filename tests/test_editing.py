@@ -5,12 +5,14 @@ the last window's start, and a batch line's seed 0."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from musicldm_core import batch
-from musicldm_core.editing import AudioEdit
+from musicldm_core.audio_frontend import log_mel, normalize_loudness
+from musicldm_core.editing import AudioEdit, encode_input
 from musicldm_core.geometry import Geometry
 from musicldm_core.longform import regenerate_mask, window_starts
 from musicldm_core.options import Options, Run
@@ -49,15 +51,17 @@ def test_both_edges_of_a_span_rise_over_the_edge_width():
 
 
 def test_the_waveform_blend_is_as_wide_in_samples_as_the_latent_blend(tiny_ckpt):
-    """keep_input blends generated and kept audio over the VAE overlap measured in samples (4 latent
-    frames = 2560 samples here), not over as many samples as there are latent frames."""
+    """keep_input blends the generated audio (3 here) into the kept round trip (-1) over the VAE overlap measured
+    in samples (4 latent frames = 2560 samples here), not over as many samples as there are latent frames:
+    the kept audio outside, the generated inside, their mean half way up each edge."""
     e = edit(tiny_ckpt, "ddim", inpaint=(0.4, 1.2))
     samples = 160 * 160
-    out = e.keep_input(torch.ones(1, samples), lambda z: torch.zeros(1, z.shape[2] * 640))[0]
-    start, edge = 10 * 640, 4 * 640  # 0.4 s = latent frame 10
-    assert (out[:start] == 0).all() and out[start + edge:30 * 640 - edge].min() == 1.0
-    assert out[start + edge // 2].item() == pytest.approx(0.5, abs=1e-3)  # half way up the sin^2 rise
-    assert 0 < out[start + edge // 4].item() < 0.2
+    out = e.keep_input(torch.full((1, samples), 3.0), lambda z: torch.full((1, z.shape[2] * 640), -1.0))[0]
+    start, end, edge = 10 * 640, 30 * 640, 4 * 640  # 0.4 s .. 1.2 s = latent frames 10 .. 30
+    assert (out[:start] == -1).all() and (out[end:] == -1).all() and (out[start + edge:end - edge] == 3).all()
+    assert out[start + edge // 2].item() == pytest.approx(1.0, abs=4e-3)  # half way up the sin^2 rise
+    assert out[end - edge // 2].item() == pytest.approx(1.0, abs=4e-3)  # and down
+    assert -1 < out[start + edge // 4].item() < -0.2 and (torch.diff(out[start:start + edge]) > 0).all()
 
 
 @pytest.mark.parametrize("sampler", ["euler", "lms", "heun", "dpmsolver++", "ddim"])
@@ -70,6 +74,29 @@ def test_inpainting_starts_at_the_samplers_noise_level(tiny_ckpt, sampler):
     assert torch.allclose(init[:, :, inside], (noise * plan.init_scale)[:, :, inside], rtol=1e-6, atol=0)
     if plan.scale_input:  # the sigma samplers (Euler, LMS, Heun): their start is x = sigma_max * noise
         assert float(plan.init_scale) > 10  # so a start at unit noise would be far too quiet
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_the_inpainting_start_is_the_input_renoised_outside_the_span(tiny_ckpt, sampler):
+    """Where the mask keeps the input, the start is the input noised to the first step's level, exactly; and the
+    renoised input is a fixed point of the per-step constraint everywhere, the blend at the edges included."""
+    e = edit(tiny_ckpt, sampler, inpaint=(0.4, 1.2))
+    noise = torch.randn(e.z_in.shape, generator=torch.Generator().manual_seed(1))
+    plan, init, constrain = e.sampling(noise)
+    kept, edges = e.mask[0, 0, :, 0] == 0, (e.mask[0, 0, :, 0] > 0) & (e.mask[0, 0, :, 0] < 1)
+    assert torch.equal(init[:, :, kept], e.scheduler.add_noise(e.z_in, noise, plan)[:, :, kept])
+    assert edges.sum() == 8  # 4 latent frames rising, 4 falling
+    renoised = e.scheduler.add_noise(e.z_in, noise, plan, 2)
+    assert torch.allclose(constrain(1, renoised), renoised, rtol=1e-6, atol=1e-6)
+
+
+def test_an_input_without_strength_is_strength_one(tiny_ckpt):
+    """audio alone (no strength, inpaint or extend) keeps only its length: every step, from the input noised to
+    the first step's level, as strength=1.0."""
+    noise = torch.randn((1, 8, 40, 16), generator=torch.Generator().manual_seed(3))
+    plan, init, _ = edit(tiny_ckpt, "ddim").sampling(noise)
+    plan1, init1, _ = edit(tiny_ckpt, "ddim", strength=1.0).sampling(noise)
+    assert plan.steps == plan1.steps == 5 and torch.equal(plan.timesteps, plan1.timesteps) and torch.equal(init, init1)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler"])
@@ -98,3 +125,31 @@ def test_seed_zero_in_a_batch_line_is_seed_zero(tmp_path):
     path.write_text('{"prompt": "a", "seed": 0}\n{"prompt": "b"}\n')
     items, problems = batch.read_items(path, {"steps": 3, "guidance": 2.0, "takes": 1}, base_seed=7)
     assert not problems and items[0].seed == 0 and items[1].seed == batch.derived_seed(7, items[1].id)
+
+
+class PoolEncoder(torch.nn.Module):
+    """A stand-in VAE encoder in float64: the mel averaged over 4 x 4 patches, in 8 channels (a convolution,
+    so a mel in another dtype is refused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.Conv2d(1, 8, 4, stride=4, bias=False, dtype=torch.float64)
+        torch.nn.init.constant_(self.pool.weight, 1 / 16)
+        self.config = SimpleNamespace(scaling_factor=2.0)
+
+    def encode(self, mel):
+        z = self.pool(mel)
+        return SimpleNamespace(mode=lambda: z)
+
+
+def test_the_input_is_read_with_the_checkpoints_front_end():
+    """encode_input takes the hop, the mel bins and the rate from the checkpoint (here 32 kHz, hop 320, 32 bins:
+    none of log_mel's defaults), pads the input to whole latent frames, and hands the VAE its own dtype."""
+    g = Geometry(sampling_rate=32000, hop=320, mel_bins=32, vae_factor=4, latent_channels=8, sample_size=32)
+    wave = torch.sin(torch.arange(16000) * 0.07) * 0.3  # 0.5 s: 50 mel frames, 13 latent frames (52 mel frames)
+    vae = PoolEncoder()
+    z = encode_input(wave, SimpleNamespace(input_frames=52, frames=52), g, vae)
+    x = torch.nn.functional.pad(normalize_loudness(wave[None]), (0, 52 * 320 - 16000))
+    mel = log_mel(x, hop=320, n_mels=32, sr=32000)[:, None, :52]
+    assert z.dtype == torch.float64 and z.shape == (1, 8, 13, 8)
+    assert torch.equal(z, vae.pool(mel.double()) * 2.0)

@@ -18,15 +18,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers import musicldm
 from musicldm_core import batch, cli, outputs
 from musicldm_core.audio_frontend import load_audio
 
 QUICK = ["--steps", "3", "--threads", "1"]
 
-
-def musicldm(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "musicldm_core", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})})
 
 
 def one_line(r, message: str) -> None:

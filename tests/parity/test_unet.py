@@ -10,7 +10,10 @@ from helpers import assert_close, assert_detects
 from reference_checkpoints import randomize_
 from musicldm_core.unet import UNet
 
-RTOL = 1e-5
+# Ours equals diffusers bit for bit here; the bound is ~3x the reference's own run-to-run error (tiny, 8 frames:
+# 6.1e-7 between 1 and 2 threads, 7.9e-7 for one row alone against the same row in a batch of 2), below the
+# brief's 1e-5 so that a weight x1.001 in a cross-attention value (4.3e-5) is caught 21x over, not 4x.
+RTOL = 2e-6
 
 
 def _inputs(cfg, frames: int, batch: int, seed: int):
