@@ -71,7 +71,7 @@ class Plan:
         """
         if not 0 <= k < self.steps:
             raise ValueError(f"from_step: {k} is not a step of a {self.steps}-step plan")
-        first = k if self.evals_per_step == 1 else max(0, 2 * k - 1)  # Heun: t_k's predictor
+        first = k * self.evals_per_step  # Heun (t0, t1, t1, t2, t2, ...): 2k is t_k's predictor
         return Plan(self.steps - k, self.timesteps[first:], self.evals_per_step,
                     None if self.sigmas is None else self.sigmas[first:], self.init_scale, self.scale_input,
                     self.spaced_for)

@@ -244,3 +244,27 @@ def test_dpm_lower_order_final_boundary(steps):
     """diffusers ends DPM-Solver first-order when fewer than 15 steps remain (with a non-zero final sigma)."""
     compare("dpmsolver++", {**PUBLISHED, "final_sigmas_type": "sigma_min"}, steps, torch.float64,
             label="final sigma_min")
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "lms", "dpmsolver++"])
+def test_a_plan_from_step_k_is_the_rest_of_the_plan(name):
+    """Audio-to-audio starts part way down the schedule (Plan.from_step): the last N - k steps, still spaced for N.
+    A sampler without a history across steps (DDIM, Euler, Heun) then continues a run from its state after k steps
+    exactly as the whole run does; the multistep ones (LMS, DPM-Solver) start their history afresh there."""
+    scheduler = Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED))
+    plan, k = scheduler.plan(10), 4
+    first = k * plan.evals_per_step  # Heun's plan lists t0, t1, t1, t2, t2, ...: evaluation 2k is t_k's predictor
+    part = plan.from_step(k)
+    assert (part.steps, part.spaced_for, part.evals_per_step) == (6, 10, plan.evals_per_step)
+    assert torch.equal(part.timesteps, plan.timesteps[first:]) and part.init_scale is plan.init_scale
+    assert (part.sigmas is None) == (plan.sigmas is None) and (part.sigmas is None or torch.equal(part.sigmas,
+                                                                                                   plan.sigmas[first:]))
+    assert part.scale_input == plan.scale_input
+    x = torch.randn(2, 8, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    states = []
+    whole = scheduler.sample(stand_in, x, plan, callback=lambda i, t, x: states.append(x))
+    rest = scheduler.sample(stand_in, x, part, init=states[k - 1])
+    assert torch.equal(rest, whole) == (name in ("ddim", "euler", "heun")), name
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match=f"from_step: {bad} is not a step of a 10-step plan"):
+            plan.from_step(bad)
