@@ -41,7 +41,7 @@ def plan(schedule: NoiseSchedule, steps: int) -> Plan:
     if cfg.use_karras_sigmas:  # the whole trained range, Karras-spaced; timesteps rounded back
         table = schedule.sigma_table()
         sigmas = karras_sigmas(float(table[0]), float(table[-1]), steps, cfg)
-        ts = np.array([sigma_to_t(sigma, np.log(table)) for sigma in sigmas]).round().astype(np.int64)
+        ts = sigma_to_t(sigmas, np.log(table)).round().astype(np.int64)
     else:
         ts = schedule.check(_timesteps(schedule, steps), steps)
         sigmas = schedule.sigmas_at(ts)

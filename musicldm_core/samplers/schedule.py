@@ -152,7 +152,7 @@ class NoiseSchedule:
         sigmas = np.interp(ts, np.arange(0, len(table)), table)
         if self.config.use_karras_sigmas:
             sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), steps, self.config)
-            ts = np.array([sigma_to_t(sigma, np.log(table)) for sigma in sigmas]).astype(np.float32)
+            ts = sigma_to_t(sigmas, np.log(table)).astype(np.float32)
         return torch.from_numpy(ts), torch.from_numpy(np.concatenate([sigmas, [self.final_sigma()]]).astype(np.float32))
 
     def sigmas_at(self, timesteps: np.ndarray) -> np.ndarray:
@@ -186,7 +186,8 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, config: Schedu
 
 
 def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """The (fractional) timestep of a sigma: linear interpolation of log sigma in the table."""
+    """The (fractional) timesteps (N,) of sigmas (N,): linear interpolation of log sigma in the table (T,),
+    clamped to 0 .. T-1."""
     log_sigma = np.log(np.maximum(sigma, 1e-10))
     dists = log_sigma - log_sigmas[:, np.newaxis]
     low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)

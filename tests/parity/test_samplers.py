@@ -23,6 +23,7 @@ from helpers import assert_detects, errors
 from musicldm_core.samplers.config import scheduler_config
 from musicldm_core.samplers import SAMPLERS, Scheduler
 from musicldm_core.samplers.lms import gauss_kronrod_21, lms_coefficient
+from musicldm_core.samplers.schedule import sigma_to_t
 from musicldm_core.unet import UNet
 
 # the checkpoint's scheduler_config.json: the published keys, and DDIMScheduler's own "leading" spacing
@@ -265,6 +266,29 @@ def test_a_plan_from_step_k_is_the_rest_of_the_plan(name):
     whole = scheduler.sample(stand_in, x, plan, callback=lambda i, t, x: states.append(x))
     rest = scheduler.sample(stand_in, x, part, init=states[k - 1])
     assert torch.equal(rest, whole) == (name in ("ddim", "euler", "heun")), name
+    whole_again = plan.from_step(0)  # strength 1: every step
+    assert whole_again.steps == 10 and torch.equal(whole_again.timesteps, plan.timesteps)
     for bad in (-1, 10):
         with pytest.raises(ValueError, match=f"from_step: {bad} is not a step of a 10-step plan"):
             plan.from_step(bad)
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_timesteps_have_the_references_dtype(name):
+    """The model sees t as diffusers hands it: int64 for DDIM, PNDM and DPM-Solver, float32 for the sigma samplers
+    (the UNet's time embedding casts either, but a compiled graph or an exported one sees the dtype)."""
+    for spacing in ("leading", "linspace", "trailing"):
+        cfg = {**PUBLISHED, "timestep_spacing": spacing}
+        ref = REFERENCE[name].from_config(cfg)
+        ref.set_timesteps(10)
+        ours = Scheduler(name, scheduler_config(REFERENCE[name].__name__, cfg)).plan(10).timesteps
+        assert ours.dtype == ref.timesteps.dtype, (name, spacing, ours.dtype, ref.timesteps.dtype)
+
+
+def test_sigma_to_t_at_the_ends_and_between():
+    """The inverse of the sigma table, for many sigmas at once: a table entry is its own timestep, its largest
+    one T - 1 (and anything beyond, clamped), a geometric midpoint half way."""
+    table = Scheduler("euler", scheduler_config("EulerDiscreteScheduler", PUBLISHED)).schedule.sigma_table()
+    sigmas = np.array([table[0], table[10], np.sqrt(table[10] * table[11]), table[-1], 2 * table[-1]], np.float64)
+    t = sigma_to_t(sigmas, np.log(table))
+    assert t.shape == (5,) and np.allclose(t, [0, 10, 10.5, len(table) - 1, len(table) - 1], rtol=0, atol=1e-3)
