@@ -258,7 +258,7 @@ class Service:
     def _run(self, job: Job) -> None:
         import torch
 
-        from .batch import item_options, item_record
+        from .batch import item_options, item_record, run_values
         from .options import AUDIO_RATE, Options
         from .outputs import MANIFEST, append_record, mel_png, recipe, write_audio, write_bytes
 
@@ -299,7 +299,7 @@ class Service:
                     for k in range(1, item.takes + 1)]
         scores = None if out.scores is None else [float(s) for s in out.scores]
         record = {**item_record(item, sampler, paths, out.audios.shape[-1] / self.pipe.sampling_rate, scores,
-                                time.monotonic() - began, {"weights": self.weights, "revision": None, "sample_rate": None}),
+                                time.monotonic() - began, run_values(args)),
                   "pictures": [p.name for p in pictures],
                   "edit": {k: list(v) if isinstance(v, tuple) else v for k, v in edit.items()},
                   "command": commands[0], "commands": commands, "input": input_path.name if input_path else None}
