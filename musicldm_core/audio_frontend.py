@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .clap_config import FeatureExtractorConfig
+from .errors import InputTooLong
 
 # --------------------------------------------------------------------------------------------
 # Resampling
@@ -53,13 +54,13 @@ def _filter(orig_sr: int, target_sr: int, zero_crossings: int, rolloff: float, b
 
 
 def resample_cost(orig_sr: int, target_sr: int, zero_crossings: int = 96) -> int:
-    """Filter coefficients `resample` holds for these rates: up x (down + 2 half) as one block matrix,
-    else up x 2 half as a table of phases. Rates whose reduced ratio is large (e.g. 999983 -> 16000 Hz:
-    16000 phases of 12000 taps) would need more than TABLE_LIMIT; they are refused by name."""
+    """Filter coefficients `resample` holds for these rates at least: up x 2 half, a table of phases (the
+    block matrix, up x (down + 2 half), is used only when it fits too). Rates whose reduced ratio is large
+    (e.g. 999983 -> 16000 Hz: 16000 phases of 12000 taps) would need more than TABLE_LIMIT; they are
+    refused by name."""
     g = math.gcd(orig_sr, target_sr)
     up, down = target_sr // g, orig_sr // g
-    half = math.ceil(zero_crossings / min(1.0, up / down))
-    return min(up * (down + 2 * half), up * 2 * half)
+    return up * 2 * math.ceil(zero_crossings / min(1.0, up / down))
 
 
 def resample(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: int = 96,
@@ -211,8 +212,8 @@ class LogMel:
         """transformers' _random_mel_fusion: a front, middle and back window, drawn in that order."""
         ranges = np.array_split(list(range(0, total - chunk + 1)), 3)
         ranges = [r if len(r) else np.array([0]) for r in ranges]
-        starts = [int(np.random.choice(r)) if crop == "random" else self._offset(int(r[0]), int(r[-1]), crop)
-                  for r in ranges]
+        # "random": randint(r[0], r[-1] + 1) draws what the reference's np.random.choice(r) draws, r being consecutive
+        starts = [self._offset(int(r[0]), int(r[-1]), crop) for r in ranges]
         shrunk = F.interpolate(torch.tensor(mel[None, None]), size=[chunk, mel.shape[1]], mode="bilinear",
                                align_corners=False)[0, 0].numpy()
         return np.stack([shrunk] + [mel[s:s + chunk] for s in starts])
@@ -330,7 +331,7 @@ def _check_length(seconds: float, name: str, min_seconds: float) -> None:
         raise ValueError(f"{name} is {seconds * 1000:.1f} ms long; it must be at least {min_seconds * 1000:g} ms "
                          "(one latent frame)")
     if seconds > MAX_INPUT_SECONDS:
-        raise ValueError(f"{name} is {seconds:.1f} s long; at most {MAX_INPUT_SECONDS:g} s is read (cut it first)")
+        raise InputTooLong(f"{name} is {seconds:.1f} s long; at most {MAX_INPUT_SECONDS:g} s is read (cut it first)")
 
 
 def _read_file(path: str, name: str, min_seconds: float, target_sr: int) -> tuple[torch.Tensor, int]:

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .options import Options
-from .outputs import (MANIFEST, PARTS, append_record, check_outputs, file_line, is_done, lock_folder, merge_manifest,
+from .outputs import (MANIFEST, PARTS, append_record, check_folder, file_line, is_done, lock_folder, merge_manifest,
                       read_records, remove_temporaries, write_audio)
 from .placement import default_device, parse_device
 
@@ -155,6 +155,7 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
     items: List[Item] = []
     problems: List[str] = []
     owners: Dict[str, Item] = {}  # file name, case folded -> the item that writes it
+    ids: Dict[str, Item] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -172,10 +173,10 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
                         values["steps"], values["guidance"], values["takes"], values.get("sampler"),
                         values.get("loop", False), values.get("window", "auto"))
             item_options([item]).check(NAMES)
+            if item_id in ids:  # the manifest keeps one record per id, whatever files the items write
+                raise ValueError(f"id {item_id!r} is also on line {ids[item_id].line}")
             for name in (p.name.casefold() for p in item.files(Path())):
                 other = owners.get(name)
-                if other is not None and other.id == item_id:
-                    raise ValueError(f"id {item_id!r} is also on line {other.line}")
                 if other is not None:
                     case = other.id.casefold() == item_id.casefold()
                     raise ValueError(f"id {item_id!r} and {other.id!r} on line {other.line} both write {name!r}"
@@ -184,6 +185,7 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
             problems.append(f"{path} line {number}: {e}")
             continue
         owners.update((p.name.casefold(), item) for p in item.files(Path()))
+        ids[item_id] = item
         items.append(item)
     if not items and not problems:
         problems.append(f"{path}: no prompts in the file")
@@ -325,7 +327,7 @@ def check_out_dir(out_dir: Path) -> Path:
         if path.exists() and path.is_dir() != (name == PARTS):
             raise ValueError(f"--out-dir: {str(path)!r} is a {'folder' if path.is_dir() else 'file'}; move it away "
                              f"(batch mode keeps its {'manifest' if name == MANIFEST else 'manifest parts'} there)")
-    check_outputs([out_dir / "probe.wav"], "--out-dir")
+    check_folder(out_dir, "--out-dir")
     return out_dir
 
 

@@ -17,6 +17,11 @@ class CheckpointError(ValueError):
     """
 
 
+class InputTooLong(ValueError):
+    """An input audio longer than audio-to-audio reads (audio_frontend.MAX_INPUT_SECONDS): the web page's
+    server answers it with 413 (too large), every other bad input with 400."""
+
+
 class DamagedOutputError(RuntimeError):
     """A stage of generation produced NaN or infinite values, or a constant waveform (half-precision
     overflow, a damaged weight): raised instead of returning or writing it."""

@@ -52,12 +52,22 @@ def output_paths(output: str, takes: int) -> List[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, takes + 1)]
 
 
-def check_outputs(paths: List[Path], flag: str = "--output") -> None:
-    """Every target usable before any work: its folder exists and is writable, it is not a folder,
-    and its name fits the file system. Errors name the user's path (and the flag that gave it)."""
-    folder = paths[0].parent
+def check_folder(folder: Path, flag: str) -> None:
+    """A folder that exists and where files can be written: a probe, made and removed, fails now on a
+    read-only folder rather than after generating. Errors name the folder and the flag that gave it."""
     if not folder.is_dir():
         raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
+    try:
+        Path(temp_file(folder)).unlink(missing_ok=True)  # (a batch run holding the folder may remove it first)
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
+
+
+def check_outputs(paths: List[Path], flag: str = "--output") -> None:
+    """Every target usable before any work: its folder exists and is writable (check_folder), it is not
+    a folder, and its name fits the file system. Errors name the user's path (and the flag that gave it)."""
+    folder = paths[0].parent
+    check_folder(folder, flag)
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
@@ -72,10 +82,6 @@ def check_outputs(paths: List[Path], flag: str = "--output") -> None:
                              f"{limit} this file system allows")
         if path.is_dir():
             raise ValueError(f"{flag}: {str(path)!r} is a folder; give a file name")
-    try:  # a probe where the files will go: a read-only folder fails now, not after generating
-        Path(temp_file(folder)).unlink(missing_ok=True)  # (a batch run holding the folder may remove it first)
-    except OSError as e:
-        raise ValueError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror})") from None
 
 
 REJECTED = "manifest-rejected.jsonl"  # manifest lines that are not valid records, set aside by the merge
@@ -166,7 +172,7 @@ def merge_manifest(out_dir: Path, order: Iterable[str]) -> None:
              for r in sorted(records.values(), key=lambda r: (rank.get(r["id"], math.inf), r["id"]))]
     if rejected:
         with open(out_dir / REJECTED, "a", encoding="utf-8") as f:
-            f.writelines(line.rstrip("\n") + "\n" for _, line in rejected)
+            f.writelines(line + "\n" for _, line in rejected)  # each as read, without its newline
     tmp = temp_file(out_dir)
     try:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -135,6 +135,7 @@ class Service:
     def submit(self, data: dict, audio: Optional[bytes] = None, audio_name: str = "input") -> Job:
         """Check a request as a batch line is checked (and its input audio read), then queue it."""
         from .batch import Item, NAMES, check_fields, item_options
+        from .errors import InputTooLong
         from .options import AUDIO_RATE, Options, read_input
         from .pipeline import plan_call
 
@@ -180,7 +181,7 @@ class Service:
                       self.pipe.vocoder.config), self.pipe.scheduler, self.device, False, names)
         except ValueError as e:
             message = str(e).splitlines()[0].replace(folder + os.sep, "")
-            status = 413 if "s long; at most" in message else 400
+            status = 413 if isinstance(e, InputTooLong) else 400
             raise Refused(status, message, _field_of(message, {**self.fields, "audio": None})) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)

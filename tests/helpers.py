@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import traceback
 from unittest import mock
 
 import numpy as np
+import pytest
 import torch
 
 # Mutation testing (benchmarks/mutation.py) swaps mutants inside the test process, where a subprocess cannot see
@@ -47,6 +49,30 @@ def musicldm(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
         signal.signal(signal.SIGINT, sigint)
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def sine(seconds: float, rate: int = 16000, freq: float = 440.0, overtone: float = 0.0) -> np.ndarray:
+    """(samples,) float32: a 0.3 sine at `freq`, plus `overtone` times one at 3.1 `freq` (not a harmonic)."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) + overtone * np.sin(2 * np.pi * 3.1 * freq * t)).astype(np.float32)
+
+
+def says(message: str, text: str) -> bool:
+    """`text` holds `message` as a whole: not inside a longer word at either end (so a message that grew
+    stray characters at an edge, or lost its argument's prefix, does not match)."""
+    return re.search(rf"(?<!\w){re.escape(message)}(?!\w)", text) is not None
+
+
+def refused(message: str, call, *args, error=ValueError, **kwargs) -> str:
+    """call(*args, **kwargs) raises `error` whose message says `message` (`says`); returns the message."""
+    with pytest.raises(error) as e:
+        call(*args, **kwargs)
+    assert says(message, str(e.value)), f"{message!r} not in {str(e.value)!r}"
+    return str(e.value)
 
 
 def errors(ours, ref) -> tuple[float, float, tuple]:

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-from helpers import musicldm
+from helpers import musicldm, refused
 from musicldm_core import batch, cli
 
 BASE = ["--steps", "3", "--seconds", "0.5", "--threads", "1"]
@@ -264,3 +266,573 @@ def test_a_per_call_sampler_leaves_the_pipeline_as_it_was(tiny_ckpt):
     b = lms("rain", generator=torch.Generator().manual_seed(0), **kw).audios
     c = pipe("rain", generator=torch.Generator().manual_seed(0), **kw).audios
     assert np.array_equal(a, b) and not np.array_equal(a, c) and pipe.scheduler.name == "ddim"
+
+
+# ---------------------------------------------------------------------------------------------
+# batch.py's parts on their own, without a model: lines, items, groups, the out-dir, the ranks
+# ---------------------------------------------------------------------------------------------
+
+DEFAULTS = {"negative": None, "seconds": None, "seed": None, "steps": 3, "guidance": 2.0, "takes": 1, "sampler": None}
+
+
+def item(line=1, item_id="a", prompt="rain", **kw) -> batch.Item:
+    values = dict(negative=None, seconds=1.0, seed=7, steps=3, guidance=2.0, takes=1, sampler=None)
+    return batch.Item(line, item_id, prompt, **{**values, **kw})
+
+
+def test_an_items_files_group_and_what_it_asked():
+    assert item().files(Path("o")) == [Path("o/a.wav")]
+    assert item(takes=3).files(Path("o")) == [Path("o/a-1.wav"), Path("o/a-2.wav"), Path("o/a-3.wav")]
+    one = item(seconds=2.0, steps=4, sampler="lms", guidance=3.0, takes=2, loop=True, window="whole")
+    assert one.group == (2.0, 4, "lms", 3.0, 2, True, "whole")
+    assert item().loop is False and item().window == "auto"
+    asked = one.asked({"weights": "w", "sample_rate": None})
+    assert asked == {"prompt": "rain", "negative": None, "seconds": 2.0, "seed": 7, "steps": 4, "guidance": 3.0,
+                     "takes": 2, "sampler": "lms", "loop": True, "window": "whole", "weights": "w",
+                     "sample_rate": None}  # no line, no id: those may change without changing the audio
+
+
+def test_item_options_draw_each_items_noise_from_its_seed():
+    from musicldm_core.options import Options
+
+    a, b = item(seed=1), item(2, "b", "jazz", negative="noise", seed=2)
+    together = batch.item_options([a, b], Options(strength=0.5, eta=0.3))
+    assert together.prompt == ["rain", "jazz"] and together.negative_prompt == ["", "noise"]
+    assert [g.initial_seed() for g in together.generator] == [1, 2]
+    assert (together.audio_length_in_s, together.num_inference_steps, together.guidance_scale,
+            together.num_waveforms_per_prompt, together.sampler, together.loop, together.window) == \
+        (1.0, 3, 2.0, 1, None, False, "auto")
+    assert together.rank_within_prompt and together.crop == "start"  # each prompt's own takes, a fixed crop
+    assert (together.strength, together.eta) == (0.5, 0.3)  # the template's other options are kept
+    alone = batch.item_options([b])
+    assert alone.prompt == "jazz" and alone.negative_prompt == "noise" and alone.generator.initial_seed() == 2
+    assert batch.item_options([a]).negative_prompt is None  # "" for every prompt: none given, as a single run
+    three = item(takes=3, sampler="heun", loop=True, window="windowed", guidance=1.5, steps=9, seconds=None)
+    o = batch.item_options([three])
+    assert (o.num_waveforms_per_prompt, o.sampler, o.loop, o.window, o.guidance_scale, o.num_inference_steps,
+            o.audio_length_in_s) == (3, "heun", True, "windowed", 1.5, 9, None)
+
+
+def test_a_derived_seed_depends_on_the_base_seed_and_the_id_only():
+    seed = batch.derived_seed(0, "a")
+    assert seed == batch.derived_seed(0, "a") and 0 <= seed < 2**63
+    assert len({seed, batch.derived_seed(1, "a"), batch.derived_seed(0, "b"), batch.derived_seed(0, "A")}) == 4
+    import hashlib
+    assert seed == int.from_bytes(hashlib.sha256(b"0\na").digest()[:8], "little") >> 1  # the documented recipe
+
+
+def test_read_text(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"\xef\xbb\xbfrain\n")
+    assert batch.read_text(path, "--prompts") == "rain\n"  # the byte-order mark dropped
+    path.write_bytes(b"ok\nab\xffc\n")
+    refused(f"--prompts: {str(path)!r} line 2 is not UTF-8 (byte 0xff at column 3); save the file as UTF-8",
+            batch.read_text, path, "--prompts")
+    path.write_bytes(b"\xfe")
+    refused("line 1 is not UTF-8 (byte 0xfe at column 1)", batch.read_text, path, "--prompts")
+    refused(f"--prompts: cannot read {str(tmp_path / 'no')!r} (No such file or directory)", batch.read_text,
+            tmp_path / "no", "--prompts")
+
+
+@pytest.mark.parametrize("name, lines, expected", [
+    ("p.jsonl", ["rain"], True), ("p.JSON", ["rain"], True), ("p.txt", ['{"prompt": "a"}'], False),
+    ("p", ["", "# {comment}", '  {"prompt": "a"}'], True), ("p.list", ["# c", "a {text}", "{"], False),
+    ("p", [], False)])
+def test_the_format_by_extension_else_by_the_first_line(name, lines, expected):
+    assert batch.is_json_lines(Path(name), lines) is expected
+
+
+def test_read_items_in_both_formats(tmp_path):
+    path = tmp_path / "p"
+    path.write_text('\n  # {"prompt": "skipped"}\n{"prompt": "Techno, 128 BPM!", "seconds": 2, "seed": 0}\n'
+                    '{"prompt": "~~~", "negative": null, "sampler": null, "steps": 5, "loop": true}\n')
+    items, problems = batch.read_items(path, {**DEFAULTS, "guidance": 3.0}, base_seed=4)
+    assert problems == []
+    a, b = items
+    assert (a.line, a.id, a.prompt, a.seconds, a.seed, a.steps, a.guidance, a.takes, a.loop, a.window) == \
+        (3, "00003-techno-128-bpm", "Techno, 128 BPM!", 2, 0, 3, 3.0, 1, False, "auto")
+    assert (b.id, b.seed, b.steps, b.loop, b.negative, b.sampler) == ("00004-item", batch.derived_seed(4, "00004-item"),
+                                                                      5, True, None, None)
+    long = tmp_path / "p.txt"
+    long.write_text(" " + "word " * 20 + "\n")  # the id's slug is cut to 40 characters, no trailing '-'
+    (only,), _ = batch.read_items(long, DEFAULTS, 0)
+    assert only.prompt == ("word " * 20).strip() and only.id == "00001-" + "-".join(["word"] * 8)
+    empty = tmp_path / "e.txt"
+    empty.write_text("# nothing\n\n")
+    assert batch.read_items(empty, DEFAULTS, 0) == ([], [f"{empty}: no prompts in the file"])
+
+
+@pytest.mark.parametrize("lines, problem", [
+    (['{"prompt": "a", "seed": true}'], "line 1: seed must be an integer, got True"),
+    (['{"prompt": "a", "seed": 18446744073709551616}'], "line 1: seed must be an integer between 0 and "
+                                                        "18446744073709551615, got 18446744073709551616"),
+    (['{"prompt": "a", "id": "-x"}'], "line 1: id '-x' must be 1-100 letters, digits, '.', '_' or '-', starting "
+                                      "with a letter or digit (it names the output files)"),
+    (['{"prompt": "a", "id": "' + "x" * 101 + '"}'], "line 1: id '" + "x" * 101 + "' must be 1-100 letters, digits, "
+                                                     "'.', '_' or '-', starting with a letter or digit (it names the "
+                                                     "output files)"),
+    (['{"prompt": "a", "id": 5}'], "line 1: id must be text, got 5"),
+    (['{"prompt": "a", "id": "x", "takes": 2}', '{"prompt": "b", "id": "x-2"}'],
+     "line 2: id 'x-2' and 'x' on line 1 both write 'x-2.wav'"),
+    (['{"prompt": "a", "id": "Song"}', '{"prompt": "b", "id": "song"}'],
+     "line 2: id 'song' and 'Song' on line 1 both write 'song.wav' (letter case does not tell files apart on macOS "
+     "and Windows)"),
+    (['{"prompt": "a", "id": "x"}', '{"prompt": "b", "id": "x", "takes": 2}'], "line 2: id 'x' is also on line 1"),
+    (['{"prompt": "a", "id": "x", "takes": 2}', '{"prompt": "b", "id": "x"}'], "line 2: id 'x' is also on line 1"),
+    (['{"prompt": "a", "steps": 0}'], "line 1: steps must be >= 1, got 0"),
+    (['{"prompt": "a", "takes": 0}'], "line 1: takes must be >= 1, got 0"),
+    (['{"prompt": "a", "seconds": 0}'], "line 1: seconds must be a finite number > 0, got 0"),
+    (['{"prompt": "a", "window": "wide"}'], "line 1: window must be None, 'auto', 'whole' or 'windowed', got 'wide'"),
+    (['{"prompt": "a", "guidance": -1}'], "line 1: guidance must be a finite number >= 0, got -1"),
+    (['{"prompt": "a", "negative": 3}'], "line 1: negative must be text, got 3"),
+    (['"a"'], "line 1: a line must be a JSON object, got str"),
+    (['{"prompt": "a" "b"}'], "line 1: not valid JSON (Expecting ',' delimiter at column 16)"),
+])
+def test_a_bad_line_is_named_with_its_number(tmp_path, lines, problem):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    items, problems = batch.read_items(path, DEFAULTS, 0)
+    assert problems == [f"{path} {problem}"] and len(items) == len(lines) - 1
+
+
+def test_check_fields():
+    batch.check_fields({"prompt": "a", "seconds": 2, "guidance": 1, "loop": False, "negative": None, "seed": None,
+                        "sampler": None})  # an integer is a number; these three may be null, and seconds:
+    batch.check_fields({"prompt": "a", "seconds": None})
+    refused("unknown field(s) 'b', 'c'; the fields are prompt, id, negative, seconds, seed, steps, guidance, takes, "
+            "sampler, loop, window", batch.check_fields, {"prompt": "a", "c": 1, "b": 2})
+    refused("the field 'prompt' is missing", batch.check_fields, {"id": "x"})
+    for key, value, words in (("seconds", "2", "a number"), ("seconds", True, "a number"), ("steps", 2.0, "an integer"),
+                              ("steps", True, "an integer"), ("loop", 1, "true or false"), ("prompt", None, "text"),
+                              ("id", None, "text"), ("steps", None, "an integer"), ("window", None, "text")):
+        refused(f"{key} must be {words}, got {value!r}", batch.check_fields, {"prompt": "a", key: value})
+    fields = {**batch.FIELDS, "extra": list}
+    refused("extra must be list, got 1", batch.check_fields, {"prompt": "a", "extra": 1}, fields)
+    batch.check_fields({"prompt": "a", "steps": None}, batch.FIELDS, ("steps",))  # optional: may be null
+
+
+def test_batches_group_by_what_must_be_equal_in_the_order_groups_appear():
+    a = [item(i, f"a{i}") for i in range(5)]
+    b = [item(10 + i, f"b{i}", steps=4) for i in range(2)]
+    ancestral = [item(20 + i, f"e{i}", sampler="euler_ancestral") for i in range(2)]
+    unguided = [item(30 + i, f"u{i}", guidance=1.0) for i in range(2)]
+    order = [a[0], b[0], a[1], ancestral[0], a[2], unguided[0], a[3], b[1], ancestral[1], a[4], unguided[1]]
+    got = [[i.id for i in group] for group in batch.batches(order, 2)]
+    assert got == [["a0", "a1"], ["a2", "a3"], ["a4"], ["b0", "b1"], ["e0"], ["e1"], ["u0"], ["u1"]]
+    guided = [item(40 + i, f"g{i}", guidance=1.01) for i in range(2)]
+    assert [[i.id for i in g] for g in batch.batches(guided, 4)] == [["g0", "g1"]]
+
+
+def test_report_names_the_first_three_problems(capsys):
+    batch.report([], "bad line(s)", skip=False)
+    problems = [f"line {i}: bad" for i in range(1, 6)]
+    refused("5 bad line(s) (--skip-bad skips them): line 1: bad; line 2: bad; line 3: bad; and 2 more", batch.report,
+            problems, "bad line(s)", False)
+    message = refused("3 bad line(s) (--skip-bad skips them): line 1: bad; line 2: bad; line 3: bad", batch.report,
+                      problems[:3], "bad line(s)", False)
+    assert "more" not in message
+    batch.report(problems[:2], "bad line(s)", skip=True)
+    assert capsys.readouterr().err == "musicldm: skipped line 1: bad\nmusicldm: skipped line 2: bad\n"
+
+
+def test_ranks_from_the_launchers_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    one = batch.Ranks()
+    assert (one.rank, one.world, one.local_rank, one.local_world) == (0, 1, 0, 1)
+    monkeypatch.setenv("RANK", "5"), monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1"), monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    ranks = batch.Ranks()
+    assert (ranks.rank, ranks.world, ranks.local_rank, ranks.local_world) == (5, 8, 1, 4)
+
+
+def test_check_out_dir(tmp_path):
+    made = tmp_path / "a" / "b"
+    assert batch.check_out_dir(made) == made and made.is_dir() and list(made.iterdir()) == []
+    (tmp_path / "f").write_text("")
+    refused(f"--out-dir: {str(tmp_path / 'f')!r} is a file, not a folder", batch.check_out_dir, tmp_path / "f")
+    refused(f"--out-dir: cannot make the folder {str(tmp_path / 'f' / 'x')!r} (Not a directory)", batch.check_out_dir,
+            tmp_path / "f" / "x")
+    (made / "manifest.jsonl").mkdir()
+    refused(f"--out-dir: {str(made / 'manifest.jsonl')!r} is a folder; move it away (batch mode keeps its manifest "
+            "there)", batch.check_out_dir, made)
+    (made / "manifest.jsonl").rmdir()
+    (made / ".manifest-parts").write_text("")
+    refused(f"--out-dir: {str(made / '.manifest-parts')!r} is a file; move it away (batch mode keeps its manifest "
+            "parts there)", batch.check_out_dir, made)
+    (made / ".manifest-parts").unlink()
+    (made / ".manifest-parts").mkdir()
+    (made / "manifest.jsonl").write_text("")
+    (made / "probe.wav").mkdir()  # whatever else the folder holds
+    assert batch.check_out_dir(made) == made
+
+
+def test_an_out_dir_that_cannot_be_written(tmp_path, monkeypatch):
+    from musicldm_core import outputs
+
+    def read_only(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outputs, "temp_file", read_only)
+    refused(f"--out-dir: cannot write in {str(tmp_path)!r} (Permission denied)", batch.check_out_dir, tmp_path)
+
+
+def test_run_values_record_only_what_is_not_the_default():
+    from argparse import Namespace
+
+    args = Namespace(weights=Path("w"), revision=None, sample_rate=None, eta=0.0, attention_heads="checkpoint")
+    assert batch.run_values(args) == {"weights": "w", "revision": None, "sample_rate": None}
+    args = Namespace(weights="w", revision="v1", sample_rate=44100, eta=0.5, attention_heads="authors")
+    assert batch.run_values(args) == {"weights": "w", "revision": "v1", "sample_rate": 44100, "eta": 0.5,
+                                      "attention_heads": "authors"}
+    assert batch.run_values(Namespace(weights="w", revision=None, sample_rate=None)) == \
+        {"weights": "w", "revision": None, "sample_rate": None}  # a Namespace from an older caller
+
+
+def test_an_items_record():
+    one = item(takes=2)
+    record = batch.item_record(one, "ddim", [Path("o/a-1.wav"), Path("o/a-2.wav")], 1.0, [0.5, 0.25], 1.23456,
+                               {"weights": "w"})
+    assert record == {"line": 1, "id": "a", "prompt": "rain", "negative": None, "seconds": 1.0, "seed": 7, "steps": 3,
+                      "guidance": 2.0, "takes": 2, "sampler": "ddim", "loop": False, "window": "auto",
+                      "files": ["a-1.wav", "a-2.wav"], "duration": 1.0, "scores": [0.5, 0.25], "time": 1.235,
+                      "asked": one.asked({"weights": "w"})}
+
+
+def test_the_rank_device():
+    from argparse import Namespace
+
+    one, two = ranks_of(0, 1, 1), ranks_of(1, 2, 2)
+    assert batch.rank_device(Namespace(device="cpu"), one) == torch.device("cpu")
+    assert batch.rank_device(Namespace(device=None), one) == torch.device(batch.default_device())
+    assert batch.rank_device(Namespace(device="cpu"), two) == torch.device("cpu")  # ranks share the CPU
+    if torch.cuda.device_count() >= 2:
+        assert batch.rank_device(Namespace(device="cuda"), two) == torch.device("cuda", 1)  # each rank its GPU
+        assert batch.rank_device(Namespace(device="cuda"), one) == torch.device("cuda")
+    elif not torch.cuda.is_available():
+        refused("device: 'cuda:1' requested but", batch.rank_device, Namespace(device="cuda"), two)
+        refused("device: 'cuda' requested but", batch.rank_device, Namespace(device="cuda"), one)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("output", "x.wav", "-o/--output cannot be used with --prompts: files are named <id>.wav in --out-dir"),
+    ("input", "x.wav", "--input cannot be used with --prompts: audio-to-audio runs one input at a time: leave out "
+                       "--prompts"),
+    ("strength", 0.5, "--strength cannot be used with --prompts: it goes with --input"),
+    ("inpaint", "1:2", "--inpaint cannot be used with --prompts: it goes with --input"),
+    ("extend", 2.0, "--extend cannot be used with --prompts: it goes with --input")])
+def test_what_batch_mode_does_not_take(flag, value, message):
+    from argparse import Namespace
+
+    args = Namespace(**{name: None for name in batch.NOT_IN_BATCH}, prompts="never read")
+    setattr(args, flag, value)
+    refused(message, batch.run, args, DEFAULTS)
+
+
+class FakePipe:
+    """Stands in for MusicLDMPipeline in generate_items: take k of the item with seed s is the constant
+    (s + k / 10) / 100, so that every file can be traced to its item and take."""
+
+    sampling_rate = 16000
+
+    def __init__(self, calls: list):
+        self.calls, self.scheduler = calls, SimpleNamespace(name="ddim")
+
+    def enable_batch_invariance(self):
+        self.calls.append("batch invariance")
+
+    def compile(self):
+        self.calls.append("compile")
+
+    def generate(self, o):
+        generators = o.generator if isinstance(o.generator, list) else [o.generator]
+        n = o.num_waveforms_per_prompt
+        audios = np.stack([np.full(160, (g.initial_seed() + k / 10) / 100, np.float32) for g in generators
+                           for k in range(n)])
+        self.calls.append(("generate", len(generators), o.eta, callable(o.progress)))
+        if o.progress is not None:
+            o.progress("denoising", 1, 1)
+        return SimpleNamespace(audios=audios, scores=torch.arange(len(audios), dtype=torch.float32) if n > 1 else None)
+
+
+def ranks_of(rank: int, world: int, local_world: int) -> batch.Ranks:
+    ranks = batch.Ranks.__new__(batch.Ranks)
+    ranks.rank, ranks.world, ranks.local_rank, ranks.local_world = rank, world, rank % local_world, local_world
+    return ranks
+
+
+def run_items(tmp_path, monkeypatch, items, ranks, **options):
+    """generate_items with FakePipe: (what the pipeline was loaded with, its calls, the records written)."""
+    from argparse import Namespace
+
+    from musicldm_core.pipeline import MusicLDMPipeline
+
+    calls, loaded = [], {}
+
+    def from_pretrained(folder, **kwargs):
+        loaded.update(kwargs, folder=folder, threads=torch.get_num_threads())
+        return FakePipe(calls)
+
+    monkeypatch.setattr(MusicLDMPipeline, "from_pretrained", staticmethod(from_pretrained))
+    args = Namespace(**{"threads": None, "batch_size": None, "dtype": None, "attention_heads": "authors",
+                        "compile": False, "sample_rate": None, "eta": 0.25, **options})
+    threads = torch.get_num_threads()
+    try:
+        assert batch.generate_items(args, items, tmp_path, ranks, torch.device("cpu"), Path("ckpt"),
+                                    {"weights": "w"}) == len(items)
+    finally:
+        torch.set_num_threads(threads)
+    manifest = tmp_path / ("manifest.jsonl" if ranks.world == 1 else f".manifest-parts/rank-{ranks.rank:05d}.jsonl")
+    return loaded, calls, [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+def test_generate_items_writes_each_items_takes_and_record(tmp_path, monkeypatch, capsys):
+    items = [item(i, f"i{i}", seed=i, takes=2) for i in range(1, 6)] + [item(6, "u", seed=6, guidance=1.0)]
+    loaded, calls, records = run_items(tmp_path, monkeypatch, items, ranks_of(0, 1, 2), compile=True)
+    assert loaded == {"folder": Path("ckpt"), "device": torch.device("cpu"), "dtype": "float32",
+                      "attention_heads": "authors", "threads": max(1, (os.cpu_count() or 1) // 2)}
+    # 4 a call on a CPU; the unguided item alone; each call with the run's eta and a progress line
+    assert calls == ["batch invariance", "compile", ("generate", 4, 0.25, True), ("generate", 1, 0.25, True),
+                     ("generate", 1, 0.25, True)]
+    assert [r["id"] for r in records] == ["i1", "i2", "i3", "i4", "i5", "u"]
+    for record, one in zip(records, items):
+        assert record["asked"] == one.asked({"weights": "w"}) and record["sampler"] == "ddim"
+        assert record["duration"] == 0.01 and record["time"] >= 0
+        for k, name in enumerate(record["files"]):
+            audio, rate = sf.read(tmp_path / name, dtype="float32")
+            assert rate == 16000 and np.allclose(audio, (one.seed + k / 10) / 100), name
+    assert records[1]["files"] == ["i2-1.wav", "i2-2.wav"] and records[1]["scores"] == [2.0, 3.0]
+    assert records[4]["scores"] == [0.0, 1.0] and records[5]["scores"] is None and records[5]["files"] == ["u.wav"]
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"{tmp_path / 'i1-1.wav'}: 0.01 s, seed 1, ddim, 3 steps, guidance 2" and len(said) == 11
+
+
+def test_generate_items_at_another_rate_on_a_rank_of_two(tmp_path, monkeypatch):
+    items = [item(1, "a", seed=1), item(2, "b", seed=2, sampler="lms")]
+    loaded, calls, records = run_items(tmp_path, monkeypatch, items, ranks_of(1, 2, 2), threads=1, batch_size=1,
+                                       dtype="bfloat16", sample_rate=8000)
+    assert (loaded["threads"], loaded["dtype"]) == (1, "bfloat16") and calls[1:] == [("generate", 1, 0.25, True)] * 2
+    assert [(r["id"], r["sampler"], r["duration"]) for r in records] == [("a", "ddim", 0.01), ("b", "lms", 0.01)]
+    audio, rate = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert rate == 8000 and len(audio) == 80 and abs(audio[40] - 0.01) < 1e-3  # resampled, the level kept
+
+
+def _two_ranks(port: int, rank: int, flag: bool, queue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = batch.Ranks()
+    ranks.join()
+    both, mine = ranks.all_true(True), ranks.all_true(flag)
+    ranks.barrier()
+    ranks.close()
+    queue.put((rank, both, mine))
+
+
+def test_two_ranks_agree_only_when_both_do(monkeypatch):
+    """Ranks over gloo in two forked processes (which run this process's code): all_true is a logical and.
+    First a world of one, here: it forms no group."""
+    import multiprocessing
+    import socket
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    alone = batch.Ranks()
+    alone.join()
+    assert alone.all_true(True) is True and alone.all_true(False) is False and not torch.distributed.is_initialized()
+    alone.barrier()
+    alone.close()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    processes = [context.Process(target=_two_ranks, args=(port, rank, rank == 0, queue)) for rank in (0, 1)]
+    for p in processes:
+        p.start()
+    try:
+        results = sorted(queue.get(timeout=60) for _ in processes)
+    finally:
+        for p in processes:
+            p.join(timeout=5)
+            p.kill()
+    assert results == [(0, True, False), (1, True, False)]
+
+
+def test_items_are_checked_against_the_checkpoint(tiny_ckpt, monkeypatch, capsys):
+    from musicldm_core import placement
+    from musicldm_core.load import open_checkpoint
+
+    checkpoint = open_checkpoint(tiny_ckpt)
+    cpu = torch.device("cpu")
+    good, bad = item(1, "good"), item(2, "bad", seconds=0.01)  # shorter than one latent frame
+    assert batch.checked_against(checkpoint, cpu, [good], skip_bad=False) == [good]
+    refused("1 item(s) this checkpoint cannot run (--skip-bad skips them): line 2 (bad): seconds must be at least "
+            "0.04 s", batch.checked_against, checkpoint, cpu, [good, bad], skip_bad=False)  # named by its field
+    assert batch.checked_against(checkpoint, cpu, [good, bad], skip_bad=True) == [good]
+    assert capsys.readouterr().err.startswith("musicldm: skipped line 2 (bad): seconds must be at least")
+    # batch mode does not slice the VAE: the memory check counts every take's decoding at once
+    takes = item(3, "takes", takes=8, seconds=1.0)
+    frames = 100
+    configs = checkpoint.configs
+    whole, _ = placement.estimate_memory(*configs, 8, frames, True, False, None, 0)
+    sliced, _ = placement.estimate_memory(*configs, 8, frames, True, True, None, 0)
+    assert sliced < whole
+    monkeypatch.setattr(placement, "available_memory", lambda device: int((sliced + whole) / 2 / 0.9))
+    refused("enable_vae_slicing() would make it fit", batch.checked_against, checkpoint, cpu, [takes], False)
+
+
+def test_generate_gives_each_item_its_own_takes_and_scores():
+    calls = []
+    items = [item(1, "a", seed=1, takes=2), item(2, "b", seed=2, takes=2), item(3, "c", seed=3, takes=2)]
+    audios, scores = batch.generate(FakePipe(calls), items)
+    assert [a.shape for a in audios] == [(2, 160)] * 3 and scores == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert [float(a[1, 0]) for a in audios] == pytest.approx([0.011, 0.021, 0.031])  # (seed + 1/10) / 100
+
+
+def test_generate_items_defaults_on_a_gpu(tmp_path, monkeypatch):
+    """What a CUDA device changes: 8 items a call, float16, and the CPU's threads left alone (the pipeline here
+    is a stand-in: nothing runs on the device)."""
+    from argparse import Namespace
+
+    from musicldm_core.pipeline import MusicLDMPipeline
+
+    items = [item(i, f"i{i}", seed=i) for i in range(1, 10)]
+    calls, loaded = [], {}
+    monkeypatch.setattr(MusicLDMPipeline, "from_pretrained",
+                        staticmethod(lambda folder, **kw: loaded.update(kw) or FakePipe(calls)))
+    args = Namespace(threads=None, batch_size=None, dtype=None, compile=False, sample_rate=None)  # an older caller's
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 4 * threads)  # what a CPU run would take
+    batch.generate_items(args, items, tmp_path, ranks_of(0, 1, 1), torch.device("cuda"), Path("ckpt"), {})
+    assert (loaded["dtype"], loaded["attention_heads"]) == ("float16", "checkpoint")
+    assert torch.get_num_threads() == threads
+    assert [c[1] for c in calls if c[0] == "generate"] == [8, 1] and calls[1][2] == 0.0  # no eta given: 0
+
+
+@pytest.mark.parametrize("cpus, local_world, threads", [(8, 3, 2), (None, 1, 1), (2, 4, 1), (16, 1, 16)])
+def test_each_rank_takes_its_share_of_the_cpu(tmp_path, monkeypatch, cpus, local_world, threads):
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: cpus)
+    loaded, _, _ = run_items(tmp_path, monkeypatch, [item()], ranks_of(0, 1, local_world))
+    assert loaded["threads"] == threads
+
+
+class FakeRanks(batch.Ranks):
+    """Rank `rank` of a job of `world`, without a process group; all_true answers `others` for the other ranks."""
+
+    def __init__(self, rank: int = 0, world: int = 2, others: bool = True):
+        self.rank, self.world, self.local_rank, self.local_world, self.others = rank, world, rank, world, others
+
+    def join(self):
+        pass
+
+    def barrier(self):
+        pass
+
+    def all_true(self, flag: bool) -> bool:
+        return flag and self.others
+
+    def close(self):
+        pass
+
+
+def batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, *flags, ranks=None):
+    """`musicldm --prompts FILE --out-dir DIR ...` in this process with FakePipe (the checkpoint's configs are
+    read and every item checked against them; no weight loads): (args, the pipeline's calls, the records)."""
+    from musicldm_core.pipeline import MusicLDMPipeline
+
+    calls = []
+    monkeypatch.setattr(MusicLDMPipeline, "from_pretrained", staticmethod(lambda folder, **kw: FakePipe(calls)))
+    if ranks is not None:
+        monkeypatch.setattr(batch, "Ranks", lambda: ranks)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = cli.parse(["--prompts", str(prompts), "--out-dir", str(tmp_path / "out"), "--weights", str(tiny_ckpt),
+                      "--steps", "3", "--threads", str(torch.get_num_threads()), *flags])
+    cli.command(args)
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    return args, calls, [json.loads(x) for x in manifest.read_text().splitlines() if x.startswith("{")] \
+        if manifest.exists() else []
+
+
+def test_a_batch_derives_its_seeds_from_seed(tmp_path, monkeypatch, tiny_ckpt):
+    lines = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b", "seed": 0}]
+    args, _, records = batch_run(tmp_path / "7", monkeypatch, tiny_ckpt, lines, "--seed", "7")
+    assert [r["seed"] for r in records] == [batch.derived_seed(7, "a"), 0] and args.checked is True
+    _, _, records = batch_run(tmp_path / "none", monkeypatch, tiny_ckpt, lines)
+    assert [r["seed"] for r in records] == [batch.derived_seed(0, "a"), 0]
+
+
+def test_a_batch_names_its_bad_lines_and_items(tmp_path, monkeypatch, tiny_ckpt, capsys):
+    bad_line, bad_item = {"prompt": "b", "steps": 0}, {"prompt": "c", "seconds": 0.01}
+    refused("1 bad line(s) in --prompts (--skip-bad skips them): ", batch_run, tmp_path / "1", monkeypatch, tiny_ckpt,
+            [{"prompt": "a"}, bad_line])
+    refused("1 bad line(s) in --prompts", batch_run, tmp_path / "2", monkeypatch, tiny_ckpt, [bad_line],
+            "--skip-bad")  # nothing good left: skipping would make nothing
+    refused("1 item(s) this checkpoint cannot run (--skip-bad skips them): line 2 (00002-c): seconds", batch_run,
+            tmp_path / "3", monkeypatch, tiny_ckpt, [{"prompt": "a"}, bad_item])
+    _, _, records = batch_run(tmp_path / "4", monkeypatch, tiny_ckpt, [{"prompt": "a"}, bad_line, bad_item],
+                              "--skip-bad")
+    assert [r["id"] for r in records] == ["00001-a"]
+    err = capsys.readouterr().err
+    assert "musicldm: skipped " in err and "line 2: steps must be >= 1" in err and "line 3 (00003-c): seconds" in err
+    refused(f"{tiny_ckpt}: revision='v1' applies to Hub repo ids, not to local folders", batch_run, tmp_path / "5",
+            monkeypatch, tiny_ckpt, [{"prompt": "a"}], "--revision", "v1", error=Exception)
+    if not torch.cuda.is_available():
+        refused("device: 'cuda' requested but CUDA is not available", batch_run, tmp_path / "6", monkeypatch,
+                tiny_ckpt, [{"prompt": "a"}], "--device", "cuda")
+
+
+def test_a_rerun_with_nothing_to_do_loads_nothing(tmp_path, monkeypatch, tiny_ckpt):
+    lines = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b"}]
+    _, calls, first = batch_run(tmp_path, monkeypatch, tiny_ckpt, lines)
+    assert calls[0] == "batch invariance" and len(first) == 2
+    generated = []
+    monkeypatch.setattr(batch, "generate_items", lambda *a: generated.append(a) or 99)
+    _, calls, again = batch_run(tmp_path, monkeypatch, tiny_ckpt, lines)
+    assert calls == [] and generated == [] and again == first
+
+
+def test_rank_zero_locks_cleans_and_merges_for_the_job(tmp_path, monkeypatch, tiny_ckpt, capsys):
+    out = tmp_path / "out"
+    (out / ".manifest-parts").mkdir(parents=True)
+    (out / ".musicldm-stale.tmp").write_bytes(b"half")
+    (out / ".manifest-parts" / "rank-00001.jsonl").write_text(json.dumps({"id": "b", "files": []}) + "\n")
+    (out / "manifest.jsonl").write_text("not a record\n")
+    locks = []
+    real = batch.lock_folder
+    monkeypatch.setattr(batch, "lock_folder", lambda folder: locks.append(folder) or real(folder))
+    lines = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b"}, {"prompt": "c", "id": "c"}]
+    _, calls, records = batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, ranks=FakeRanks(0, 2))
+    assert locks == [out] and not (out / ".musicldm-stale.tmp").exists() and not (out / ".musicldm.lock").exists()
+    assert [r["id"] for r in records] == ["a", "b", "c"]  # its items (a, c) and rank 1's part, merged in order
+    assert [c[1] for c in calls if c[0] == "generate"] == [2]
+    err = capsys.readouterr().err
+    assert "manifest.jsonl line 1: not JSON" in err and "musicldm: rank 0/2: a, c: denoising" in err
+
+
+def test_other_ranks_neither_lock_nor_merge(tmp_path, monkeypatch, tiny_ckpt, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".musicldm-other.tmp").write_bytes(b"rank 0's to remove")
+    (out / "manifest.jsonl").write_text("not a record\n")
+    monkeypatch.setattr(batch, "lock_folder", lambda folder: pytest.fail("rank 1 took the lock"))
+    lines = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b"}, {"prompt": "c", "id": "c"}]
+    args, calls, records = batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, ranks=FakeRanks(1, 2))
+    assert (out / ".musicldm-other.tmp").exists() and records == []
+    assert (out / "manifest.jsonl").read_text() == "not a record\n"  # rank 0 merges, rank 1 does not
+    part = [json.loads(x) for x in (out / ".manifest-parts" / "rank-00001.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in part] == ["b"] and args.checked is True
+    err = capsys.readouterr().err
+    assert "not JSON" not in err and "musicldm: rank 1/2: b: denoising" in err
+
+
+def test_when_rank_zero_cannot_lock_every_rank_stops(tmp_path, monkeypatch, tiny_ckpt):
+    lines = [{"prompt": "a"}]
+    (tmp_path / "out").mkdir()
+    with batch.lock_folder(tmp_path / "out"):  # another job holds the folder
+        refused("is in use by another batch run", batch_run, tmp_path, monkeypatch, tiny_ckpt, lines,
+                ranks=FakeRanks(0, 2, others=False))
+        with pytest.raises(batch.SameOnEveryRank, match="^rank 0 could not lock --out-dir$"):
+            batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, ranks=FakeRanks(1, 2, others=False))

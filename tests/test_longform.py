@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import assert_close, errors
+from helpers import assert_close, errors, seeded, sine
 from musicldm_core import cli
 from musicldm_core.audio_frontend import log_mel, resample
 from musicldm_core.geometry import STAGES, Geometry
@@ -25,10 +25,6 @@ def pipe(tiny_ckpt):
     torch.set_num_threads(2)
     p = MusicLDMPipeline.from_pretrained(tiny_ckpt)  # trained window: 32 latent frames (1.28 s)
     return p
-
-
-def seeded(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 # --- windows -----------------------------------------------------------------------------------
@@ -215,10 +211,6 @@ def test_long_audio_is_windowed_and_seamless(pipe):
 
 
 # --- audio-to-audio ------------------------------------------------------------------------------
-
-def sine(seconds=1.0, rate=16000, freq=440.0):
-    return (0.3 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
-
 
 def test_strength_moves_away_from_the_input(pipe):
     wave = sine(1.0)

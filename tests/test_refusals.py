@@ -172,7 +172,7 @@ def test_a_full_disk_in_batch_mode(tiny_ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(outputs, "temp_file", full)
-    monkeypatch.setattr(batch, "check_outputs", lambda *a, **k: None)  # the probe would fail first
+    monkeypatch.setattr(batch, "check_folder", lambda *a, **k: None)  # the probe would fail first
     code = cli.main(["--prompts", str(prompts), "--out-dir", str(out), "--weights", str(tiny_ckpt), "--steps", "3",
                      "--seconds", "0.3", "--threads", str(torch.get_num_threads())])
     err = capsys.readouterr().err.strip().splitlines()

@@ -15,8 +15,8 @@ from transformers import ClapConfig as RefClapConfig, ClapFeatureExtractor, Clap
 
 from helpers import assert_close, assert_detects
 from reference_checkpoints import randomize_
+from musicldm_core.audio_frontend import LogMel, mel_filters
 from musicldm_core.clap import Clap
-from musicldm_core.audio_frontend import LogMel
 from musicldm_core.clap_config import FeatureExtractorConfig
 from musicldm_core.errors import CheckpointError
 
@@ -146,7 +146,10 @@ EXTRACTOR_CASES = {
     "rand_trunc long": ({"truncation": "rand_trunc"}, [12 * SECOND, 10 * SECOND + 5000]),
     "fusion short (one marked longer at random)": ({"truncation": "fusion"}, [3 * SECOND, 4 * SECOND]),
     "fusion long": ({"truncation": "fusion"}, [13 * SECOND, 25 * SECOND + 123]),
-    "fusion within one hop of the window": ({"truncation": "fusion"}, [10 * SECOND + 100]),
+    "fusion within one hop of the window": ({"truncation": "fusion"}, [10 * SECOND + 100, 3 * SECOND]),
+    # two crop offsets (0 and 1) for three windows: the last range is empty and takes offset 0, as in the reference
+    "fusion one frame past the window": ({"truncation": "fusion"}, [10 * SECOND + 490, 10 * SECOND + 970]),
+    "rand_trunc exactly the window (no crop drawn)": ({"truncation": "rand_trunc"}, [10 * SECOND]),
     "fusion mixed, pad": ({"truncation": "fusion", "padding": "pad"}, [2 * SECOND, 14 * SECOND]),
     "fusion, small hop (the fast-test extractor)": ({"truncation": "fusion", "hop_length": 7900},
                                                     [SECOND // 10, 11 * SECOND]),
@@ -177,6 +180,24 @@ def test_feature_extractor_modes(case, tmp_path):
     assert after_ours == after_ref, "numpy's global RandomState was drawn differently"
 
 
+@pytest.mark.parametrize("bins, mels, low, high, rate, scale", [
+    (513, 64, 0, 14000, 48000, "slaney"), (513, 64, 50, 14000, 48000, "htk"), (257, 32, 50, 8000, 22051, "slaney"),
+    (1025, 128, 20, 11000, 22051, "htk"), (513, 64, 0, 8000, 16000, "slaney")])
+def test_mel_filters_against_transformers(bins, mels, low, high, rate, scale):
+    """The extractor's filter bank (and MusicLDM's, slaney 0-8 kHz at 16 kHz), at an odd rate too."""
+    from transformers.audio_utils import mel_filter_bank
+
+    ref = mel_filter_bank(bins, mels, low, high, rate, norm="slaney" if scale == "slaney" else None, mel_scale=scale)
+    assert_close(mel_filters(bins, mels, low, high, rate, scale), ref, RTOL, f"mel filters {scale} at {rate} Hz")
+
+
+def test_a_crop_is_one_of_three():
+    fe = LogMel(FeatureExtractorConfig.from_hf({"truncation": "rand_trunc"}))
+    with pytest.raises(ValueError) as e:
+        fe(_waves([SECOND]), crop="middle")
+    assert str(e.value) == "crop: expected one of 'random', 'start', 'center', got 'middle'"
+
+
 def test_rand_trunc_reaches_the_last_offset():
     """An overflow of one sample: the crop offset is 0 or 1, drawn as randint(0, overflow + 1)."""
     ref = ClapFeatureExtractor(truncation="rand_trunc")
@@ -196,3 +217,8 @@ def test_deterministic_crops_for_fusion():
     start, center = fe(waves, crop="start"), fe(waves, crop="center")
     assert torch.equal(start, fe(waves, crop="start")) and not torch.equal(start, center)
     assert torch.equal(start[:, 0], center[:, 0])  # the shrunk whole mel does not depend on the crop
+    # 501 offsets split in three ranges, 0-166, 167-333 and 334-500: their first offsets, then their middles
+    mel, chunk = torch.from_numpy(fe.log_mel(waves[0].astype(np.float64))), 1001
+    for crops, offsets in ((start, (0, 167, 334)), (center, (83, 250, 417))):
+        for view, offset in enumerate(offsets, 1):
+            assert torch.equal(crops[0, view], mel[offset:offset + chunk]), (view, offset)
