@@ -84,7 +84,8 @@ class Plan:
 
 
 class NoiseSchedule:
-    """beta_t, alpha-bar_t = prod(1 - beta) and the timestep spacings, as diffusers computes them."""
+    """alpha-bar_t = prod(1 - beta) from the config's beta schedule, and the timestep spacings, as diffusers computes
+    them."""
 
     def __init__(self, config: SchedulerConfig):
         self.config = config
@@ -101,8 +102,7 @@ class NoiseSchedule:
 
             betas = torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
                                  dtype=torch.float32)
-        self.betas = betas
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # float32, (T,)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # float32, (T,): all the samplers read
 
     @property
     def num_train_timesteps(self) -> int:
