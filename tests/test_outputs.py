@@ -467,3 +467,31 @@ def test_mel_png_time_across_low_bins_at_the_bottom():
     quarter = np.array([[0.0], [1.0], [3.0], [8.0]])  # levels 0, 1/8, 3/8, 1: between ramp colours
     _, _, p = read_png(outputs.mel_png(quarter))
     assert p[0, 1].tolist() == [40, 9, 64] and p[0, 2].tolist() == [132, 36, 122]
+
+
+def test_a_float32_mel_draws_what_its_values_draw():
+    """The levels are computed in float64 whatever the mel's dtype (the pipeline's mels are float32)."""
+    mel = np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)
+    assert outputs.mel_png(mel) == outputs.mel_png(mel.astype(np.float64))
+
+
+def test_the_manifest_is_utf8_whatever_the_locale(tmp_path):
+    """A shell in the C locale must not make the merge fail on a prompt in another script (or write it otherwise)."""
+    import locale
+
+    (tmp_path / MANIFEST).write_bytes(lines(record("a", prompt="café 音楽")) + "naïve junk\n".encode())
+    old = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        outputs.merge_manifest(tmp_path, ["a"])
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+    assert json.loads((tmp_path / MANIFEST).read_bytes().decode("utf-8"))["prompt"] == "café 音楽"
+    assert (tmp_path / REJECTED).read_bytes().decode("utf-8") == "naïve junk\n"
+
+
+def test_a_lock_file_removed_by_hand_is_released_quietly(tmp_path):
+    lock = outputs.lock_folder(tmp_path)
+    (tmp_path / outputs.LOCK).unlink()
+    lock.release()
+    assert not (tmp_path / outputs.LOCK).exists()
