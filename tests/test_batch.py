@@ -603,8 +603,10 @@ def test_generate_items_writes_each_items_takes_and_record(tmp_path, monkeypatch
             assert rate == 16000 and np.allclose(audio, (one.seed + k / 10) / 100), name
     assert records[1]["files"] == ["i2-1.wav", "i2-2.wav"] and records[1]["scores"] == [2.0, 3.0]
     assert records[4]["scores"] == [0.0, 1.0] and records[5]["scores"] is None and records[5]["files"] == ["u.wav"]
-    said = capsys.readouterr().out.splitlines()
-    assert said[0] == f"{tmp_path / 'i1-1.wav'}: 0.01 s, seed 1, ddim, 3 steps, guidance 2" and len(said) == 11
+    said = capsys.readouterr()
+    assert said.out.splitlines()[0] == f"{tmp_path / 'i1-1.wav'}: 0.01 s, seed 1, ddim, 3 steps, guidance 2"
+    assert len(said.out.splitlines()) == 11
+    assert said.err.startswith("musicldm: i1, i2, i3, i4: denoising 1/1 steps (")  # one process: no rank in front
 
 
 def test_generate_items_at_another_rate_on_a_rank_of_two(tmp_path, monkeypatch):
@@ -836,3 +838,52 @@ def test_when_rank_zero_cannot_lock_every_rank_stops(tmp_path, monkeypatch, tiny
                 ranks=FakeRanks(0, 2, others=False))
         with pytest.raises(batch.SameOnEveryRank, match="^rank 0 could not lock --out-dir$"):
             batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, ranks=FakeRanks(1, 2, others=False))
+
+
+def test_each_item_is_timed_as_its_share_of_its_batch(tmp_path, monkeypatch):
+    clock = iter([100.0, 108.0, 200.0, 203.0])  # batch of 4 items: 8 s; batch of 1: 3 s
+    monkeypatch.setattr(batch, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    items = [item(i, f"i{i}", seed=i) for i in range(1, 6)]
+    _, _, records = run_items(tmp_path, monkeypatch, items, ranks_of(0, 1, 1))
+    assert [r["time"] for r in records] == [2.0, 2.0, 2.0, 2.0, 3.0]
+
+
+def test_each_files_line_is_flushed_as_it_is_written(tmp_path, monkeypatch):
+    """A reader of a pipe (a log, a job runner) sees each file as it lands, not when the run ends."""
+    import io
+    import sys
+
+    class Stdout(io.StringIO):
+        def flush(self):
+            self.flushed.append(self.getvalue().count("\n"))
+
+    out = Stdout()
+    out.flushed = []
+    monkeypatch.setattr(sys, "stdout", out)
+    run_items(tmp_path, monkeypatch, [item(1, "a", seed=1), item(2, "b", seed=2, steps=4)], ranks_of(0, 1, 1))
+    assert out.flushed[-2:] == [1, 2]  # after each line
+
+
+def test_a_file_that_cannot_be_written_names_the_out_dir(tmp_path, monkeypatch):
+    import errno
+
+    from musicldm_core import outputs
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs, "temp_file", full)
+    refused(f"--out-dir: cannot write {str(tmp_path / 'a.wav')!r} (the disk holding", run_items, tmp_path,
+            monkeypatch, [item()], ranks_of(0, 1, 1))
+
+
+def test_the_job_waits_at_its_barriers_for_hours(monkeypatch):
+    """Ranks that finish first wait at the final barrier for the others: torch's default of 30 minutes would end a
+    long job. The group is gloo (the flags exchanged are CPU tensors, whatever the device)."""
+    import datetime
+
+    formed = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: formed.append((a, k)))
+    ranks = ranks_of(1, 2, 2)
+    ranks.join()
+    assert formed == [(("gloo",), {"timeout": datetime.timedelta(hours=72)})]
