@@ -428,6 +428,8 @@ def test_report_names_the_first_three_problems(capsys):
     problems = [f"line {i}: bad" for i in range(1, 6)]
     refused("5 bad line(s) (--skip-bad skips them): line 1: bad; line 2: bad; line 3: bad; and 2 more", batch.report,
             problems, "bad line(s)", False)
+    refused("4 bad line(s) (--skip-bad skips them): line 1: bad; line 2: bad; line 3: bad; and 1 more", batch.report,
+            problems[:4], "bad line(s)", False)
     message = refused("3 bad line(s) (--skip-bad skips them): line 1: bad; line 2: bad; line 3: bad", batch.report,
                       problems[:3], "bad line(s)", False)
     assert "more" not in message
@@ -578,8 +580,7 @@ def run_items(tmp_path, monkeypatch, items, ranks, **options):
                         "compile": False, "sample_rate": None, "eta": 0.25, **options})
     threads = torch.get_num_threads()
     try:
-        assert batch.generate_items(args, items, tmp_path, ranks, torch.device("cpu"), Path("ckpt"),
-                                    {"weights": "w"}) == len(items)
+        batch.generate_items(args, items, tmp_path, ranks, torch.device("cpu"), Path("ckpt"), {"weights": "w"})
     finally:
         torch.set_num_threads(threads)
     manifest = tmp_path / ("manifest.jsonl" if ranks.world == 1 else f".manifest-parts/rank-{ranks.rank:05d}.jsonl")
@@ -619,18 +620,22 @@ def test_generate_items_at_another_rate_on_a_rank_of_two(tmp_path, monkeypatch):
     assert rate == 8000 and len(audio) == 80 and abs(audio[40] - 0.01) < 1e-3  # resampled, the level kept
 
 
-def _two_ranks(port: int, rank: int, flag: bool, queue) -> None:
+def _two_ranks(port: int, rank: int, flag: bool, marker: Path, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ranks = batch.Ranks()
     ranks.join()
     both, mine = ranks.all_true(True), ranks.all_true(flag)
+    if rank == 0:  # late: rank 1 sees the marker only if the barrier waited for it
+        time.sleep(0.5)
+        marker.write_text("rank 0 was here")
     ranks.barrier()
+    waited = marker.exists()
     ranks.close()
-    queue.put((rank, both, mine))
+    queue.put((rank, both, mine, waited, torch.distributed.is_initialized()))
 
 
-def test_two_ranks_agree_only_when_both_do(monkeypatch):
+def test_two_ranks_agree_only_when_both_do(monkeypatch, tmp_path):
     """Ranks over gloo in two forked processes (which run this process's code): all_true is a logical and.
     First a world of one, here: it forms no group."""
     import multiprocessing
@@ -649,7 +654,8 @@ def test_two_ranks_agree_only_when_both_do(monkeypatch):
         port = s.getsockname()[1]
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    processes = [context.Process(target=_two_ranks, args=(port, rank, rank == 0, queue)) for rank in (0, 1)]
+    processes = [context.Process(target=_two_ranks, args=(port, rank, rank == 0, tmp_path / "marker", queue))
+                 for rank in (0, 1)]
     for p in processes:
         p.start()
     try:
@@ -658,7 +664,8 @@ def test_two_ranks_agree_only_when_both_do(monkeypatch):
         for p in processes:
             p.join(timeout=5)
             p.kill()
-    assert results == [(0, True, False), (1, True, False)]
+    # all_true is an and; the barrier waits for the late rank; close ends the group
+    assert results == [(0, True, False, True, False), (1, True, False, True, False)]
 
 
 def test_items_are_checked_against_the_checkpoint(tiny_ckpt, monkeypatch, capsys):
