@@ -167,7 +167,7 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
                 raise ValueError(f"id {item_id!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
                                  "letter or digit (it names the output files)")
             seed = values["seed"] if values.get("seed") is not None else derived_seed(base_seed, item_id)
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            if not 0 <= seed < 2**64:  # an integer: check_fields refused any other JSON value
                 raise ValueError(f"seed must be an integer between 0 and {2**64 - 1}, got {seed!r}")
             item = Item(number, item_id, values["prompt"], values.get("negative"), values.get("seconds"), seed,
                         values["steps"], values["guidance"], values["takes"], values.get("sampler"),

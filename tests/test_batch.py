@@ -330,6 +330,10 @@ def test_read_text(tmp_path):
             batch.read_text, path, "--prompts")
     path.write_bytes(b"\xfe")
     refused("line 1 is not UTF-8 (byte 0xfe at column 1)", batch.read_text, path, "--prompts")
+    path.write_bytes(b"\nab\xffc\nmore\n")  # the line before ends at the file's first byte; lines after it
+    refused("line 2 is not UTF-8 (byte 0xff at column 3)", batch.read_text, path, "--prompts")
+    path.write_bytes(b"x\ny\nab\xff\n")  # two lines before
+    refused("line 3 is not UTF-8 (byte 0xff at column 3)", batch.read_text, path, "--prompts")
     refused(f"--prompts: cannot read {str(tmp_path / 'no')!r} (No such file or directory)", batch.read_text,
             tmp_path / "no", "--prompts")
 
@@ -346,13 +350,16 @@ def test_read_items_in_both_formats(tmp_path):
     path = tmp_path / "p"
     path.write_text('\n  # {"prompt": "skipped"}\n{"prompt": "Techno, 128 BPM!", "seconds": 2, "seed": 0}\n'
                     '{"prompt": "~~~", "negative": null, "sampler": null, "steps": 5, "loop": true}\n')
-    items, problems = batch.read_items(path, {**DEFAULTS, "guidance": 3.0}, base_seed=4)
+    items, problems = batch.read_items(path, {**DEFAULTS, "guidance": 3.0, "negative": "noise"}, base_seed=4)
     assert problems == []
     a, b = items
+    assert a.negative == "noise"  # the command's --negative, where the line gives none (b's null: none)
     assert (a.line, a.id, a.prompt, a.seconds, a.seed, a.steps, a.guidance, a.takes, a.loop, a.window) == \
         (3, "00003-techno-128-bpm", "Techno, 128 BPM!", 2, 0, 3, 3.0, 1, False, "auto")
     assert (b.id, b.seed, b.steps, b.loop, b.negative, b.sampler) == ("00004-item", batch.derived_seed(4, "00004-item"),
                                                                       5, True, None, None)
+    refused(f"--prompts: cannot read {str(tmp_path / 'none.txt')!r}", batch.read_items, tmp_path / "none.txt",
+            DEFAULTS, 0)
     long = tmp_path / "p.txt"
     long.write_text(" " + "word " * 20 + "\n")  # the id's slug is cut to 40 characters, no trailing '-'
     (only,), _ = batch.read_items(long, DEFAULTS, 0)
