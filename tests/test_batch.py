@@ -4,12 +4,19 @@ items in flight, and torchrun with two processes equal to one process, item by i
 
 from __future__ import annotations
 
+import datetime
+import errno
+import hashlib
+import io
 import json
+import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +26,11 @@ import soundfile as sf
 import torch
 
 from helpers import musicldm, refused
-from musicldm_core import batch, cli
+from musicldm_core import batch, cli, outputs, placement
+from musicldm_core.load import open_checkpoint
+from musicldm_core.noise import randn
+from musicldm_core.options import Options
+from musicldm_core.pipeline import MusicLDMPipeline
 
 BASE = ["--steps", "3", "--seconds", "0.5", "--threads", "1"]
 ITEMS = [{"prompt": "techno beat", "id": "techno"}, {"prompt": "jazz trio", "negative": "noise"},
@@ -82,8 +93,6 @@ BAD = [
 
 @pytest.mark.parametrize("line, message", BAD)
 def test_a_bad_line_is_named_before_any_model_loads(tmp_path, monkeypatch, capsys, line, message):
-    from musicldm_core.pipeline import MusicLDMPipeline
-
     def no_load(*a, **k):
         raise AssertionError("the model was loaded")
 
@@ -139,9 +148,6 @@ def test_items_equal_their_single_runs_at_full_size_and_one_thread(full_ckpt):
     (measured: 1.5e-5 apart after 3 steps at full size, two takes each, without rows_apart); batch
     invariance runs the UNet's convolutions and linear layers row by row, so each of 4 items of two takes
     equals its own call."""
-    import torch
-
-    from musicldm_core.pipeline import MusicLDMPipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -244,9 +250,6 @@ def test_torchrun_two_processes_equal_one(tmp_path, tiny_ckpt):
 
 def test_one_generator_per_prompt_draws_what_each_prompt_draws_alone():
     """Batches give each item its own seed as a list of generators, one per prompt (noise.randn)."""
-    import torch
-
-    from musicldm_core.noise import randn
 
     both = randn((4, 8, 5, 3), [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], "cpu",
                  torch.float32)
@@ -256,9 +259,6 @@ def test_one_generator_per_prompt_draws_what_each_prompt_draws_alone():
 
 def test_a_per_call_sampler_leaves_the_pipeline_as_it_was(tiny_ckpt):
     """pipe(..., sampler=NAME) equals a pipeline loaded with that scheduler; pipe.scheduler is untouched."""
-    import torch
-
-    from musicldm_core.pipeline import MusicLDMPipeline
 
     pipe, lms = MusicLDMPipeline.from_pretrained(tiny_ckpt), MusicLDMPipeline.from_pretrained(tiny_ckpt, scheduler="lms")
     kw = dict(audio_length_in_s=0.32, num_inference_steps=3)
@@ -293,8 +293,6 @@ def test_an_items_files_group_and_what_it_asked():
 
 
 def test_item_options_draw_each_items_noise_from_its_seed():
-    from musicldm_core.options import Options
-
     a, b = item(seed=1), item(2, "b", "jazz", negative="noise", seed=2)
     together = batch.item_options([a, b], Options(strength=0.5, eta=0.3))
     assert together.prompt == ["rain", "jazz"] and together.negative_prompt == ["", "noise"]
@@ -317,7 +315,6 @@ def test_a_derived_seed_depends_on_the_base_seed_and_the_id_only():
     seed = batch.derived_seed(0, "a")
     assert seed == batch.derived_seed(0, "a") and 0 <= seed < 2**63
     assert len({seed, batch.derived_seed(1, "a"), batch.derived_seed(0, "b"), batch.derived_seed(0, "A")}) == 4
-    import hashlib
     assert seed == int.from_bytes(hashlib.sha256(b"0\na").digest()[:8], "little") >> 1  # the documented recipe
 
 
@@ -477,8 +474,6 @@ def test_check_out_dir(tmp_path):
 
 
 def test_an_out_dir_that_cannot_be_written(tmp_path, monkeypatch):
-    from musicldm_core import outputs
-
     def read_only(folder):
         raise PermissionError(13, "Permission denied")
 
@@ -487,8 +482,6 @@ def test_an_out_dir_that_cannot_be_written(tmp_path, monkeypatch):
 
 
 def test_run_values_record_only_what_is_not_the_default():
-    from argparse import Namespace
-
     args = Namespace(weights=Path("w"), revision=None, sample_rate=None, eta=0.0, attention_heads="checkpoint")
     assert batch.run_values(args) == {"weights": "w", "revision": None, "sample_rate": None}
     args = Namespace(weights="w", revision="v1", sample_rate=44100, eta=0.5, attention_heads="authors")
@@ -509,8 +502,6 @@ def test_an_items_record():
 
 
 def test_the_rank_device():
-    from argparse import Namespace
-
     one, two = ranks_of(0, 1, 1), ranks_of(1, 2, 2)
     assert batch.rank_device(Namespace(device="cpu"), one) == torch.device("cpu")
     assert batch.rank_device(Namespace(device=None), one) == torch.device(batch.default_device())
@@ -531,8 +522,6 @@ def test_the_rank_device():
     ("inpaint", "1:2", "--inpaint cannot be used with --prompts: it goes with --input"),
     ("extend", 2.0, "--extend cannot be used with --prompts: it goes with --input")])
 def test_what_batch_mode_does_not_take(flag, value, message):
-    from argparse import Namespace
-
     args = Namespace(**{name: None for name in batch.NOT_IN_BATCH}, prompts="never read")
     setattr(args, flag, value)
     refused(message, batch.run, args, DEFAULTS)
@@ -572,9 +561,6 @@ def ranks_of(rank: int, world: int, local_world: int) -> batch.Ranks:
 
 def run_items(tmp_path, monkeypatch, items, ranks, **options):
     """generate_items with FakePipe: (what the pipeline was loaded with, its calls, the records written)."""
-    from argparse import Namespace
-
-    from musicldm_core.pipeline import MusicLDMPipeline
 
     calls, loaded = [], {}
 
@@ -645,8 +631,6 @@ def _two_ranks(port: int, rank: int, flag: bool, marker: Path, queue) -> None:
 def test_two_ranks_agree_only_when_both_do(monkeypatch, tmp_path):
     """Ranks over gloo in two forked processes (which run this process's code): all_true is a logical and.
     First a world of one, here: it forms no group."""
-    import multiprocessing
-    import socket
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -676,9 +660,6 @@ def test_two_ranks_agree_only_when_both_do(monkeypatch, tmp_path):
 
 
 def test_items_are_checked_against_the_checkpoint(tiny_ckpt, monkeypatch, capsys):
-    from musicldm_core import placement
-    from musicldm_core.load import open_checkpoint
-
     checkpoint = open_checkpoint(tiny_ckpt)
     cpu = torch.device("cpu")
     good, bad = item(1, "good"), item(2, "bad", seconds=0.01)  # shorter than one latent frame
@@ -709,9 +690,6 @@ def test_generate_gives_each_item_its_own_takes_and_scores():
 def test_generate_items_defaults_on_a_gpu(tmp_path, monkeypatch):
     """What a CUDA device changes: 8 items a call, float16, and the CPU's threads left alone (the pipeline here
     is a stand-in: nothing runs on the device)."""
-    from argparse import Namespace
-
-    from musicldm_core.pipeline import MusicLDMPipeline
 
     items = [item(i, f"i{i}", seed=i) for i in range(1, 10)]
     calls, loaded = [], {}
@@ -755,7 +733,6 @@ class FakeRanks(batch.Ranks):
 def batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, *flags, ranks=None):
     """`musicldm --prompts FILE --out-dir DIR ...` in this process with FakePipe (the checkpoint's configs are
     read and every item checked against them; no weight loads): (args, the pipeline's calls, the records)."""
-    from musicldm_core.pipeline import MusicLDMPipeline
 
     calls = []
     monkeypatch.setattr(MusicLDMPipeline, "from_pretrained", staticmethod(lambda folder, **kw: FakePipe(calls)))
@@ -864,8 +841,6 @@ def test_each_item_is_timed_as_its_share_of_its_batch(tmp_path, monkeypatch):
 
 def test_each_files_line_is_flushed_as_it_is_written(tmp_path, monkeypatch):
     """A reader of a pipe (a log, a job runner) sees each file as it lands, not when the run ends."""
-    import io
-    import sys
 
     class Stdout(io.StringIO):
         def flush(self):
@@ -879,10 +854,6 @@ def test_each_files_line_is_flushed_as_it_is_written(tmp_path, monkeypatch):
 
 
 def test_a_file_that_cannot_be_written_names_the_out_dir(tmp_path, monkeypatch):
-    import errno
-
-    from musicldm_core import outputs
-
     def full(folder):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -894,7 +865,6 @@ def test_a_file_that_cannot_be_written_names_the_out_dir(tmp_path, monkeypatch):
 def test_the_job_waits_at_its_barriers_for_hours(monkeypatch):
     """Ranks that finish first wait at the final barrier for the others: torch's default of 30 minutes would end a
     long job. The group is gloo (the flags exchanged are CPU tensors, whatever the device)."""
-    import datetime
 
     formed = []
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: formed.append((a, k)))

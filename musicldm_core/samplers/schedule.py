@@ -102,7 +102,7 @@ class NoiseSchedule:
 
             betas = torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
                                  dtype=torch.float32)
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # float32, (T,): all the samplers read
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # float32, (T,): what every sampler reads
 
     @property
     def num_train_timesteps(self) -> int:
