@@ -16,9 +16,13 @@ What a run guarantees:
   loses at most the items in flight; the next run removes their temporary files.
 * A rerun skips every item recorded with its files present and made from what is asked now
   (Item.asked), and leaves those files untouched; an item whose line or options changed is made again.
-* Items of the same length, steps, sampler, guidance, takes, loop and window go through the models
-  together, up to --batch-size; the pipeline runs batch-invariant, so each item's audio equals its
-  single run (`musicldm PROMPT --seed S ...`), to the bit on the same device, dtype and thread count.
+* Items of the same length, steps, sampler, guidance, takes, loop, window and exact_batches go through
+  the models together, up to --batch-size. The batches are cut from the whole file, before done items
+  are left out, so a rerun computes every item in the batch it had: it equals the first run to the
+  bit, and a resumed run differs from an uninterrupted one only in the items that were in flight, by
+  the batch-composition error (about 1e-6 relative: README). With --exact-batches (or a line's
+  "exact_batches": true) the UNet runs one row at a time and each item's audio equals its single run
+  (`musicldm PROMPT --seed S --exact-batches ...`) to the bit on the same device, dtype and threads.
 * Under torchrun each rank takes every WORLD_SIZE-th item (by position in the file), runs on its
   own GPU (LOCAL_RANK) or its share of the CPU cores, and appends to its own part of the manifest;
   at the end rank 0 merges the parts into DIR/manifest.jsonl: one record per item, in file order.
@@ -34,7 +38,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 
@@ -47,7 +51,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 # JSON field -> its type (all but prompt and id override the command's option of the same name)
 FIELDS = {"prompt": str, "id": str, "negative": str, "seconds": float, "seed": int, "steps": int, "guidance": float,
-          "takes": int, "sampler": str, "loop": bool, "window": str}
+          "takes": int, "sampler": str, "loop": bool, "window": str, "exact_batches": bool}
 # the command's options that batch mode does not take, each with the reason
 NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),
                 "input": ("--input", "audio-to-audio runs one input at a time: leave out --prompts"),
@@ -75,6 +79,7 @@ class Item:
     sampler: Optional[str]  # None: the checkpoint's own
     loop: bool = False  # a seamless loop
     window: str = "auto"  # the command line's: windows past the trained length
+    exact_batches: bool = False  # the UNet one row at a time: equal to its single run to the bit
 
     def files(self, out_dir: Path) -> List[Path]:
         """DIR/<id>.wav, or DIR/<id>-1.wav ... DIR/<id>-N.wav (best first) for several takes."""
@@ -85,13 +90,16 @@ class Item:
     @property
     def group(self) -> tuple:
         """Items with the same group run through the models together."""
-        return self.seconds, self.steps, self.sampler, self.guidance, self.takes, self.loop, self.window
+        return self.seconds, self.steps, self.sampler, self.guidance, self.takes, self.loop, self.window, \
+            self.exact_batches
 
     def asked(self, extra: Dict[str, object]) -> dict:
         """What this item's files were made from, as its manifest record keeps it ("asked"): its values
         and the run's (`extra`: weights, revision, sample rate). A rerun skips the item only when this is
-        unchanged; otherwise it is made again."""
-        values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")}
+        unchanged; otherwise it is made again. exact_batches is kept only when on, so that the records of
+        earlier runs (made exact, without the field) still match."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")
+                  and not (k == "exact_batches" and not v)}
         return json.loads(json.dumps({**values, **extra}))
 
 
@@ -171,7 +179,7 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
                 raise ValueError(f"seed must be an integer between 0 and {2**64 - 1}, got {seed!r}")
             item = Item(number, item_id, values["prompt"], values.get("negative"), values.get("seconds"), seed,
                         values["steps"], values["guidance"], values["takes"], values.get("sampler"),
-                        values.get("loop", False), values.get("window", "auto"))
+                        values.get("loop", False), values.get("window", "auto"), values.get("exact_batches", False))
             item_options([item]).check(NAMES)
             if item_id in ids:  # the manifest keeps one record per id, whatever files the items write
                 raise ValueError(f"id {item_id!r} is also on line {ids[item_id].line}")
@@ -229,14 +237,16 @@ def check_fields(data: dict, fields: Dict[str, type] = FIELDS, optional: Tuple[s
 
 def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     """Items grouped by what must be equal within one call, in the order the groups first appear,
-    cut into batches. A sampler that draws noise while stepping (Euler ancestral) and unguided items
-    (a UNet batch of one computes its first conv differently) run one at a time."""
+    cut into batches. A sampler that draws noise while stepping (Euler ancestral) runs one item at a
+    time, and so do exact unguided items (a UNet batch of one computes its first conv differently)."""
     groups: Dict[tuple, List[Item]] = {}
     for item in items:
         groups.setdefault(item.group, []).append(item)
     out = []
     for members in groups.values():
-        size = 1 if members[0].sampler == "euler_ancestral" or members[0].guidance <= 1.0 else batch_size
+        first = members[0]
+        size = 1 if first.sampler == "euler_ancestral" or (first.exact_batches and first.guidance <= 1.0) \
+            else batch_size
         out += [members[i:i + size] for i in range(0, len(members), size)]
     return out
 
@@ -365,9 +375,14 @@ def run(args, defaults: Dict[str, object]) -> None:
         ranks.barrier()  # no rank writes before the stale temporary files are gone
         records = read_records(out_dir, say=ranks.rank == 0)
         extra = run_values(args)
-        mine = [item for item in items[ranks.rank::ranks.world] if not is_done(item, records, out_dir, extra)]
-        if mine:
-            generate_items(args, mine, out_dir, ranks, device, checkpoint.folder, extra)
+        mine = items[ranks.rank::ranks.world]
+        done = {item.id for item in mine if is_done(item, records, out_dir, extra)}
+        if done:
+            rank = f"rank {ranks.rank}: " if ranks.world > 1 else ""
+            print(f"musicldm: {rank}{len(done)} of {len(mine)} items already done in {str(out_dir)!r} (made from "
+                  "what is asked now, their files present): skipped", file=sys.stderr)
+        if len(done) < len(mine):
+            generate_items(args, mine, done, out_dir, ranks, device, checkpoint.folder, extra)
         ranks.barrier()
         if ranks.rank == 0:  # one record per item, in the file's order, whatever the ranks and reruns
             merge_manifest(out_dir, [item.id for item in items])
@@ -403,10 +418,12 @@ def rank_device(args, ranks: Ranks) -> torch.device:
     return parse_device(f"cuda:{ranks.local_rank}" if device == "cuda" and ranks.world > 1 else device)
 
 
-def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks, device: torch.device, folder: Path,
-                   extra: Dict[str, object]) -> None:
+def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks: Ranks, device: torch.device,
+                   folder: Path, extra: Dict[str, object]) -> None:
     """This rank's items: load the model on its device, generate them batch by batch, each item's files
-    and manifest record written as soon as it is done (and a line said)."""
+    and manifest record written as soon as it is done (and a line said). The batches are cut from all
+    of `items` and the `done` ids then left out of them, so that every other item runs in the same batch
+    as in an uninterrupted run."""
     from .audio_frontend import resample
     from .pipeline import MusicLDMPipeline
     from .progress import StageProgress
@@ -418,13 +435,16 @@ def generate_items(args, items: List[Item], out_dir: Path, ranks: Ranks, device:
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype,
                                             attention_heads=getattr(args, "attention_heads", "checkpoint"))
-    pipe.enable_batch_invariance()
     if args.compile:
         pipe.compile()
     manifest = out_dir / MANIFEST if ranks.world == 1 else out_dir / PARTS / f"rank-{ranks.rank:05d}.jsonl"
     rank = f"rank {ranks.rank}/{ranks.world}: " if ranks.world > 1 else ""
     rate = args.sample_rate or pipe.sampling_rate
     for batch in batches(items, batch_size):
+        batch = [item for item in batch if item.id not in done]
+        if not batch:
+            continue
+        pipe.enable_batch_invariance(batch[0].exact_batches)  # the same for the whole batch (Item.group)
         began, progress = time.monotonic(), StageProgress(f"{rank}{', '.join(item.id for item in batch)}: ")
         audios, scores = generate(pipe, batch, Options(progress=progress, eta=getattr(args, "eta", 0.0)))
         progress.close()

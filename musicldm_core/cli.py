@@ -91,12 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --input: regenerate this span (seconds), keep the rest")
     p.add_argument("--extend", type=float, default=None, metavar="SECONDS", help="with --input: continue it")
     p.add_argument("--prompts", default=None, help="batch mode: a JSON Lines file (one {\"prompt\": ...} a line; "
-                   "optional id, negative, seconds, seed, steps, guidance, takes, sampler) or a text file, one "
-                   "prompt a line; the options above are the defaults")
+                   "optional id, negative, seconds, seed, steps, guidance, takes, sampler, loop, window, "
+                   "exact_batches) or a text file, one prompt a line; the options above are the defaults")
     p.add_argument("--out-dir", default=None, help="batch mode: the folder for <id>.wav files and manifest.jsonl")
     p.add_argument("--batch-size", type=int, default=None,
                    help="batch mode: items per model call (default: 8 on cuda, else 4)")
     p.add_argument("--skip-bad", action="store_true", help="batch mode: report bad lines and go on without them")
+    p.add_argument("--exact-batches", action="store_true",
+                   help="run the UNet one row at a time so that an item made in a batch equals its single run to the "
+                   "last bit (slower: for regression tests and reproducibility studies; without it, items of one "
+                   "batch differ from their single runs by about 1e-6 relative)")
     p.add_argument("--compile", action="store_true", help="compile the models first (torch.compile; pays off "
                    "for long runs: compiling takes a minute or more on a CPU, once per length and batch)")
     p.add_argument("--threads", type=int, default=None,
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> List[str]:
     # against the checkpoint's configs (lengths, sampler, memory), then the output paths.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
     item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
-                args.sampler, args.loop, args.window)
+                args.sampler, args.loop, args.window, args.exact_batches)
     template = Options(**edit_options(args), eta=args.eta)
     options = item_options([item], template)
     options.check(FLAGS)
@@ -205,7 +209,7 @@ def run(args: argparse.Namespace) -> List[str]:
     check_outputs(paths)
     pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype,
                                             attention_heads=args.attention_heads)
-    pipe.enable_batch_invariance()
+    pipe.enable_batch_invariance(args.exact_batches)  # off: the same kernels as pipe() with these arguments
     if args.compile:
         pipe.compile()
     audios, _ = generate(pipe, [item], replace(template, progress=progress))
@@ -299,7 +303,7 @@ def command(args: argparse.Namespace) -> int:
 
         defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
                     "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler, "loop": args.loop,
-                    "window": args.window}
+                    "window": args.window, "exact_batches": args.exact_batches}
         run_batch(args, defaults)
         return 0
     args.output = args.output or "music.wav"

@@ -35,7 +35,7 @@ def recipe(args, seed: int, sampler: str, device, dtype: str, threads: int, take
         words += [flag, value if isinstance(value, str) else repr(value)] if value is not None else []
     words += ["--eta", repr(args.eta)] if args.eta else []
     words += ["--attention-heads", args.attention_heads] if args.attention_heads != "checkpoint" else []
-    words += ["--loop"] * args.loop + ["--compile"] * args.compile + (
+    words += ["--loop"] * args.loop + ["--exact-batches"] * args.exact_batches + ["--compile"] * args.compile + (
         ["--window", args.window] if args.window != "auto" else [])
     words += ["--takes", str(args.takes), "--take", str(take)] if args.takes > 1 else []
     return shlex.join(words)

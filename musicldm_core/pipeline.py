@@ -116,9 +116,11 @@ class MusicLDMPipeline:
     def enable_batch_invariance(self, on: bool = True) -> None:
         """Make each take independent of what shares its call, to the last bit, at any batch size and
         thread count: the UNet's convolutions and linear layers run one row at a time (layers.rows_apart),
-        each take is decoded and vocoded alone, and takes are ranked per prompt. Batch mode and the
-        command line rely on it. The cost on a CPU: 3% for one item; batching four items, which gained
-        1.18x only by running other kernels, now gains little (benchmarks/results/batch-cpu-2026-12-03.md)."""
+        each take is decoded and vocoded alone, and takes are ranked per prompt. Off by default, as in
+        diffusers; `--exact-batches` turns it on for the command line, batch mode and the page. Without
+        it a take made beside others differs from its single run by the batch-composition error (about
+        1e-6 relative: README). The cost on a CPU: 3-20% for one item, and batching four items, which
+        gains 1.18x by running other kernels, gains little (benchmarks/results/batch-cpu-2026-12-03.md)."""
         self.batch_invariant = on
         rows_apart(self.unet, on)
 

@@ -12,8 +12,8 @@ DIR/<id>.png, the mel spectrogram the VAE decoded. `--prompts` runs and the page
 
 The HTTP API (the page uses it):
     POST   /api/jobs        JSON {"prompt": ..., "negative", "seconds", "seed", "steps", "guidance", "takes",
-                            "sampler", "loop", "strength", "inpaint": [start, end], "extend"}, or multipart with
-                            the same fields and an `audio` file part -> 202 {"id"}; a bad field -> 400
+                            "sampler", "loop", "exact_batches", "strength", "inpaint": [start, end], "extend"},
+                            or multipart with the same fields and an `audio` file part -> 202 {"id"}; a bad field -> 400
                             {"error", "field"}; the queue full -> 503; too large -> 413
     GET    /api/jobs        every job, newest first; GET /api/jobs/ID: one ({"state": queued | running | done
                             | failed | cancelled, "progress": 0-1, "error", "seed", "files", "pictures", ...})
@@ -92,19 +92,22 @@ class Job:
                 "command": self.command, "created": self.created,
                 "settings": {"prompt": item.prompt, "negative": item.negative, "seconds": item.seconds,
                              "seed": item.seed, "steps": item.steps, "guidance": item.guidance, "takes": item.takes,
-                             "sampler": item.sampler, "loop": item.loop, **{k: v for k, v in self.edit.items()
+                             "sampler": item.sampler, "loop": item.loop, "exact_batches": item.exact_batches,
+                             **{k: v for k, v in self.edit.items()
                                                                            if k != "input"}}}
 
 
 class Service:
     """The model, the jobs and the worker that runs them one at a time; what the HTTP side calls."""
 
-    def __init__(self, pipe, out_dir: Path, weights: str, max_queue: int = 16, device=None, dtype: str = "float32"):
+    def __init__(self, pipe, out_dir: Path, weights: str, max_queue: int = 16, device=None, dtype: str = "float32",
+                 exact_batches: bool = False):
         from . import batch
         from .outputs import read_records
 
         self.pipe, self.out_dir, self.weights, self.max_queue = pipe, Path(out_dir), weights, max_queue
         self.device, self.dtype = device or pipe.device, dtype
+        self.exact_batches = exact_batches  # a job's default (its field exact_batches overrides it)
         # a batch line's fields (less id, which the server gives, and window), plus audio-to-audio's
         self.fields = {k: v for k, v in batch.FIELDS.items() if k not in ("id", "window")}
         self.fields.update(strength=float, inpaint=list, extend=float)
@@ -163,7 +166,7 @@ class Service:
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{_slug(data['prompt'])}"
         item = Item(number, job_id, data["prompt"], data.get("negative"), data.get("seconds"), seed,
                     data.get("steps", 200), data.get("guidance", 2.0), data.get("takes", 1), data.get("sampler"),
-                    data.get("loop", False), "auto")
+                    data.get("loop", False), "auto", data.get("exact_batches", self.exact_batches))
         names = {**NAMES, "strength": "strength", "inpaint": "inpaint", "extend": "extend", "audio": "audio"}
         wave, folder = None, tempfile.mkdtemp(prefix="musicldm-upload-")
         try:
@@ -276,6 +279,7 @@ class Service:
                            **{k: v for k, v in edit.items() if k in ("strength", "inpaint", "extend")})
         if job.wave is not None:
             template = replace(template, audio=job.wave, audio_sampling_rate=AUDIO_RATE)
+        self.pipe.enable_batch_invariance(item.exact_batches)  # one job at a time: this job's choice
         out = self.pipe.generate(item_options([item], template))
         progress("vocoding", 1, 1)
         input_path = None
@@ -294,7 +298,8 @@ class Service:
                                   input=str(input_path) if input_path else None, strength=edit.get("strength"),
                                   inpaint=":".join(f"{v:g}" for v in edit["inpaint"]) if "inpaint" in edit else None,
                                   extend=edit.get("extend"), sample_rate=None, loop=item.loop, compile=False,
-                                  window="auto", takes=item.takes, eta=0.0, attention_heads="checkpoint")
+                                  window="auto", takes=item.takes, eta=0.0, attention_heads="checkpoint",
+                                  exact_batches=item.exact_batches)
         threads = torch.get_num_threads()
         commands = [recipe(args, item.seed, sampler, self.device, self.dtype, threads, k)
                     for k in range(1, item.takes + 1)]
@@ -523,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     p.add_argument("--compile", action="store_true", help="compile the models first (torch.compile)")
+    p.add_argument("--exact-batches", action="store_true", help="jobs run the UNet one row at a time, each take "
+                   "equal to its single run to the bit (slower; a job's exact_batches field overrides it)")
     p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait (default 16); more get 503")
     p.add_argument("--token", default=None, help="a secret every call must carry; needed beyond loopback")
     p.add_argument("--open", action="store_true", help="open the page in the browser")
@@ -565,10 +572,9 @@ def serve(args: argparse.Namespace) -> int:
     with lock_folder(out_dir):
         remove_temporaries(out_dir)
         pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype)
-        pipe.enable_batch_invariance()
         if args.compile:
             pipe.compile()
-        service = Service(pipe, out_dir, str(args.weights), args.max_queue, device, dtype)
+        service = Service(pipe, out_dir, str(args.weights), args.max_queue, device, dtype, args.exact_batches)
         server = Server(service, args.host, args.port, args.token, args.verbose)
         service.start()
         try:

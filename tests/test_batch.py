@@ -118,10 +118,12 @@ def test_skip_bad_goes_on(tmp_path, tiny_ckpt):
 
 
 def test_each_item_equals_its_single_run(tmp_path, tiny_ckpt):
-    """Items batched together (4 at a time) give exactly what `musicldm PROMPT --seed S` gives."""
+    """With --exact-batches, items batched together (4 at a time) give exactly what `musicldm PROMPT --seed S
+    --exact-batches` gives."""
     prompts = write_prompts(tmp_path / "p.jsonl", ITEMS)
     out = tmp_path / "out"
-    r = musicldm("--prompts", prompts, "--out-dir", out, "--weights", tiny_ckpt, *BASE, "--batch-size", 4)
+    r = musicldm("--prompts", prompts, "--out-dir", out, "--weights", tiny_ckpt, *BASE, "--batch-size", 4,
+                 "--exact-batches")
     assert r.returncode == 0, r.stderr
     got = records(out)
     assert list(got) == ["techno", "00002-jazz-trio", "00003-calm-piano", "00004-drums", "00005-a-choir",
@@ -135,7 +137,8 @@ def test_each_item_equals_its_single_run(tmp_path, tiny_ckpt):
         rec = got[item_id]
         single = tmp_path / f"{item_id}.wav"
         args = [rec["prompt"], "-o", single, "--weights", tiny_ckpt, "--seed", rec["seed"], "--steps", rec["steps"],
-                "--seconds", rec["seconds"], "--takes", rec["takes"], "--threads", 1]
+                "--seconds", rec["seconds"], "--takes", rec["takes"], "--threads", 1, "--exact-batches"]
+        assert rec["exact_batches"] is True and rec["asked"]["exact_batches"] is True
         r = musicldm(*args, *(["--negative", rec["negative"]] if rec["negative"] else []))
         assert r.returncode == 0, r.stderr
         names = [single] if rec["takes"] == 1 else [single.with_name(f"{item_id}-{k}.wav") for k in (1, 2)]
@@ -230,13 +233,16 @@ def test_sigkill_then_rerun_completes_without_duplicates(tmp_path, tiny_ckpt):
 
 
 def test_torchrun_two_processes_equal_one(tmp_path, tiny_ckpt):
+    """With --exact-batches (two ranks batch other items together, each on its share of the threads)."""
     prompts = write_prompts(tmp_path / "p.jsonl", ITEMS)
     one, two = tmp_path / "one", tmp_path / "two"
-    r = musicldm("--prompts", prompts, "--out-dir", one, "--weights", tiny_ckpt, *BASE, "--batch-size", 2)
+    r = musicldm("--prompts", prompts, "--out-dir", one, "--weights", tiny_ckpt, *BASE, "--batch-size", 2,
+                 "--exact-batches")
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                         str(29500 + os.getpid() % 1000), "-m", "musicldm_core", "--prompts", str(prompts),
-                        "--out-dir", str(two), "--weights", str(tiny_ckpt), *BASE, "--batch-size", "2"],
+                        "--out-dir", str(two), "--weights", str(tiny_ckpt), *BASE, "--batch-size", "2",
+                        "--exact-batches"],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = records(one), records(two)
@@ -284,12 +290,16 @@ def test_an_items_files_group_and_what_it_asked():
     assert item().files(Path("o")) == [Path("o/a.wav")]
     assert item(takes=3).files(Path("o")) == [Path("o/a-1.wav"), Path("o/a-2.wav"), Path("o/a-3.wav")]
     one = item(seconds=2.0, steps=4, sampler="lms", guidance=3.0, takes=2, loop=True, window="whole")
-    assert one.group == (2.0, 4, "lms", 3.0, 2, True, "whole")
-    assert item().loop is False and item().window == "auto"
+    assert one.group == (2.0, 4, "lms", 3.0, 2, True, "whole", False)
+    assert item().loop is False and item().window == "auto" and item().exact_batches is False
     asked = one.asked({"weights": "w", "sample_rate": None})
     assert asked == {"prompt": "rain", "negative": None, "seconds": 2.0, "seed": 7, "steps": 4, "guidance": 3.0,
                      "takes": 2, "sampler": "lms", "loop": True, "window": "whole", "weights": "w",
                      "sample_rate": None}  # no line, no id: those may change without changing the audio
+    # exact batches: a group of its own, and asked only when on (records made before the field still match)
+    exact = item(exact_batches=True)
+    assert exact.group[-1] is True and exact.group != item().group
+    assert exact.asked({}) == {**item().asked({}), "exact_batches": True}
 
 
 def test_item_options_draw_each_items_noise_from_its_seed():
@@ -422,7 +432,9 @@ def test_batches_group_by_what_must_be_equal_in_the_order_groups_appear():
     unguided = [item(30 + i, f"u{i}", guidance=1.0) for i in range(2)]
     order = [a[0], b[0], a[1], ancestral[0], a[2], unguided[0], a[3], b[1], ancestral[1], a[4], unguided[1]]
     got = [[i.id for i in group] for group in batch.batches(order, 2)]
-    assert got == [["a0", "a1"], ["a2", "a3"], ["a4"], ["b0", "b1"], ["e0"], ["e1"], ["u0"], ["u1"]]
+    assert got == [["a0", "a1"], ["a2", "a3"], ["a4"], ["b0", "b1"], ["e0"], ["e1"], ["u0", "u1"]]
+    exact = [item(50 + i, f"x{i}", guidance=1.0, exact_batches=True) for i in range(2)]
+    assert [[i.id for i in g] for g in batch.batches(exact + unguided, 4)] == [["x0"], ["x1"], ["u0", "u1"]]
     guided = [item(40 + i, f"g{i}", guidance=1.01) for i in range(2)]
     assert [[i.id for i in g] for g in batch.batches(guided, 4)] == [["g0", "g1"]]
 
@@ -497,7 +509,7 @@ def test_an_items_record():
                                {"weights": "w"})
     assert record == {"line": 1, "id": "a", "prompt": "rain", "negative": None, "seconds": 1.0, "seed": 7, "steps": 3,
                       "guidance": 2.0, "takes": 2, "sampler": "ddim", "loop": False, "window": "auto",
-                      "files": ["a-1.wav", "a-2.wav"], "duration": 1.0, "scores": [0.5, 0.25], "time": 1.235,
+                      "exact_batches": False, "files": ["a-1.wav", "a-2.wav"], "duration": 1.0, "scores": [0.5, 0.25], "time": 1.235,
                       "asked": one.asked({"weights": "w"})}
 
 
@@ -536,8 +548,10 @@ class FakePipe:
     def __init__(self, calls: list):
         self.calls, self.scheduler = calls, SimpleNamespace(name="ddim")
 
-    def enable_batch_invariance(self):
-        self.calls.append("batch invariance")
+    exact = False  # enable_batch_invariance's state, recorded with each generate call
+
+    def enable_batch_invariance(self, on=True):
+        self.exact = on
 
     def compile(self):
         self.calls.append("compile")
@@ -547,7 +561,7 @@ class FakePipe:
         n = o.num_waveforms_per_prompt
         audios = np.stack([np.full(160, (g.initial_seed() + k / 10) / 100, np.float32) for g in generators
                            for k in range(n)])
-        self.calls.append(("generate", len(generators), o.eta, callable(o.progress)))
+        self.calls.append(("generate", len(generators), o.eta, callable(o.progress)) + (("exact",) if self.exact else ()))
         if o.progress is not None:
             o.progress("denoising", 1, 1)
         return SimpleNamespace(audios=audios, scores=torch.arange(len(audios), dtype=torch.float32) if n > 1 else None)
@@ -559,7 +573,7 @@ def ranks_of(rank: int, world: int, local_world: int) -> batch.Ranks:
     return ranks
 
 
-def run_items(tmp_path, monkeypatch, items, ranks, **options):
+def run_items(tmp_path, monkeypatch, items, ranks, done=frozenset(), **options):
     """generate_items with FakePipe: (what the pipeline was loaded with, its calls, the records written)."""
 
     calls, loaded = [], {}
@@ -573,7 +587,7 @@ def run_items(tmp_path, monkeypatch, items, ranks, **options):
                         "compile": False, "sample_rate": None, "eta": 0.25, **options})
     threads = torch.get_num_threads()
     try:
-        batch.generate_items(args, items, tmp_path, ranks, torch.device("cpu"), Path("ckpt"), {"weights": "w"})
+        batch.generate_items(args, items, done, tmp_path, ranks, torch.device("cpu"), Path("ckpt"), {"weights": "w"})
     finally:
         torch.set_num_threads(threads)
     manifest = tmp_path / ("manifest.jsonl" if ranks.world == 1 else f".manifest-parts/rank-{ranks.rank:05d}.jsonl")
@@ -586,7 +600,7 @@ def test_generate_items_writes_each_items_takes_and_record(tmp_path, monkeypatch
     assert loaded == {"folder": Path("ckpt"), "device": torch.device("cpu"), "dtype": "float32",
                       "attention_heads": "authors", "threads": max(1, (os.cpu_count() or 1) // 2)}
     # 4 a call on a CPU; the unguided item alone; each call with the run's eta and a progress line
-    assert calls == ["batch invariance", "compile", ("generate", 4, 0.25, True), ("generate", 1, 0.25, True),
+    assert calls == ["compile", ("generate", 4, 0.25, True), ("generate", 1, 0.25, True),
                      ("generate", 1, 0.25, True)]
     assert [r["id"] for r in records] == ["i1", "i2", "i3", "i4", "i5", "u"]
     for record, one in zip(records, items):
@@ -607,7 +621,7 @@ def test_generate_items_at_another_rate_on_a_rank_of_two(tmp_path, monkeypatch):
     items = [item(1, "a", seed=1), item(2, "b", seed=2, sampler="lms")]
     loaded, calls, records = run_items(tmp_path, monkeypatch, items, ranks_of(1, 2, 2), threads=1, batch_size=1,
                                        dtype="bfloat16", sample_rate=8000)
-    assert (loaded["threads"], loaded["dtype"]) == (1, "bfloat16") and calls[1:] == [("generate", 1, 0.25, True)] * 2
+    assert (loaded["threads"], loaded["dtype"]) == (1, "bfloat16") and calls == [("generate", 1, 0.25, True)] * 2
     assert [(r["id"], r["sampler"], r["duration"]) for r in records] == [("a", "ddim", 0.01), ("b", "lms", 0.01)]
     audio, rate = sf.read(tmp_path / "a.wav", dtype="float32")
     assert rate == 8000 and len(audio) == 80 and abs(audio[40] - 0.01) < 1e-3  # resampled, the level kept
@@ -698,10 +712,10 @@ def test_generate_items_defaults_on_a_gpu(tmp_path, monkeypatch):
     args = Namespace(threads=None, batch_size=None, dtype=None, compile=False, sample_rate=None)  # an older caller's
     threads = torch.get_num_threads()
     monkeypatch.setattr(batch.os, "cpu_count", lambda: 4 * threads)  # what a CPU run would take
-    batch.generate_items(args, items, tmp_path, ranks_of(0, 1, 1), torch.device("cuda"), Path("ckpt"), {})
+    batch.generate_items(args, items, set(), tmp_path, ranks_of(0, 1, 1), torch.device("cuda"), Path("ckpt"), {})
     assert (loaded["dtype"], loaded["attention_heads"]) == ("float16", "checkpoint")
     assert torch.get_num_threads() == threads
-    assert [c[1] for c in calls if c[0] == "generate"] == [8, 1] and calls[1][2] == 0.0  # no eta given: 0
+    assert [c[1] for c in calls if c[0] == "generate"] == [8, 1] and calls[0][2] == 0.0  # no eta given: 0
 
 
 @pytest.mark.parametrize("cpus, local_world, threads", [(8, 3, 2), (None, 1, 1), (2, 4, 1), (16, 1, 16)])
@@ -780,7 +794,7 @@ def test_a_batch_names_its_bad_lines_and_items(tmp_path, monkeypatch, tiny_ckpt,
 def test_a_rerun_with_nothing_to_do_loads_nothing(tmp_path, monkeypatch, tiny_ckpt):
     lines = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b"}]
     _, calls, first = batch_run(tmp_path, monkeypatch, tiny_ckpt, lines)
-    assert calls[0] == "batch invariance" and len(first) == 2
+    assert calls[0][0] == "generate" and len(first) == 2
     generated = []
     monkeypatch.setattr(batch, "generate_items", lambda *a: generated.append(a) or 99)
     _, calls, again = batch_run(tmp_path, monkeypatch, tiny_ckpt, lines)
