@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seconds", type=float, default=2.56)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--exact-batches", action="store_true", help="run the command with --exact-batches")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     weights = args.weights or default_weights()
@@ -47,6 +48,8 @@ def main() -> None:
                    args.device, "--threads", str(args.threads), "--batch-size", str(size)]
             if args.dtype:
                 cmd += ["--dtype", args.dtype]
+            if args.exact_batches:
+                cmd += ["--exact-batches"]
             subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}, cwd=ROOT)
             records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
             seconds = sum(r["time"] for r in records)
@@ -55,10 +58,12 @@ def main() -> None:
     base = rows[0][1]
     header = (f"# Batch mode throughput, {args.device}, {datetime.date.today()}\n\n{platform.processor() or platform.machine()}"
               f", {args.threads} threads, {args.items} items of {args.seconds} s, {args.steps} DDIM steps, guidance 2 "
-              f"(UNet rows = 2 x batch size); random weights at the published shapes.\n\n")
+              f"(UNet rows = 2 x batch size), {'with' if args.exact_batches else 'without'} --exact-batches; random "
+              "weights at the published shapes.\n\n")
     table = ("| --batch-size | items/min | s/item | vs batch 1 |\n|---|---|---|---|\n"
              + "".join(f"| {s} | {r:.2f} | {t:.2f} | {r / base:.2f}x |\n" for s, r, t in rows))
-    write_result(header + table, args.out, f"batch-{args.device}-{datetime.date.today()}")
+    exact = "-exact" if args.exact_batches else ""
+    write_result(header + table, args.out, f"batch-{args.device}{exact}-{datetime.date.today()}")
 
 
 if __name__ == "__main__":

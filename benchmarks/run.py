@@ -5,9 +5,10 @@
     python benchmarks/run.py --seconds 5.12 --steps 20 --compile       # the compiled path on the CPU
 
 Both sides load the same checkpoint (default: the tests' full-size fixture, built if needed) and
-run with the same threads, inputs and seeds. Every figure is the median of --repeats runs; cold
-start and peak memory are measured in fresh processes. GFLOP/s of each stage is shown beside the
-machine's measured fp32 matmul rate, so the distance to the floor shows.
+run with the same threads, inputs and seeds. Every figure is the median of --repeats runs, the two
+sides run in turn (interleaved); cold start and peak memory are measured in fresh processes. GFLOP/s
+of each stage is shown beside the machine's measured fp32 matmul rate, so the distance to the floor
+shows.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def timed(fn, repeats: int, sync, warmup: bool = True) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved(ref_fn, our_fn, repeats: int, sync, warmup: bool = True) -> tuple:
+    """Median wall times of ref_fn() and our_fn(), run in turn (ref, ours, ref, ours, ...) so that a
+    machine whose speed drifts weighs on both alike; after one warm-up run of each."""
+    ref, ours = [], []
+    for _ in range(repeats):
+        ref.append(timed(ref_fn, 1, sync, warmup))
+        ours.append(timed(our_fn, 1, sync, warmup))
+        warmup = False
+    return statistics.median(ref), statistics.median(ours)
 
 
 CHILD = r"""
@@ -128,6 +140,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="add rows for ours after pipe.compile()")
+    p.add_argument("--generation-only", action="store_true",
+                   help="only the whole-generation rows (eager, compiled): no stage rows, no fresh processes")
     p.add_argument("--channels-last", action="store_true", help="add rows for our UNet and VAE in channels_last")
     p.add_argument("--out", default=None, help="markdown file (default: benchmarks/results/<device>-<date>.md)")
     args = p.parse_args()
@@ -143,7 +157,8 @@ def main() -> None:
     device, dtype = args.device, getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    fresh_rows = fresh_process_rows(folder, args)  # first, while this process is still small
+    # first, while this process is still small
+    fresh_rows = [] if args.generation_only else fresh_process_rows(folder, args)
 
     import diffusers
     import transformers
@@ -169,21 +184,22 @@ def main() -> None:
 
     def row(name, ref_fn, our_fn, gflop=None, repeats=args.repeats, warmup=True):
         with torch.inference_mode():
-            a, b = timed(ref_fn, repeats, sync, warmup), timed(our_fn, repeats, sync, warmup)
+            a, b = interleaved(ref_fn, our_fn, repeats, sync, warmup)
         rate = f"{gflop / a:.0f} / {gflop / b:.0f}" if gflop else ""
         rows.append((name, f"{a:.3f} s", f"{b:.3f} s", f"{b / a:.2f}", rate))
         print(rows[-1], flush=True)
         return a, b
 
     prompt = ["techno with a fast beat"]
-    row("text encoding (prompt + negative)",
+    stage_row = (lambda *a, **k: None) if args.generation_only else row
+    stage_row("text encoding (prompt + negative)",
         lambda: ref._encode_prompt(prompt, device, 1, True),
         lambda: torch.cat([ours.encode_prompt([""], None, device), ours.encode_prompt(prompt, None, device)]))
-    row("UNet forward, batch 2", lambda: ref.unet(z, t, encoder_hidden_states=None, class_labels=c),
+    stage_row("UNet forward, batch 2", lambda: ref.unet(z, t, encoder_hidden_states=None, class_labels=c),
         lambda: ours.unet(z, t, c), 2 * FLOPS["unet_forward_b1"] * frames / 256)
-    row("VAE decode", lambda: ref.vae.decode(z[:1]), lambda: ours.vae.decode(z[:1]),
+    stage_row("VAE decode", lambda: ref.vae.decode(z[:1]), lambda: ours.vae.decode(z[:1]),
         FLOPS["vae_decode"] * frames / 256)
-    row("vocoder", lambda: ref.vocoder(mel), lambda: ours.vocoder(mel), FLOPS["vocoder"] * frames / 256)
+    stage_row("vocoder", lambda: ref.vocoder(mel), lambda: ours.vocoder(mel), FLOPS["vocoder"] * frames / 256)
     gen_kw = dict(prompt=prompt[0], num_inference_steps=args.steps, audio_length_in_s=args.seconds)
     # a generation's FLOPs: the guided UNet (batch 2) every step, one VAE decode, one vocoder pass
     gen_gflop = (args.steps * 2 * FLOPS["unet_forward_b1"] + FLOPS["vae_decode"] + FLOPS["vocoder"]) * frames / 256
@@ -191,14 +207,14 @@ def main() -> None:
     generations["eager"] = row(
         f"generation, {args.steps} steps", lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),
         lambda: ours(**gen_kw, generator=torch.Generator().manual_seed(0)), gen_gflop,
-        repeats=max(1, args.repeats - 1), warmup=False)  # the stages above warmed both sides up
+        repeats=max(1, args.repeats - 1), warmup=args.generation_only)  # else the stage rows warmed both sides up
     if args.compile:
         ours.compile()
         ours(**gen_kw, generator=torch.Generator().manual_seed(0))  # compiles for this shape
         compiled = ours.compile_seconds()
         # the compiled stage is a step's whole model evaluation: both guidance halves, one batch-2 UNet call
         ref_unet = lambda x, step, cond: ref.unet(x, step, encoder_hidden_states=None, class_labels=cond).sample  # noqa: E731
-        row("UNet step (guided, batch 2), ours compiled", lambda: guided_eps(ref_unet, z[:1], t, c, GUIDANCE),
+        stage_row("UNet step (guided, batch 2), ours compiled", lambda: guided_eps(ref_unet, z[:1], t, c, GUIDANCE),
             lambda: ours.compiled["unet"](ours.unet, z[:1], t, c, GUIDANCE),
             2 * FLOPS["unet_forward_b1"] * frames / 256)
         generations["ours compiled"] = row(
@@ -209,7 +225,7 @@ def main() -> None:
         rows.append(("compile time, ours (once per shape)", "", ", ".join(f"{k} {v:.0f} s" for k, v in compiled.items()),
                      "", ""))
         ours.compiled = {}
-    if device == "cpu":
+    if device == "cpu" and not args.generation_only:
         ours.enable_low_memory()
         row(f"generation, {args.steps} steps, ours with enable_low_memory()",
             lambda: ref(**gen_kw, generator=torch.Generator().manual_seed(0)),

@@ -30,6 +30,7 @@ What a run guarantees:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -43,8 +44,9 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 
 from .options import Options
+from .hub import DEFAULT_REPO
 from .outputs import (MANIFEST, PARTS, append_record, check_folder, file_line, is_done, lock_folder, merge_manifest,
-                      read_records, remove_temporaries, write_audio)
+                      read_records, recipe, remove_temporaries, write_audio)
 from .placement import default_device, parse_device
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -413,6 +415,27 @@ def run_values(args) -> Dict[str, object]:
     return values
 
 
+# the run's settings a remake command carries, with the command line's defaults (for callers that lack one)
+RUN_DEFAULTS = {"weights": DEFAULT_REPO, "revision": None, "sample_rate": None, "eta": 0.0,
+                "attention_heads": "checkpoint", "compile": False}
+
+
+def item_recipe(args, item: Item, sampler: str, device, dtype: str, threads: int, take: int,
+                edit: Optional[Dict[str, object]] = None) -> str:
+    """The command that remakes take `take` of an item as a single run, for its file's comment tag: bit for
+    bit when the item was exact (exact_batches) or made alone, else within the batch-composition error.
+    edit: a page job's audio-to-audio settings (input, strength, inpaint, extend)."""
+    edit = edit or {}
+    command = argparse.Namespace(
+        **{name: getattr(args, name, default) for name, default in RUN_DEFAULTS.items()},
+        prompt=item.prompt, output=f"{item.id}.wav", negative=item.negative, seconds=item.seconds, steps=item.steps,
+        guidance=item.guidance, takes=item.takes, loop=item.loop, window=item.window,
+        exact_batches=item.exact_batches, input=edit.get("input"), strength=edit.get("strength"),
+        inpaint=":".join(f"{v:g}" for v in edit["inpaint"]) if edit.get("inpaint") else None,
+        extend=edit.get("extend"))
+    return recipe(command, item.seed, sampler, device, dtype, threads, take)
+
+
 def rank_device(args, ranks: Ranks) -> torch.device:
     device = args.device or default_device()
     return parse_device(f"cuda:{ranks.local_rank}" if device == "cuda" and ranks.world > 1 else device)
@@ -454,7 +477,9 @@ def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks
             if rate != pipe.sampling_rate:
                 audio = resample(torch.from_numpy(audio).double(), pipe.sampling_rate, rate).float().numpy()
             duration = audio.shape[-1] / rate
-            write_audio(paths, audio, rate, flag="--out-dir")
+            tags = [item_recipe(args, item, sampler, device, dtype, torch.get_num_threads(), k)
+                    for k in range(1, item.takes + 1)]
+            write_audio(paths, audio, rate, flag="--out-dir", comments=tags)
             append_record(manifest, item_record(item, sampler, paths, duration, score, took, extra))
             for path in paths:
                 print(file_line(path, duration, item.seed, sampler, item.steps, item.guidance), flush=True)

@@ -19,10 +19,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .hub import DEFAULT_REPO
-from .outputs import RATES, recipe
+from .outputs import RATES, read_tag, recipe
 from .presets import ATTENTION_HEADS, PRESETS
 
 RANK_WAIT_SECONDS = 60.0  # how long a rank > 0 waits for rank 0 to report a failed check (see main)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the versions of musicldm_core, torch and Python")
     p.add_argument("--from", dest="source", default=None, metavar="FILE",
                    help="remake FILE: run again the command its comment tag records (bit for bit on the same "
-                   "machine and device); -o names the new file")
+                   "machine and device); -o names the new file, and other flags beside it override the file's")
     p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
                    help=f"resample the 16 kHz output to HZ ({RATES[0]} to {RATES[1]}), e.g. 44100 or 48000")
     p.add_argument("--take", type=int, default=None, help=argparse.SUPPRESS)  # write only take K (--from)
@@ -122,35 +122,76 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be at least 1, got {value}")
     if not 0 <= args.eta <= 1:  # DDIM's variance goes negative past 1
         raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
+    if args.eta and args.sampler not in (None, "ddim"):  # the other samplers have no eta: it would do nothing
+        raise ValueError(f"--eta is DDIM's share of fresh noise; --sampler {args.sampler} has none: leave --eta out "
+                         "or use --sampler ddim")
     if args.sample_rate is not None and not RATES[0] <= args.sample_rate <= RATES[1]:
         raise ValueError(f"--sample-rate must be between {RATES[0]} and {RATES[1]} Hz, got {args.sample_rate}")
     if args.take is not None and not 1 <= args.take <= args.takes:
         raise ValueError(f"--take must be between 1 and --takes ({args.takes}), got {args.take}")
 
 
-def remake_args(args: argparse.Namespace) -> argparse.Namespace:
-    """--from FILE: the command FILE's comment tag records, writing to -o (default FILE-remade.EXT)."""
-    import soundfile as sf
+class TagError(ValueError):
+    """A file's remake command that does not parse: the fault is the file's, not the user's flags."""
 
-    parser = build_parser()
-    extra = [flag for flag, value in vars(args).items() if flag not in ("source", "output", "debug")
-             and value != parser.get_default(flag)]
-    if extra:
-        raise ValueError(f"--from takes only -o and --debug beside it (the file holds the rest), got --{extra[0]}")
+
+def _without(words: List[str], flags: Tuple[str, ...]) -> List[str]:
+    """The words less each of `flags` with its value (`-o X`, `--output=X`, `-oX`)."""
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        elif not any(word.startswith(f + "=") or (len(f) == 2 and word.startswith(f) and word != f) for f in flags):
+            out.append(word)
+    return out
+
+
+def parse_tag(command: str, source: str, overrides: List[str] = []) -> argparse.Namespace:
+    """A file's remake command (its tag) as the arguments it records, with `overrides` (flags typed beside
+    --from) after them, so that they win. A tag that does not parse is a TagError naming the file."""
+    def fault(problem: str):
+        raise TagError(f"--from: the tag of {str(source)!r} does not parse ({problem}): {command[:60]!r}...")
+
+    try:
+        words = shlex.split(command) if command.startswith("musicldm ") else []
+    except ValueError as e:  # unbalanced quotes
+        fault(str(e))
+    if not words:
+        raise ValueError(f"--from: {str(source)!r} records no musicldm command (no comment tag starting 'musicldm ')")
+    tag_parser = build_parser()
+    tag_parser.error = fault  # the file's own words: a fault is the tag's, not the user's
+    try:
+        tag_parser.parse_args(words[1:])
+    except SystemExit:  # -h (or --he, ...) in a tag: argparse printed its help
+        fault("it asks for --help")
+    return build_parser().parse_args(words[1:] + overrides)  # the user's flags: argparse's own usage and exit
+
+
+def remake_args(args: argparse.Namespace) -> argparse.Namespace:
+    """--from FILE: the command FILE's comment tag records, writing to -o (default FILE-remade.EXT). Flags
+    typed beside --from override the file's: then the remake is not the file bit for bit, and a line says
+    which were overridden."""
+    if args.prompt is not None or args.prompts is not None:
+        raise ValueError("--from remakes the file's own prompt: give no PROMPT or --prompts beside it")
     if not Path(args.source).is_file():
         raise ValueError(f"--from: no such file {args.source!r}")
     try:
-        with sf.SoundFile(args.source) as f:
-            command = f.comment or ""
+        command = read_tag(args.source)
     except Exception as e:  # soundfile raises its own LibsndfileError, or RuntimeError / OSError
         raise ValueError(f"--from: cannot read {args.source!r} ({str(e).splitlines()[0]})") from None
-    words = shlex.split(command) if command.startswith("musicldm ") else []
-    if not words:
-        raise ValueError(f"--from: {args.source!r} records no musicldm command (no comment tag starting 'musicldm ')")
-    remade = parser.parse_args(words[1:])
+    overrides = _without(args.argv, ("--from", "-o", "--output", "--debug"))
+    remade = parse_tag(command, args.source, overrides)
     source = Path(args.source)
     remade.output = args.output or str(source.with_name(f"{source.stem}-remade{source.suffix}"))
-    remade.recipe, remade.debug = command, args.debug  # the remade file carries the same tag: the same bytes
+    remade.debug, remade.argv = args.debug, []
+    flags = [word.split("=")[0] for word in overrides if word.startswith("-")]
+    if flags:
+        print(f"musicldm: remaking {source.name} with {', '.join(flags)} overridden (not the file bit for bit)",
+              file=sys.stderr)
+    else:
+        remade.recipe = command  # the remade file carries the same tag: the same bytes
     return remade
 
 
@@ -253,8 +294,13 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.set_defaults(sampler=p["sampler"], steps=p["steps"], guidance=p["guidance"], eta=p["eta"],
                             takes=p["candidates"])
         args = parser.parse_args(argv)
+        typed_eta = any(word == "--eta" or word.startswith("--eta=") for word in argv or [])
+        if args.sampler != p["sampler"] and not typed_eta:  # the preset's eta is its DDIM's: not another sampler's
+            parser.set_defaults(eta=0.0)
+            args = parser.parse_args(argv)
         if args.prompts is None and args.take is None and args.takes > 1:
             args.take = 1  # one prompt: write only the best-ranked take, as the authors keep
+    args.argv = list(argv or [])  # as typed: --from lets flags beside it override the file's
     return args
 
 

@@ -22,6 +22,15 @@ class InputTooLong(ValueError):
     server answers it with 413 (too large), every other bad input with 400."""
 
 
+class TooMuchMemory(ValueError):
+    """A request that cannot fit in the device's memory; `argument` is the name (as its caller's user typed
+    it) of the length that would make it fit when smaller, so that the page shows it by that field."""
+
+    def __init__(self, message: str, argument: str):
+        super().__init__(message)
+        self.argument = argument
+
+
 class DamagedOutputError(RuntimeError):
     """A stage of generation produced NaN or infinite values, or a constant waveform (half-precision
     overflow, a damaged weight): raised instead of returning or writing it."""

@@ -172,7 +172,10 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     trained = g.trained_frames or frames
     window = o.window or ("auto" if wave is not None else "whole")  # beyond the reference, windows past training
     windowed = o.loop or window == "windowed" or (window == "auto" and frames > trained)
-    sampling = scheduler.plan(o.num_inference_steps)  # a step count this sampler's spacing can take
+    try:  # a step count this sampler's spacing can take (its messages name num_inference_steps)
+        sampling = scheduler.plan(o.num_inference_steps)
+    except ValueError as e:
+        raise ValueError(str(e).replace("num_inference_steps", namer(names)("num_inference_steps"), 1)) from None
     for name in ("prompt_embeds", "negative_prompt_embeds"):
         embeds = getattr(o, name)
         if embeds is not None and embed_width is not None and embeds.shape[1] != embed_width:

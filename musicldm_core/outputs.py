@@ -139,9 +139,11 @@ def read_records(out_dir: Path, say: bool = False) -> Dict[str, dict]:
 
 
 def is_done(item, records: Dict[str, dict], out_dir: Path, extra: Dict[str, object]) -> bool:
-    """Recorded with its files present and made from what is asked now (Item.asked); else it is made again."""
+    """Recorded with its own files (the names it writes, not another item's: a hand edit may list any),
+    present, and made from what is asked now (Item.asked); else it is made again."""
     record = records.get(item.id)
     return (record is not None and record.get("asked") == item.asked(extra)
+            and record["files"] == [p.name for p in item.files(out_dir)]
             and all((out_dir / name).is_file() for name in record["files"]))
 
 
@@ -300,6 +302,8 @@ def write_audio(paths: List[Path], audios, rate: int, flag: str = "--output",
                 if comments:
                     f.comment = comments[k]
                 f.write(audio)
+            if comments:
+                keep_tag(temps[-1], fmt, comments[k])
             os.chmod(temps[-1], 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
@@ -317,6 +321,55 @@ def write_audio(paths: List[Path], audios, rate: int, flag: str = "--output",
                 else f"{str(e).splitlines()[0]}"
             raise ValueError(f"{flag}: cannot write {str(path)!r} ({problem})") from None
         raise
+
+
+TAG_CHUNK = b"mldm"  # a RIFF chunk of our own: a WAV's remake command when RIFF INFO cannot hold it
+
+
+def keep_tag(path: str, fmt: str, command: str) -> None:
+    """Make sure the file just written carries `command` whole: read it back; libsndfile silently drops a
+    RIFF INFO comment past 2045 characters, so such a WAV gets the command in a chunk of its own (TAG_CHUNK,
+    which readers of WAV skip) instead. A Vorbis comment (FLAC, OGG) holds any length: read back, it must
+    be equal."""
+    if read_tag(path) == command:
+        return
+    if fmt != "WAV":
+        raise ValueError(f"{path}: the {fmt} comment tag did not keep the remake command")
+    import struct
+
+    with open(path, "r+b") as f:
+        riff = f.read(12)
+        if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            raise ValueError(f"{path}: not a RIFF WAVE file")
+        data = command.encode("utf-8")
+        chunk = TAG_CHUNK + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.write(chunk)
+        f.seek(4)
+        f.write(struct.pack("<I", size + len(chunk) - 8))
+    if read_tag(path) != command:
+        raise ValueError(f"{path}: the remake command could not be stored")
+
+
+def read_tag(path) -> str:
+    """The remake command a file carries ("" when none): a WAV's own TAG_CHUNK if it has one, else the
+    comment tag (RIFF INFO, Vorbis comment)."""
+    import soundfile as sf
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            while True:
+                header = f.read(8)
+                if len(header) < 8:
+                    break
+                size = int.from_bytes(header[4:], "little")
+                if header[:4] == TAG_CHUNK:
+                    return f.read(size).decode("utf-8", "replace")
+                f.seek(size + size % 2, os.SEEK_CUR)
+    with sf.SoundFile(path) as f:
+        return f.comment or ""
 
 
 def mel_png(mel) -> bytes:

@@ -58,7 +58,8 @@ def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.de
     trained, windows = geometry.trained_frames or run.frames, f"{names.get('window', 'window')}=windowed"
     check_memory(configs, device, run.takes, run.frames, o.guided, run.seconds, vae_slicing,
                  trained if run.windowed else None, None if run.windowed else (trained, windows),
-                 0 if run.wave is None else len(run.wave), namer(names))
+                 0 if run.wave is None else len(run.wave), namer(names),
+                 "audio_length_in_s" if run.wave is None else "extend" if o.extend else "audio")
     return run
 
 

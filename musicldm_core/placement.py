@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from .errors import TooMuchMemory
 from .weights import page_out
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -107,7 +108,7 @@ class Placement:
 
 def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, guided: bool, seconds: float,
                  vae_slicing: bool, window: Optional[int] = None, way_out: Optional[Tuple[int, str]] = None,
-                 input_samples: int = 0, names: Callable[[str], str] = str) -> None:
+                 input_samples: int = 0, names: Callable[[str], str] = str, length: str = "audio_length_in_s") -> None:
     """Refuse a request whose activations cannot fit in the memory available on `device`, from the
     (UNet, VAE, vocoder) configs alone: callable before the weights load.
 
@@ -115,7 +116,8 @@ def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, 
     and an input's spectrogram; the weights come on top), meant to stop what cannot possibly run (an
     hour of audio, a million takes) with a clear line instead of an allocator error.
     way_out: (window, words): the windowed path's window in mel frames, named in the refusal by `words`
-    when it would fit. names: argument -> the name the caller's user typed (a flag, a field).
+    when it would fit. names: argument -> the name the caller's user typed (a flag, a field). length: the
+    argument that sets the length (audio-to-audio: "extend" or "audio", whose length it takes).
     """
     need, stage = estimate_memory(*configs, takes, frames, guided, vae_slicing, window, input_samples)
     available = available_memory(device)
@@ -125,9 +127,9 @@ def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, 
                                                input_samples)[0]
         hint = ("; enable_vae_slicing() would make it fit" if sliced <= 0.9 * available else
                 f", or {way_out[1]} (the memory of one window)" if windowed and windowed <= 0.9 * available else "")
-        raise ValueError(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
+        raise TooMuchMemory(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
                          f"{stage}, but {available / 2**30:.1f} GiB is available on {device}: ask for a smaller "
-                         f"{names('num_waveforms_per_prompt')} or {names('audio_length_in_s')}{hint}")
+                         f"{names('num_waveforms_per_prompt')} or {names(length)}{hint}", names(length))
 
 
 def available_memory(device: torch.device) -> Optional[int]:

@@ -19,6 +19,7 @@ The HTTP API (the page uses it):
                             | failed | cancelled, "progress": 0-1, "error", "seed", "files", "pictures", ...})
     DELETE /api/jobs/ID     cancel: a queued job leaves the queue, a running one stops at its next step
     GET    /files/NAME      a file this server (or a batch run into DIR) recorded; nothing else
+    GET    /api/openapi.json  this API as an OpenAPI 3.0 document (serve_api.py)
 
 Safe by default: it binds 127.0.0.1; a Host header other than the served address is refused (DNS
 rebinding); a POST or DELETE from another origin is refused (a page elsewhere cannot start jobs); binding
@@ -38,6 +39,7 @@ import http.server
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -45,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields as dataclass_fields, replace
+from dataclasses import MISSING, dataclass, field, fields as dataclass_fields, replace
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +57,18 @@ UPLOAD_LIMIT = 50 * 1024 * 1024
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PAGE = Path(__file__).parent / "static" / "index.html"
 STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+def upload_name(name: str) -> str:
+    """The name an upload is read under: "input" and its extension when that is a plain one (".wav",
+    ".flac"), whatever the client sent (a name may be "..", a path, or longer than a file system allows)."""
+    suffix = os.path.splitext(name or "")[1]
+    return "input" + (suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else "")
+
+
+def _plain_name(name) -> bool:
+    """A file name directly inside the folder: text, not '.', '..', and without a separator."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 class Refused(Exception):
@@ -116,17 +130,28 @@ class Service:
         self.lock = threading.Condition()
         self.stopping = False
         records = read_records(self.out_dir).values()  # the history: earlier runs, batch runs included
-        self.jobs.update((record["id"], self._from_record(record)) for record in records)
+        listed = [(record, self._from_record(record)) for record in records]
+        self.jobs.update((job.id, job) for _, job in listed if job is not None)
         self.served = {name for job in self.jobs.values() for name in job.files + job.pictures}
-        self.served.update(r["input"] for r in records if r.get("input") and (self.out_dir / r["input"]).is_file())
+        self.served.update(r["input"] for r, job in listed if job is not None and _plain_name(r.get("input"))
+                           and (self.out_dir / r["input"]).is_file())
         self.numbers = itertools.count(len(self.jobs) + 1)  # each request its own number, hence its own id
         self.worker = threading.Thread(target=self._work, name="musicldm-worker", daemon=True)
 
-    def _from_record(self, record: dict) -> Job:
+    def _from_record(self, record: dict) -> Optional[Job]:
+        """A record of the folder's manifest as a finished job; None, said on stderr, when it lacks what the
+        page shows (batch mode accepts a record with only id and files: it makes that item again)."""
         from .batch import Item
+        from .outputs import MANIFEST
 
-        names = {f.name for f in dataclass_fields(Item)}
-        item = Item(**{k: v for k, v in record.items() if k in names})
+        fields = dataclass_fields(Item)
+        missing = [f.name for f in fields if f.name not in record and f.default is MISSING and f.name != "line"]
+        if missing:
+            print(f"musicldm serve: {MANIFEST} record {record['id']!r} has no {', '.join(missing)}: not listed",
+                  file=sys.stderr)
+            return None
+        names = {f.name for f in fields}
+        item = Item(**{"line": 0, **{k: v for k, v in record.items() if k in names}})
         present = [n for n in record.get("files", []) if (self.out_dir / n).is_file()]
         pictures = [n for n in record.get("pictures", []) if (self.out_dir / n).is_file()]
         created = (self.out_dir / present[0]).stat().st_mtime if present else 0.0
@@ -172,7 +197,7 @@ class Service:
         try:
             template = Options(**edit)
             if audio is not None:  # the upload lives in `folder` only while it is read
-                path = Path(folder) / (Path(audio_name).name or "input")
+                path = Path(folder) / upload_name(audio_name)
                 path.write_bytes(audio)
                 template = replace(template, audio=str(path))
             options = item_options([item], template)
@@ -185,7 +210,8 @@ class Service:
         except ValueError as e:
             message = str(e).splitlines()[0].replace(folder + os.sep, "")
             status = 413 if isinstance(e, InputTooLong) else 400
-            raise Refused(status, message, _field_of(message, {**self.fields, "audio": None})) from None
+            field_name = getattr(e, "argument", None) or _field_of(message, {**self.fields, "audio": None})
+            raise Refused(status, message, field_name) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         job = Job(job_id, item, edit, wave=wave)
@@ -260,11 +286,9 @@ class Service:
                     job.progress = 1.0
 
     def _run(self, job: Job) -> None:
-        import torch
-
-        from .batch import item_options, item_record, run_values
+        from .batch import item_options
         from .options import AUDIO_RATE, Options
-        from .outputs import MANIFEST, append_record, mel_png, recipe, write_audio, write_bytes
+        from .outputs import write_audio
 
         def progress(stage: str, done: int, total: int) -> None:
             if job.cancel.is_set():
@@ -286,26 +310,34 @@ class Service:
         if job.wave is not None:  # the input as read, kept beside the takes: the command remakes them from it
             input_path = self.out_dir / f"{job.id}-input.wav"
             write_audio([input_path], [job.wave.numpy()], AUDIO_RATE, flag="--out-dir")
+        try:
+            self._keep(job, out, began, input_path)
+        except BaseException:  # the takes were not kept: neither is their input
+            if input_path is not None:
+                input_path.unlink(missing_ok=True)
+            raise
+
+    def _keep(self, job: Job, out, began: float, input_path: Optional[Path]) -> None:
+        """A finished job's takes (with their remake commands), pictures and manifest record."""
+        import torch
+
+        from .batch import RUN_DEFAULTS, item_record, item_recipe, run_values
+        from .outputs import MANIFEST, append_record, mel_png, write_audio, write_bytes
+
+        item, edit = job.item, job.edit
         paths = item.files(self.out_dir)
         pictures = [p.with_suffix(".png") for p in paths]
-        write_audio(paths, out.audios, self.pipe.sampling_rate, flag="--out-dir")
+        sampler = item.sampler or self.pipe.scheduler.name
+        command_edit = {**edit, "input": str(input_path) if input_path else None}
+        run = argparse.Namespace(**{**RUN_DEFAULTS, "weights": self.weights})
+        commands = [item_recipe(run, item, sampler, self.device, self.dtype, torch.get_num_threads(), k, command_edit)
+                    for k in range(1, item.takes + 1)]
+        write_audio(paths, out.audios, self.pipe.sampling_rate, flag="--out-dir", comments=commands)
         for path, mel in zip(pictures, out.mels):
             write_bytes(path, mel_png(mel))
-        sampler = item.sampler or self.pipe.scheduler.name
-        args = argparse.Namespace(prompt=item.prompt, output=paths[0].name if item.takes == 1 else f"{job.id}.wav",
-                                  steps=item.steps, guidance=item.guidance, weights=self.weights,
-                                  negative=item.negative, seconds=item.seconds, revision=None,
-                                  input=str(input_path) if input_path else None, strength=edit.get("strength"),
-                                  inpaint=":".join(f"{v:g}" for v in edit["inpaint"]) if "inpaint" in edit else None,
-                                  extend=edit.get("extend"), sample_rate=None, loop=item.loop, compile=False,
-                                  window="auto", takes=item.takes, eta=0.0, attention_heads="checkpoint",
-                                  exact_batches=item.exact_batches)
-        threads = torch.get_num_threads()
-        commands = [recipe(args, item.seed, sampler, self.device, self.dtype, threads, k)
-                    for k in range(1, item.takes + 1)]
         scores = None if out.scores is None else [float(s) for s in out.scores]
         record = {**item_record(item, sampler, paths, out.audios.shape[-1] / self.pipe.sampling_rate, scores,
-                                time.monotonic() - began, run_values(args)),
+                                time.monotonic() - began, run_values(run)),
                   "pictures": [p.name for p in pictures],
                   "edit": {k: list(v) if isinstance(v, tuple) else v for k, v in edit.items()},
                   "command": commands[0], "commands": commands, "input": input_path.name if input_path else None}
@@ -351,6 +383,7 @@ def _field_of(message: str, fields) -> Optional[str]:
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "musicldm"
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # (not 0.9, whose answers have no status line): a bad request line too
     timeout = 60  # a client that stalls mid-request is let go
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
@@ -396,16 +429,47 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, json.dumps(value).encode(), "application/json")
 
     def _handle(self, work) -> None:
+        """Every request ends here with an HTTP status and, for an error, a JSON body: a refusal as itself,
+        anything else as 500 with the exception's type only (no traceback reaches the client or the log)."""
         try:
+            if self.command != "POST" and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+                self.close_connection = True  # a body no route reads: not to be taken for the next request
+            path = urlsplit(self.path).path
+            methods = allowed_methods(path)
+            if methods and self.command not in methods:
+                allow = ", ".join(sorted(methods))
+                return self._refuse(405, f"{self.command} is not allowed on {path}: {allow}", allow=allow)
             work(*self._checked())
         except Refused as e:
-            extra = {}
-            if self.command in ("POST", "DELETE"):  # its body may be unread: this connection ends here
-                self.close_connection, extra = True, {"Connection": "close"}
-            self._send(e.status, json.dumps({"error": str(e), **({"field": e.field} if e.field else {})}).encode(),
-                       "application/json", extra)
+            self._refuse(e.status, str(e), e.field)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as e:  # a bug: answered, named by type, and the server goes on
+            self._refuse(500, f"internal error ({type(e).__name__}); the server goes on")
+
+    def _refuse(self, status: int, message: str, field_name: Optional[str] = None, allow: Optional[str] = None) -> None:
+        # a body may be left unread (any method may send one): this connection ends here
+        self.close_connection, extra = True, {"Connection": "close", **({"Allow": allow} if allow else {})}
+        try:
+            self._send(status, json.dumps({"error": message, **({"field": field_name} if field_name else {})}
+                                          ).encode(), "application/json", extra)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The base class's own refusals (a malformed request line or header, a line too long) in the API's
+        form: a JSON error, and the connection closed. A method no route takes is 405 with the route's
+        methods (Allow), or 404 where no route is."""
+        self.close_connection, extra = True, {"Connection": "close"}
+        if code == 501 and hasattr(self, "path"):  # no do_<METHOD>
+            methods = allowed_methods(urlsplit(self.path).path)
+            code, message = (405, f"{self.command} is not allowed here") if methods else (404, "not found")
+            extra["Allow"] = ", ".join(sorted(methods)) if methods else "GET"
+        try:
+            self._send(code, json.dumps({"error": message or http.server.BaseHTTPRequestHandler.responses.get(
+                code, ("error",))[0]}).encode(), "application/json", extra)
+        except (BrokenPipeError, ConnectionResetError, AttributeError):
+            pass  # (AttributeError: no request line was parsed, so there is nothing to answer)
 
     def do_GET(self) -> None:  # noqa: N802 (the base class's name)
         self._handle(self._get)
@@ -426,6 +490,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "X-Frame-Options": "DENY"})
         elif path == "/api/jobs":
             self._json(200, {"jobs": app.service.views(), "samplers": app.samplers, "limits": app.limits})
+        elif path == "/api/openapi.json":
+            from .serve_api import document
+
+            self._json(200, document(app.samplers, app.limits))
         elif path.startswith("/api/jobs/"):
             self._json(200, app.service.view(path[len("/api/jobs/"):]))
         elif path.startswith("/files/"):
@@ -441,8 +509,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise Refused(404, "not found")
         kind = self.headers.get("Content-Type", "")
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise Refused(411, "a POST needs its Content-Length")
+        if length is None or not (length.isascii() and length.isdigit()):  # ("²".isdigit() is true)
+            raise Refused(411, "a POST needs its Content-Length, a whole number of bytes")
         limit = UPLOAD_LIMIT if kind.startswith("multipart/form-data") else JSON_LIMIT
         if int(length) > limit:
             raise Refused(413, f"the request is {int(length)} bytes; at most {limit} are read")
@@ -455,6 +523,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 data = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise Refused(400, f"the body is not valid JSON ({e})") from None
+            except RecursionError:
+                raise Refused(400, "the body is not valid JSON (nested too deep)") from None
             if not isinstance(data, dict):
                 raise Refused(400, f"the body must be a JSON object, got {type(data).__name__}")
         else:
@@ -466,6 +536,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not path.startswith("/api/jobs/"):
             raise Refused(404, "not found")
         self._json(200, self.server.service.cancel(path[len("/api/jobs/"):]).view())
+
+
+def allowed_methods(path: str) -> set:
+    """The methods a route answers (empty: no such route)."""
+    exact = {"/": {"GET"}, "/index.html": {"GET"}, "/api/openapi.json": {"GET"}, "/api/jobs": {"GET", "POST"}}
+    if path in exact:
+        return exact[path]
+    if path.startswith("/api/jobs/"):
+        return {"GET", "DELETE"}
+    return {"GET"} if path.startswith("/files/") else set()
 
 
 def _multipart(kind: str, body: bytes) -> Tuple[dict, Optional[bytes], str]:
@@ -481,15 +561,21 @@ def _multipart(kind: str, body: bytes) -> Tuple[dict, Optional[bytes], str]:
             continue
         payload = part.get_payload(decode=True) or b""
         if key == "audio":
-            if part.get_filename() and payload:
+            if part.get_filename() is not None:
+                if not payload:
+                    raise Refused(400, f"the audio file {part.get_filename()!r} is empty", "audio")
                 audio, name = payload, part.get_filename()
             continue
-        text = payload.decode("utf-8", "replace").strip()
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise Refused(400, f"{key} is not valid UTF-8 (byte 0x{payload[e.start]:02x} at {e.start}); send the "
+                               "form as UTF-8", key) from None
         if text == "":
             continue  # a blank field: its default (a blank seed: a random one)
         try:
             data[key] = json.loads(text) if key not in ("prompt", "negative", "sampler") else text
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             data[key] = text  # the type check names it
     return data, audio, name
 
@@ -556,6 +642,7 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if args.host not in LOOPBACK and not args.token:
         raise ValueError(f"--host {args.host} reaches beyond this machine: give --token T (every call must carry it)")
+    from .batch import check_out_dir
     from .load import open_checkpoint
     from .outputs import lock_folder, remove_temporaries
     from .pipeline import MusicLDMPipeline
@@ -564,18 +651,22 @@ def serve(args: argparse.Namespace) -> int:
     # Ctrl-C and a polite kill stop it cleanly, even where the shell started it with SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_out_dir(Path(args.out_dir))
     device = parse_device(args.device or default_device())
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     checkpoint = open_checkpoint(args.weights)
     with lock_folder(out_dir):
         remove_temporaries(out_dir)
+        try:  # the port is taken before the model loads: a port in use is said at once
+            server = Server(None, args.host, args.port, args.token, args.verbose)
+        except OSError as e:
+            raise ValueError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+                             "choose another --port (0 picks a free one)") from None
         pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype)
         if args.compile:
             pipe.compile()
-        service = Service(pipe, out_dir, str(args.weights), args.max_queue, device, dtype, args.exact_batches)
-        server = Server(service, args.host, args.port, args.token, args.verbose)
+        server.service = Service(pipe, out_dir, str(args.weights), args.max_queue, device, dtype, args.exact_batches)
+        service = server.service
         service.start()
         try:
             url = server.address + (f"/?token={args.token}" if args.token else "/")

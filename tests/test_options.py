@@ -344,5 +344,6 @@ def test_plan_of_an_input_takes_its_length():
 
 
 def test_plan_checks_the_step_count_with_the_sampler():
-    message = refused("num_inference_steps", planned, replace(OK, num_inference_steps=1000))
-    assert re.search(r"outside 0\.\.999", message)
+    message = refused("--steps=1000", planned, replace(OK, num_inference_steps=1000))  # in the caller's words
+    assert re.search(r"outside 0\.\.999", message) and "num_inference_steps" not in message
+    assert refused("num_inference_steps=1000", planned, replace(OK, num_inference_steps=1000), names={})

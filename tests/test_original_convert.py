@@ -163,7 +163,7 @@ def test_restricted_reading_keeps_views_of_one_storage(tmp_path):
 def test_a_file_that_is_not_a_checkpoint(tiny_ckpt, tmp_path):
     path = tmp_path / "notes.ckpt"
     path.write_text("hello")
-    assert "not a PyTorch checkpoint" in _error(path, tmp_path / "out", tiny_ckpt)
+    assert "notes.ckpt: a text file, not a checkpoint" in _error(path, tmp_path / "out", tiny_ckpt)
     archive = tmp_path / "other.ckpt"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("x/readme.txt", "no pickle here")

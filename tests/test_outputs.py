@@ -201,7 +201,8 @@ def test_a_cut_line_that_is_not_last_is_rejected(tmp_path):
 
 
 def test_is_done_needs_the_record_what_was_asked_and_the_files(tmp_path):
-    item = SimpleNamespace(id="a", asked=lambda extra: {"prompt": "x", **extra})
+    item = SimpleNamespace(id="a", asked=lambda extra: {"prompt": "x", **extra},
+                           files=lambda folder: [folder / "a.wav"])
     extra = {"weights": "w"}
     done = {"a": {"id": "a", "files": ["a.wav"], "asked": {"prompt": "x", "weights": "w"}}}
     assert not outputs.is_done(item, done, tmp_path, extra)  # its file is missing
@@ -209,6 +210,10 @@ def test_is_done_needs_the_record_what_was_asked_and_the_files(tmp_path):
     assert outputs.is_done(item, done, tmp_path, extra)
     assert not outputs.is_done(item, done, tmp_path, {"weights": "other"})
     assert not outputs.is_done(item, {}, tmp_path, extra)
+    # a hand-edited record listing another item's file (present) does not make this item done
+    (tmp_path / "b.wav").write_bytes(b"")
+    for files in (["b.wav"], [], ["a.wav", "b.wav"]):
+        assert not outputs.is_done(item, {"a": {**done["a"], "files": files}}, tmp_path, extra), files
 
 
 def test_append_record_ends_a_cut_line_first(tmp_path):

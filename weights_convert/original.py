@@ -156,6 +156,39 @@ class _Restricted(pickle.Unpickler):
         return self.storages[key]
 
 
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch.save before 1.6: a pickled magic number
+
+
+def what_file(path: Path) -> str:
+    """What a file that is not a torch.save archive is, from its first bytes, for the refusal."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return f"a bare pickle (protocol {head[1]}), not a torch.save archive of tensors"
+    try:
+        head.decode("utf-8")
+        return "a text file, not a checkpoint"
+    except UnicodeDecodeError:
+        return f"not a checkpoint (its first bytes are {head[:8].hex(' ')})"
+
+
+def check_archive(path: Path) -> None:
+    """A zip archive's declared sizes against the file's own size, before anything is inflated: torch.save
+    stores its entries uncompressed, so an archive that declares more than it holds is refused unread (a
+    zip bomb would otherwise inflate gigabytes inside torch.load)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ConversionError(f"{path}: a damaged zip archive ({str(e).splitlines()[0]})") from None
+    size = path.stat().st_size
+    if declared > size:
+        raise ConversionError(f"{path}: its archive declares {declared} bytes inflated from a file of {size} "
+                              "(torch.save stores its entries uncompressed): refused unread")
+
+
 def read_checkpoint(path: Path) -> Tuple[Any, Dict[str, int]]:
     """The unpickled object and {placeholder class: count}; never runs code from the file."""
     path = Path(path)
@@ -164,27 +197,40 @@ def read_checkpoint(path: Path) -> Tuple[Any, Dict[str, int]]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path)), {}
+        try:
+            return load_file(str(path)), {}
+        except Exception as e:  # safetensors' SafetensorError, or an OSError
+            raise ConversionError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            legacy = f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC
+        if not legacy:
+            raise ConversionError(f"{path}: {what_file(path)}")
+        try:  # tensors only: torch's own weights-only reader takes them; anything more is refused
+            return torch.load(path, map_location="cpu", weights_only=True), {}
+        except Exception:
+            raise ConversionError(f"{path}: an old (non-zip) torch.save file that holds more than tensors; re-save "
+                                  "it with torch >= 1.6, or export its state_dict") from None
+    check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError:
         pass  # Lightning or numpy objects: read it with the restricted unpickler below
     except Exception as e:
-        raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})")
-    if not zipfile.is_zipfile(path):
-        raise ConversionError(f"{path}: an old (non-zip) torch.save file that holds more than tensors; "
-                              "re-save it with torch >= 1.6, or export its state_dict")
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(names) != 1:
-            raise ConversionError(f"{path}: not a torch.save archive (no single data.pkl)")
-        reader = _Restricted(archive, names[0][: -len("data.pkl")], path)
-        try:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {first})") from None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(names) != 1:
+                raise ConversionError(f"{path}: not a torch.save archive (no single data.pkl)")
+            reader = _Restricted(archive, names[0][: -len("data.pkl")], path)
             obj = reader.load()
-        except ConversionError:
-            raise
-        except Exception as e:
-            raise ConversionError(f"{path}: damaged or not a checkpoint ({type(e).__name__}: {e})") from None
+    except ConversionError:
+        raise
+    except Exception as e:  # a damaged archive or pickle: whatever zipfile, pickle or torch raised, one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConversionError(f"{path}: damaged or not a checkpoint ({type(e).__name__}: {first})") from None
     return obj, reader.skipped
 
 
@@ -522,8 +568,7 @@ def convert(checkpoint: Path, out_dir: Path, *, ema: Optional[bool] = None, vae:
     """Write the folder; returns the report (also OUT_DIR/conversion.json). Checks everything before writing,
     and writes into a temporary folder renamed into place: OUT_DIR is whole or absent."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConversionError(f"{out_dir}: exists and is not an empty folder; choose a new OUT_DIR")
+    check_out_dir(out_dir)
     if head_channels < 1:
         raise ConversionError(f"--head-channels must be a positive integer, got {head_channels}")
     obj, skipped = read_checkpoint(checkpoint)
@@ -568,13 +613,17 @@ def convert(checkpoint: Path, out_dir: Path, *, ema: Optional[bool] = None, vae:
     report = {"source": str(checkpoint), "ema": used_ema, "scale_factor": scale_factor,
               "unet_heads": unet_c["attention_head_dim"], "text_layer_norm_eps": 1e-5,
               "unused_keys": sorted(unused), "skipped_objects": dict(sorted(skipped.items()))}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as e:
+        raise ConversionError(f"{out_dir}: cannot write beside it ({e.strerror})") from None
     try:
         _write(tmp, components, scheduler_config(state, checkpoint), tokenizer_from, clap_c, report)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
+    except OSError as e:  # a full disk, a folder made meanwhile
+        raise ConversionError(f"{out_dir}: cannot write the folder ({e.strerror or e})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out_dir}: UNet with {'EMA' if used_ema else 'trained (non-EMA)'} weights, heads "
@@ -584,6 +633,22 @@ def convert(checkpoint: Path, out_dir: Path, *, ema: Optional[bool] = None, vae:
     if skipped:
         log("not tensors, skipped: " + ", ".join(f"{k} ({n})" for k, n in sorted(skipped.items())))
     return report
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """OUT_DIR can be made, before the checkpoint is read: it is new (or an empty folder), its parent a
+    folder (made if missing) in which a probe folder can be made."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConversionError(f"{out_dir}: exists and is not an empty folder; choose a new OUT_DIR")
+    parent = out_dir.parent
+    blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConversionError(f"{out_dir}: cannot be made: {blocker} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out_dir.name}.probe.", dir=parent))
+    except OSError as e:
+        raise ConversionError(f"{out_dir}: cannot be made in {parent} ({e.strerror or e})") from None
 
 
 def _authors_name(key: str, prefixes, stem: str) -> str:

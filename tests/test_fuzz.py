@@ -1,0 +1,356 @@
+"""Fuzzing the parsers that read untrusted bytes (Hypothesis): random and mutated inputs must end in a
+result or in the parser's one named refusal, never in another exception, a hang, a dropped connection,
+or code run from a file.
+
+* the converter's readers (torch's weights-only unpickler, our restricted one, the archive checks):
+  mutated torch.save archives with calls to os.system & co. spliced in, and random bytes; a marker file
+  that every spliced call would create never appears;
+* the page's HTTP layer: random methods, paths, queries, headers and JSON / multipart / raw bodies, over
+  a real socket: every answer has a status line, every error a JSON body, and the server keeps serving;
+* prompt files, manifests and the remake tag: random bytes and mutations of valid ones.
+
+The default run tries a bounded number of cases (about a minute in all). For a long run:
+
+    MUSICLDM_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py -q -s
+
+(each test then tries that many cases; the counts and any failure are printed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import socket
+import tempfile
+import time
+import zipfile
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from musicldm_core import batch, cli, outputs, serve
+from weights_convert import original
+
+EXAMPLES = int(os.environ.get("MUSICLDM_FUZZ_EXAMPLES", "0"))
+COUNTS: dict = {}
+
+
+def budget(default: int):
+    """Hypothesis settings: `default` cases (MUSICLDM_FUZZ_EXAMPLES overrides), no deadline per case but a
+    hard limit checked by the tests, no shrinking-phase surprises from slow cases."""
+    return settings(max_examples=EXAMPLES or default, deadline=None, derandomize=not EXAMPLES,
+                    suppress_health_check=list(HealthCheck), database=None)
+
+
+def counted(name: str) -> None:
+    COUNTS[name] = COUNTS.get(name, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def say_counts():
+    yield
+    if EXAMPLES:
+        print("\nfuzz cases tried: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())))
+
+
+def mutate(data: bytes, edits) -> bytes:
+    """Apply (position, kind, bytes) edits: overwrite, insert or delete at a position."""
+    out = bytearray(data)
+    for at, kind, chunk in edits:
+        at = at % (len(out) + 1)
+        if kind == 0:
+            out[at:at + len(chunk)] = chunk
+        elif kind == 1:
+            out[at:at] = chunk
+        else:
+            del out[at:at + len(chunk)]
+    return bytes(out)
+
+
+EDITS = st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 2), st.binary(min_size=1, max_size=16)),
+                 min_size=1, max_size=6)
+
+# --- the converter ------------------------------------------------------------------------------------------
+
+MARKER = Path(tempfile.gettempdir()) / f"musicldm-fuzz-marker-{os.getpid()}"
+
+
+def _calls(marker: Path) -> list:
+    """Pickle snippets that would create `marker` if any reader ran them (protocol 0 and 4 spellings)."""
+    path = str(marker).encode()
+    return [b"cos\nsystem\n(Vtouch " + path + b"\ntR.",
+            b"cposix\nsystem\n(Vtouch " + path + b"\ntR.",
+            b"\x8c\x02os\x94\x8c\x06system\x94\x93\x8c\x06touch " + path + b"\x85R.",
+            b"cbuiltins\nexec\n(Vopen('" + path + b"','w')\ntR.",
+            b"cbuiltins\ngetattr\n(cbuiltins\nopen\nV__call__\ntR(V" + path + b"\nVw\ntR.",
+            b"csubprocess\ncall\n((Vtouch\nV" + path + b"\nltR.",
+            b"ctorch\nsave\n(}V" + path + b"\ntR."]
+
+
+def _archive(pickled: bytes, extra: dict) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickled)
+        for name, data in extra.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _base_checkpoint() -> tuple:
+    """A torch.save archive of a small state dict (its data.pkl and other entries)."""
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}, "epoch": 3}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as z:
+        entries = {info.filename: z.read(info.filename) for info in z.infolist()}
+    pkl = next(k for k in entries if k.endswith("data.pkl"))
+    prefix = pkl[: -len("data.pkl")]
+    return entries.pop(pkl), {k.replace(prefix, "archive/", 1): v for k, v in entries.items()}
+
+
+BASE_PKL, BASE_ENTRIES = _base_checkpoint()
+
+
+def _read(path: Path) -> None:
+    """What the converter does with a file: a tensor dict, or one ConversionError."""
+    try:
+        obj, _ = original.read_checkpoint(path)
+        state = original.state_dict_of(obj, path)
+        assert all(torch.is_tensor(v) for v in state.values())
+    except original.ConversionError as e:  # one line, naming the file
+        assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
+
+
+@budget(250)
+@given(edits=EDITS, call=st.sampled_from(range(7)), where=st.integers(0, 2**12), raw=st.booleans())
+def test_the_converter_never_runs_a_pickle(edits, call, where, raw, tmp_path_factory):
+    counted("converter")
+    folder = tmp_path_factory.mktemp("fuzz")
+    snippet = _calls(MARKER)[call]
+    at = where % (len(BASE_PKL) + 1)
+    pickled = mutate(BASE_PKL[:at] + snippet + BASE_PKL[at:], edits)
+    path = folder / "x.ckpt"
+    path.write_bytes(mutate(_archive(pickled, BASE_ENTRIES), edits) if raw else _archive(pickled, BASE_ENTRIES))
+    began = time.monotonic()
+    _read(path)
+    assert time.monotonic() - began < 30, "a read took over 30 s"
+    assert not MARKER.exists(), "a pickle ran code"
+
+
+@budget(150)
+@given(data=st.binary(max_size=4096), suffix=st.sampled_from([".ckpt", ".pt", ".safetensors", ".bin"]))
+def test_random_bytes_are_one_refusal(data, suffix, tmp_path_factory):
+    counted("converter-bytes")
+    path = tmp_path_factory.mktemp("fuzz") / f"x{suffix}"
+    path.write_bytes(data)
+    _read(path)
+
+
+def test_every_spliced_call_is_refused_whole(tmp_path):
+    """The snippets themselves, as a whole data.pkl: each is refused by name (so the fuzzer's marker
+    would have been made had any reader run it)."""
+    for snippet in _calls(MARKER):
+        path = tmp_path / "x.ckpt"
+        path.write_bytes(_archive(snippet, BASE_ENTRIES))
+        with pytest.raises(original.ConversionError, match="refused|not a PyTorch checkpoint|damaged"):
+            original.read_checkpoint(path)
+    assert not MARKER.exists()
+
+
+# --- prompt files, manifests, the remake tag -------------------------------------------------------------
+
+VALID_PROMPTS = (b'{"prompt": "techno", "id": "a", "seed": 3, "steps": 3}\n# a comment\n'
+                 b'{"prompt": "jazz", "takes": 2, "loop": true, "window": "windowed"}\n{"prompt": "x", "seconds": 1.5}\n')
+DEFAULTS = {"steps": 3, "guidance": 2.0, "takes": 1, "negative": None, "seconds": None, "sampler": None,
+            "loop": False, "window": "auto", "exact_batches": False}
+
+
+@budget(400)
+@given(data=st.one_of(st.binary(max_size=512), EDITS.map(lambda e: mutate(VALID_PROMPTS, e))),
+       suffix=st.sampled_from([".jsonl", ".txt", ".list"]))
+def test_prompt_files_give_items_or_named_lines(data, suffix, tmp_path_factory):
+    counted("prompt files")
+    path = tmp_path_factory.mktemp("fuzz") / f"p{suffix}"
+    path.write_bytes(data)
+    try:
+        items, problems = batch.read_items(path, DEFAULTS, 0)
+    except ValueError as e:  # the whole file: not UTF-8
+        assert "--prompts" in str(e)
+        return
+    assert all(isinstance(p, str) and p.startswith(str(path)) for p in problems)
+    assert all(isinstance(item, batch.Item) for item in items)
+
+
+VALID_MANIFEST = (json.dumps({"id": "a", "prompt": "rain", "negative": None, "seconds": 1.0, "seed": 1, "steps": 3,
+                              "guidance": 2.0, "takes": 1, "sampler": "ddim", "files": ["a.wav"],
+                              "asked": {"prompt": "rain"}}) + "\n" + json.dumps({"id": "b", "files": []}) + "\n"
+                  ).encode()
+
+
+@budget(300)
+@given(data=st.one_of(st.binary(max_size=512), EDITS.map(lambda e: mutate(VALID_MANIFEST, e))))
+def test_manifests_are_read_or_set_aside(data, tmp_path_factory):
+    counted("manifests")
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "manifest.jsonl").write_bytes(data)
+    (folder / "a.wav").write_bytes(b"RIFF")
+    records = outputs.read_records(folder)
+    assert all(isinstance(r["id"], str) and isinstance(r["files"], list) for r in records.values())
+    item = batch.Item(1, "a", "rain", None, 1.0, 1, 3, 2.0, 1, "ddim")
+    outputs.is_done(item, records, folder, {})
+    serve.Service(None, folder, "w", device="cpu")  # the page's history: lists what it can, never raises
+
+
+VALID_TAG = "musicldm 'rain on a roof' -o rain.wav --seed 7 --steps 3 --guidance 2.0 --sampler ddim --takes 2 --take 1"
+
+
+@budget(400)
+@given(tag=st.one_of(st.text(max_size=200).map(lambda t: "musicldm " + t), st.text(max_size=100),
+                     EDITS.map(lambda e: mutate(VALID_TAG.encode(), e).decode("utf-8", "replace"))))
+def test_a_tag_parses_or_is_named(tag, capsys):
+    counted("tags")
+    try:
+        args = cli.parse_tag(tag, "x.wav")
+        assert isinstance(args, Namespace)
+    except cli.TagError as e:
+        assert str(e).startswith("--from: the tag of 'x.wav' does not parse (")
+    except ValueError as e:
+        assert "records no musicldm command" in str(e)
+    capsys.readouterr()
+
+
+def test_the_valid_tag_parses_exactly():
+    args = cli.parse_tag(VALID_TAG, "x.wav")
+    assert (args.prompt, args.seed, args.steps, args.takes, args.take) == ("rain on a roof", 7, 3, 2, 1)
+
+
+# --- the page's HTTP layer -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_ckpt):
+    """A server whose worker never starts: jobs queue (up to 4), nothing generates."""
+    from musicldm_core import MusicLDMPipeline
+
+    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt)
+    service = serve.Service(pipe, tmp_path_factory.mktemp("fuzz-out"), str(tiny_ckpt), max_queue=4)
+    running = serve.Server(service, "127.0.0.1", 0)
+    import threading
+
+    thread = threading.Thread(target=running.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield running
+    running.shutdown()
+    running.server_close()
+
+
+TOKEN = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), min_size=1, max_size=12)
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=4), max_leaves=12)
+FIELD_NAMES = st.sampled_from(["prompt", "negative", "seconds", "seed", "steps", "guidance", "takes", "sampler",
+                               "loop", "exact_batches", "strength", "inpaint", "extend", "window", "id", "x"])
+
+
+def _multipart_body(fields: dict, audio) -> tuple:
+    boundary = "fuzzb0undary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v + b"\r\n"
+             for k, v in fields.items()]
+    if audio is not None:
+        name, data = audio
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="{name}"\r\n\r\n'
+                     .encode("utf-8", "replace") + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@st.composite
+def requests(draw, host: str):
+    method = draw(st.sampled_from(["GET", "POST", "DELETE", "PUT", "HEAD", "OPTIONS"]) | TOKEN)
+    path = draw(st.sampled_from(["/", "/api/jobs", "/api/jobs/x", "/files/a.wav", "/files/..", "/api/openapi.json",
+                                 "/index.html"]) | st.text(max_size=40).map(lambda t: "/" + t))
+    query = draw(st.sampled_from(["", "?token=x", "?a=b&c"]) | st.text(max_size=20).map(lambda t: "?" + t))
+    kind = draw(st.sampled_from(["json", "multipart", "raw", "none"]))
+    if kind == "json":
+        value = draw(st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=6) | JSON_VALUES)
+        body, ctype = json.dumps(value).encode(), "application/json"
+    elif kind == "multipart":
+        fields = draw(st.dictionaries(FIELD_NAMES, st.binary(max_size=20), max_size=5))
+        audio = draw(st.none() | st.tuples(st.text(max_size=30), st.binary(max_size=64)))
+        body, ctype = _multipart_body(fields, audio)
+    else:
+        body, ctype = (draw(st.binary(max_size=200)), draw(st.text(max_size=30))) if kind == "raw" else (b"", None)
+    headers = {"Host": draw(st.sampled_from([host, host, "localhost.evil.example:1", "localhost:1"]))}
+    if ctype is not None:
+        headers["Content-Type"] = ctype
+    length = draw(st.sampled_from(["exact", "exact", "missing", "huge", "junk"]))
+    headers["Content-Length"] = {"exact": str(len(body)), "missing": None, "huge": "1000000000",
+                                 "junk": draw(st.sampled_from(["\xb2", "-1", "1e3", " 5", "0x10", "abc"]))}[length]
+    for name, value in draw(st.lists(st.tuples(TOKEN, st.text(max_size=30)), max_size=3)):
+        headers[name] = value
+    if draw(st.booleans()):
+        headers["Origin"] = draw(st.sampled_from([f"http://{host}", "http://evil.example", "null"]))
+        headers["Sec-Fetch-Site"] = draw(st.sampled_from(["same-origin", "same-site", "cross-site", "none"]))
+    head = f"{method} {path}{query} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()
+                                                            if v is not None)
+    return head.encode("utf-8", "surrogateescape") + b"\r\n" + body
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check(answer: bytes, method: str) -> None:
+    assert answer.startswith(b"HTTP/1."), f"no status line: {answer[:80]!r}"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert status != 500, body
+    if status >= 400 and method != "HEAD":
+        assert b"application/json" in head, head
+        assert isinstance(json.loads(body)["error"], str)
+
+
+def test_the_http_layer_answers_every_request(server):
+    host = f"localhost:{server.port}"
+    tried = []
+
+    @budget(300)
+    @given(request=requests(host))
+    def one(request):
+        counted("http")
+        tried.append(1)
+        _check(_exchange(server.port, request), request.split(b" ", 1)[0].decode("latin-1"))
+
+    one()
+    answer = _exchange(server.port, f"GET /api/jobs HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    assert len(tried) >= min(300, EXAMPLES or 300) * 0.5
+
+
+@budget(300)
+@given(body=st.one_of(st.binary(max_size=300), st.builds(lambda f, a: _multipart_body(f, a)[0],
+                                                          st.dictionaries(FIELD_NAMES, st.binary(max_size=20)),
+                                                          st.none() | st.tuples(st.text(max_size=20),
+                                                                                st.binary(max_size=20)))))
+def test_forms_parse_or_are_refused(body):
+    counted("forms")
+    try:
+        data, audio, name = serve._multipart("multipart/form-data; boundary=fuzzb0undary", body)
+        assert isinstance(data, dict) and (audio is None or isinstance(audio, bytes))
+        assert serve.upload_name(name) in ("input",) or serve.upload_name(name).startswith("input.")
+    except serve.Refused as e:
+        assert e.status == 400 and str(e)
+
+
+def test_pickle_module_is_not_the_readers():
+    """The restricted reader refuses by itself, without pickle's own global lookups (a guard on the guard)."""
+    assert original._Restricted.find_class is not pickle.Unpickler.find_class
