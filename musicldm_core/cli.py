@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .hub import DEFAULT_REPO
-from .outputs import RATES, read_tag, recipe
+from .outputs import RATES, check_outputs, output_paths, read_tag, recipe
 from .presets import ATTENTION_HEADS, PRESETS
 
 RANK_WAIT_SECONDS = 60.0  # how long a rank > 0 waits for rank 0 to report a failed check (see main)
@@ -46,7 +46,9 @@ def parse_span(text: Optional[str]) -> Optional[tuple]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="musicldm", description="Generate music from text with MusicLDM.")
+    p = argparse.ArgumentParser(prog="musicldm", description="Generate music from text with MusicLDM.",
+                                epilog="Also: `musicldm serve` opens a local page to make music in the browser "
+                                "(`musicldm serve --help`).")
     p.add_argument("prompt", nargs="?", default=None, help="what the music should sound like")
     p.add_argument("-o", "--output", default=None, help="the file to write, its extension the format: .wav "
                    "(float32), .flac (24-bit) or .ogg (default: music.wav; with --from: FILE-remade); with --takes "
@@ -166,7 +168,8 @@ def parse_tag(command: str, source: str, overrides: List[str] = []) -> argparse.
         tag_parser.parse_args(words[1:])
     except SystemExit:  # -h (or --he, ...) in a tag: argparse printed its help
         fault("it asks for --help")
-    return build_parser().parse_args(words[1:] + overrides)  # the user's flags: argparse's own usage and exit
+    cut = words.index("--") if "--" in words else len(words)  # (a prompt that begins with '-' comes after --)
+    return build_parser().parse_args(words[1:cut] + overrides + words[cut:])  # the user's flags: argparse's own
 
 
 def remake_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -219,7 +222,7 @@ def run(args: argparse.Namespace) -> List[str]:
     from .geometry import Geometry
     from .load import open_checkpoint
     from .options import AUDIO_RATE, Options, read_input
-    from .outputs import check_outputs, file_line, output_paths, write_audio
+    from .outputs import file_line, output_paths, write_audio
     from .pipeline import MusicLDMPipeline, plan_call
     from .placement import default_device, parse_device
     from .progress import StageProgress
@@ -246,8 +249,7 @@ def run(args: argparse.Namespace) -> List[str]:
         frame = Geometry.from_configs(*checkpoint.configs).frame_seconds
         print(f"musicldm: --loop rounds --seconds {args.seconds:g} to {planned.seconds:g} s (a loop is a whole "
               f"number of {1000 * frame:g} ms latent frames)", file=sys.stderr)
-    paths = output_paths(args.output, 1 if args.take else args.takes)
-    check_outputs(paths)
+    paths = output_paths(args.output, 1 if args.take else args.takes)  # checked by command(), before torch
     pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype,
                                             attention_heads=args.attention_heads)
     pipe.enable_batch_invariance(args.exact_batches)  # off: the same kernels as pipe() with these arguments
@@ -267,6 +269,25 @@ def run(args: argparse.Namespace) -> List[str]:
         print("musicldm: compiled " + ", ".join(f"{k} in {v:.1f} s" for k, v in pipe.compile_seconds().items()),
               file=sys.stderr)
     return [file_line(path, audio.shape[-1] / rate, seed, sampler, args.steps, args.guidance) for path in paths]
+
+
+def keep_freed_memory() -> None:
+    """Let this process reuse the memory it frees instead of handing it back to the system (glibc's
+    malloc; elsewhere nothing changes). By default glibc serves every large block (the VAE's and the
+    vocoder's activations: 32-128 MB at 10.24 s) with a fresh mmap and unmaps it when freed, so each new
+    activation is paid again in page faults: 1-1.6 s of kernel time per 10.24 s decoded and vocoded,
+    measured (benchmarks/results/stages-cpu-2026-12-06.md). Kept, the peak resident memory stays for the
+    rest of the run, which a command that ends anyway does not mind. The arithmetic is untouched: the same
+    bytes come out."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl, Windows)
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)  # large blocks from the heap too, not one mmap each
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # and the heap not trimmed back after each free
 
 
 def print_version() -> None:
@@ -347,12 +368,15 @@ def command(args: argparse.Namespace) -> int:
     if args.prompts is not None:
         from .batch import run as run_batch
 
+        keep_freed_memory()
         defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
                     "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler, "loop": args.loop,
                     "window": args.window, "exact_batches": args.exact_batches}
         run_batch(args, defaults)
         return 0
     args.output = args.output or "music.wav"
+    check_outputs(output_paths(args.output, 1 if args.take else max(1, args.takes)))  # before torch is imported
+    keep_freed_memory()
     for line in run(args):
         print(line)
     return 0

@@ -98,7 +98,8 @@ def _download(repo_id: str, revision: Optional[str]) -> Path:
         where = "HF_HUB_OFFLINE=1 is set and it" if offline else "the Hub cannot be reached and it"
         raise CheckpointError(
             f"{repo_id}" + (f"@{revision}" if revision else "")
-            + f": not available: {where} is not in the cache at {hub_cache_dir()}"
+            + f": not available: {where} is not in the cache at {hub_cache_dir()}; give --weights FOLDER (a "
+            "local copy in the diffusers layout), or set HF_HUB_CACHE to a cache that holds it"
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise CheckpointError(f"{repo_id}: could not be fetched from the Hub ({e})") from None

@@ -133,8 +133,10 @@ def read_input(o: Options, names: Mapping[str, str] = {}) -> Optional[torch.Tens
         return None
     n = namer(names)
     report = o.progress or (lambda stage, done, total: None)
+    report("reading the input", 0, 1)  # shown whether or not it is resampled
     wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, n("audio"), MIN_INPUT_SECONDS,
                       lambda done, total: report("reading the input", done, total))
+    report("reading the input", 1, 1)
     seconds = len(wave) / AUDIO_RATE
     span = o.inpaint
     if span is not None and not 0 <= span[0] < span[1] <= seconds:

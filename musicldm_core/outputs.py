@@ -24,7 +24,9 @@ TEMP_PREFIX = ".musicldm-"  # temporary files, renamed into place when whole
 
 
 def recipe(args, seed: int, sampler: str, device, dtype: str, threads: int, take: int) -> str:
-    """The command that remakes take `take` of this run, for the files' comment tags."""
+    """The command that remakes take `take` of this run, for the files' comment tags. Every word is quoted as a
+    shell needs (shlex); a value that begins with '-' is written --flag=VALUE, and such a prompt comes last,
+    after --, so that neither reads as a flag."""
     words = ["musicldm", args.prompt, "-o", Path(args.output).name, "--seed", str(seed), "--steps", str(args.steps),
              "--guidance", repr(args.guidance), "--sampler", sampler, "--weights", str(args.weights),
              "--device", str(device), "--dtype", dtype]
@@ -32,12 +34,15 @@ def recipe(args, seed: int, sampler: str, device, dtype: str, threads: int, take
     for flag, value in (("--negative", args.negative), ("--seconds", args.seconds), ("--revision", args.revision),
                         ("--input", args.input and os.path.abspath(args.input)), ("--strength", args.strength),
                         ("--inpaint", args.inpaint), ("--extend", args.extend), ("--sample-rate", args.sample_rate)):
-        words += [flag, value if isinstance(value, str) else repr(value)] if value is not None else []
+        text = value if isinstance(value, str) else repr(value)
+        words += ([f"{flag}={text}"] if text.startswith("-") else [flag, text]) if value is not None else []
     words += ["--eta", repr(args.eta)] if args.eta else []
     words += ["--attention-heads", args.attention_heads] if args.attention_heads != "checkpoint" else []
     words += ["--loop"] * args.loop + ["--exact-batches"] * args.exact_batches + ["--compile"] * args.compile + (
         ["--window", args.window] if args.window != "auto" else [])
     words += ["--takes", str(args.takes), "--take", str(take)] if args.takes > 1 else []
+    if args.prompt.startswith("-"):
+        words = [words[0]] + words[2:] + ["--", args.prompt]
     return shlex.join(words)
 
 
@@ -181,6 +186,9 @@ def merge_manifest(out_dir: Path, order: Iterable[str]) -> None:
             f.writelines(lines)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: the manifest gets the audio files' permissions
         os.replace(tmp, out_dir / MANIFEST)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

@@ -202,7 +202,8 @@ class MusicLDMPipeline:
         mel = self.decode_mel(z, run.windowed, o.loop, report)  # (B, 1, frames, bins)
         audio = self.vocode(mel, run.windowed, o.loop, report)
         if edit is not None:
-            audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False, report))
+            input_report = lambda stage, done, total: report(f"{stage} the input", done, total)  # noqa: E731
+            audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False, input_report))
         check_waveforms(audio)
         audio, scores = audio[:, :int(run.seconds * self.sampling_rate)], None
         mels = mel.squeeze(1).cpu().float() if o.return_mels else None  # (B, frames, bins)

@@ -4,8 +4,10 @@ The pipeline reports `(stage, done, total)` (pipeline.generate): "reading the in
 an audio-to-audio input, which the command line does before the model loads), "encoding the prompt", "denoising"
 (steps), "decoding" and "vocoding" (windows), "ranking takes". On a terminal each stage gets its own
 bar, drawn when the stage starts (never an empty one before). Elsewhere (logs, CI, torchrun ranks)
-each stage is one plain line when it ends, with its elapsed time:
+each stage is one plain line when it ends, with its elapsed time, and a long stage says where it is
+every INTERVAL seconds meanwhile (so that a log never looks hung):
 
+    musicldm: denoising 57/200 steps so far (60 s, about 151 s left)
     musicldm: denoising 200/200 steps (148.2 s)
 """
 
@@ -16,7 +18,9 @@ import sys
 import time
 from typing import Optional, TextIO
 
-UNITS = {"denoising": "steps", "decoding": "windows", "vocoding": "windows"}
+UNITS = {"denoising": "steps", "decoding": "windows", "vocoding": "windows",
+         "decoding the input": "windows", "vocoding the input": "windows"}  # (inpaint, extend: its round trip)
+INTERVAL = float(os.environ.get("MUSICLDM_PROGRESS_INTERVAL", "30"))  # seconds between a long stage's lines
 
 
 class StageProgress:
@@ -27,7 +31,7 @@ class StageProgress:
         self.bars = self.stream.isatty() and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "0") in ("", "0")
         self.stage: Optional[str] = None
         self.done = self.total = 0
-        self.began = 0.0
+        self.began = self.said = 0.0  # when the stage began, when a line last said where it is
         self.bar = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -43,6 +47,12 @@ class StageProgress:
         if self.bar is not None:
             self.bar.total = total
             self.bar.update(done - self.bar.n)
+        elif done < total and time.monotonic() - max(self.began, self.said) >= INTERVAL:
+            self.said = time.monotonic()
+            elapsed, unit = self.said - self.began, UNITS.get(stage, "")
+            left = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+            print(f"musicldm: {self.prefix}{stage} {done}/{total} {unit} so far ({elapsed:.0f} s{left})".replace(
+                "  ", " "), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.stage is None:

@@ -312,9 +312,10 @@ class Service:
             write_audio([input_path], [job.wave.numpy()], AUDIO_RATE, flag="--out-dir")
         try:
             self._keep(job, out, began, input_path)
-        except BaseException:  # the takes were not kept: neither is their input
-            if input_path is not None:
-                input_path.unlink(missing_ok=True)
+        except BaseException:  # the job failed while keeping its files: none of them stays, its input neither
+            for path in [input_path] * (input_path is not None) + [
+                    p for take in job.item.files(self.out_dir) for p in (take, take.with_suffix(".png"))]:
+                path.unlink(missing_ok=True)
             raise
 
     def _keep(self, job: Job, out, began: float, input_path: Optional[Path]) -> None:
@@ -483,10 +484,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _get(self, path: str, query) -> None:
         app = self.server
         if path in ("/", "/index.html"):
-            self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8", {
+            page = PAGE.read_bytes()
+            self._send(200, page, "text/html; charset=utf-8", {
                 "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; media-src 'self'; "
-                                           "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
-                                           "frame-ancestors 'none'",
+                                           f"style-src 'self' 'unsafe-inline'; script-src {script_hashes(page)}; "
+                                           "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
                 "X-Frame-Options": "DENY"})
         elif path == "/api/jobs":
             self._json(200, {"jobs": app.service.views(), "samplers": app.samplers, "limits": app.limits})
@@ -536,6 +538,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not path.startswith("/api/jobs/"):
             raise Refused(404, "not found")
         self._json(200, self.server.service.cancel(path[len("/api/jobs/"):]).view())
+
+
+def script_hashes(page: bytes) -> str:
+    """The CSP source list that lets exactly the page's own inline scripts run: their SHA-256 hashes. No
+    other inline script, event-handler attribute or javascript: URL can (no 'unsafe-inline')."""
+    import base64
+    import hashlib
+
+    scripts = re.findall(rb"<script>(.*?)</script>", page, re.S)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'" for body in scripts) \
+        or "'none'"
 
 
 def allowed_methods(path: str) -> set:

@@ -4,6 +4,7 @@ encoding, and requests that used to escape the HTTP handler. Each test was red b
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -312,3 +313,66 @@ def test_the_memory_refusal_with_an_input_names_extend(tmp_path, tiny_ckpt):
     r = musicldm("rain", "-o", tmp_path / "o.wav", "--weights", tiny_ckpt, "--input", tmp_path / "in.wav",
                  "--extend", "1e9")
     assert r.returncode == 1 and "ask for a smaller --takes or --extend" in r.stderr, r.stderr
+
+
+# --- what a newcomer stumbled on --------------------------------------------------------------------------
+
+def test_a_long_stage_says_where_it_is_outside_a_terminal(monkeypatch):
+    from musicldm_core import progress
+
+    stream = io.StringIO()
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    p = progress.StageProgress(stream=stream)
+    for done in range(3):
+        p("denoising", done, 4)
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("musicldm: denoising 0/4 steps so far (") and "left" not in lines[0], lines
+    assert lines[1].startswith("musicldm: denoising 1/4 steps so far (") and "s left)" in lines[1], lines
+    assert lines[-1].startswith("musicldm: denoising 2/4 steps (")
+    monkeypatch.setattr(progress, "INTERVAL", 3600.0)
+    stream.truncate(0)
+    quiet = progress.StageProgress(stream=stream)
+    quiet("denoising", 0, 4), quiet("denoising", 1, 4), quiet.close()
+    assert "so far" not in stream.getvalue()
+
+
+def test_the_inputs_round_trip_is_labelled_and_reading_is_shown(tmp_path, tiny_ckpt):
+    sf.write(tmp_path / "in.wav", 0.3 * np.sin(np.arange(8000) / 7), 16000)  # at 16 kHz: no resampling
+    r = musicldm("rain", "-o", tmp_path / "o.wav", "--weights", tiny_ckpt, "--input", tmp_path / "in.wav",
+                 "--inpaint", "0.1:0.3", *QUICK[:2], "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    stages = [line.split(" (")[0] for line in r.stderr.splitlines() if line.startswith("musicldm: ")]
+    assert stages == ["musicldm: reading the input", "musicldm: encoding the prompt", "musicldm: denoising 3/3 steps",
+                      "musicldm: decoding 1/1 windows", "musicldm: vocoding 1/1 windows",
+                      "musicldm: decoding the input 1/1 windows", "musicldm: vocoding the input 1/1 windows"], stages
+
+
+def test_output_mistakes_are_refused_before_torch_loads(tmp_path):
+    for output, says in (("x.mp3", "must end in .wav, .flac or .ogg"), ("no/such/x.wav", "does not exist")):
+        code = ("import sys; from musicldm_core import cli; rc = cli.main(['rain', '-o', %r]); "
+                "sys.exit(0 if rc == 1 and 'torch' not in sys.modules else 3)") % str(tmp_path / output)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 0 and says in r.stderr, r.stderr
+
+
+def test_help_names_serve_and_the_hub_failure_names_the_way_out(monkeypatch, tmp_path):
+    r = musicldm("--help")
+    assert "musicldm serve" in r.stdout and "exact_batches" in r.stdout and "loop, window" in r.stdout
+    from musicldm_core import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match=r"not in the cache at .*; give --weights FOLDER .* or set HF_HUB_CACHE"):
+        hub.resolve("ucsd-reach/musicldm", None)
+
+
+def test_the_manifest_has_the_files_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        outputs.append_record(tmp_path / "manifest.jsonl", {"id": "a", "files": []})
+        outputs.merge_manifest(tmp_path, ["a"])
+        outputs.write_audio([tmp_path / "a.wav"], [np.zeros(16, np.float32) + 0.1], 16000)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "manifest.jsonl").stat().st_mode & 0o777 == (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o644

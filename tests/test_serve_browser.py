@@ -89,3 +89,28 @@ def test_generate_in_the_browser(browser, pipe, tiny_ckpt, tmp_path):  # noqa: F
         page.screenshot(path=shot or str(tmp_path / "page.png"), full_page=True)
     finally:
         server.close()
+
+
+def test_a_prompt_is_shown_as_text_and_no_injected_script_runs(browser, pipe, tiny_ckpt, tmp_path):  # noqa: F811
+    """A prompt holding HTML is shown as its text (no element is made from it), and the page's
+    Content-Security-Policy lets only its own script run: an inline handler injected by hand does nothing."""
+    (tmp_path / "out").mkdir()
+    server = Running(pipe, tmp_path / "out", tiny_ckpt)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://localhost:{server.server.port}/")
+        prompt = '<img src=x onerror="window.pwned = 1"><b id="bold">rain</b>'
+        page.get_by_label("Prompt", exact=True).fill(prompt)
+        page.fill("#steps", "2")
+        page.fill("#seconds", "0.2")
+        page.get_by_role("button", name="Generate").click()
+        page.locator("article.job").first.wait_for(timeout=60_000)
+        assert page.locator("article.job").first.inner_text().count(prompt) >= 1
+        assert page.locator("article.job img[src='x'], #bold").count() == 0
+        # even an element made by hand (as a bug in the page would) runs no inline handler
+        page.evaluate("""() => { const d = document.createElement('div');
+            d.innerHTML = '<img src=y onerror="window.pwned = 2">'; document.body.appendChild(d); }""")
+        time.sleep(0.5)
+        assert page.evaluate("window.pwned") is None
+    finally:
+        server.close()
