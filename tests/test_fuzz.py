@@ -126,7 +126,7 @@ def _read(path: Path) -> None:
         assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
 
 
-@budget(250)
+@budget(1500)
 @given(edits=EDITS, call=st.sampled_from(range(7)), where=st.integers(0, 2**12), raw=st.booleans())
 def test_the_converter_never_runs_a_pickle(edits, call, where, raw, tmp_path_factory):
     counted("converter")
@@ -142,7 +142,7 @@ def test_the_converter_never_runs_a_pickle(edits, call, where, raw, tmp_path_fac
     assert not MARKER.exists(), "a pickle ran code"
 
 
-@budget(150)
+@budget(1000)
 @given(data=st.binary(max_size=4096), suffix=st.sampled_from([".ckpt", ".pt", ".safetensors", ".bin"]))
 def test_random_bytes_are_one_refusal(data, suffix, tmp_path_factory):
     counted("converter-bytes")
@@ -170,7 +170,7 @@ DEFAULTS = {"steps": 3, "guidance": 2.0, "takes": 1, "negative": None, "seconds"
             "loop": False, "window": "auto", "exact_batches": False}
 
 
-@budget(400)
+@budget(2400)
 @given(data=st.one_of(st.binary(max_size=512), EDITS.map(lambda e: mutate(VALID_PROMPTS, e))),
        suffix=st.sampled_from([".jsonl", ".txt", ".list"]))
 def test_prompt_files_give_items_or_named_lines(data, suffix, tmp_path_factory):
@@ -192,7 +192,7 @@ VALID_MANIFEST = (json.dumps({"id": "a", "prompt": "rain", "negative": None, "se
                   ).encode()
 
 
-@budget(300)
+@budget(1500)
 @given(data=st.one_of(st.binary(max_size=512), EDITS.map(lambda e: mutate(VALID_MANIFEST, e))))
 def test_manifests_are_read_or_set_aside(data, tmp_path_factory):
     counted("manifests")
@@ -209,7 +209,7 @@ def test_manifests_are_read_or_set_aside(data, tmp_path_factory):
 VALID_TAG = "musicldm 'rain on a roof' -o rain.wav --seed 7 --steps 3 --guidance 2.0 --sampler ddim --takes 2 --take 1"
 
 
-@budget(400)
+@budget(2400)
 @given(tag=st.one_of(st.text(max_size=200).map(lambda t: "musicldm " + t), st.text(max_size=100),
                      EDITS.map(lambda e: mutate(VALID_TAG.encode(), e).decode("utf-8", "replace"))))
 def test_a_tag_parses_or_is_named(tag, capsys):
@@ -323,7 +323,7 @@ def test_the_http_layer_answers_every_request(server):
     host = f"localhost:{server.port}"
     tried = []
 
-    @budget(300)
+    @budget(1500)
     @given(request=requests(host))
     def one(request):
         counted("http")
@@ -333,10 +333,10 @@ def test_the_http_layer_answers_every_request(server):
     one()
     answer = _exchange(server.port, f"GET /api/jobs HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:100]
-    assert len(tried) >= min(300, EXAMPLES or 300) * 0.5
+    assert len(tried) >= min(1500, EXAMPLES or 1500) * 0.5
 
 
-@budget(300)
+@budget(2400)
 @given(body=st.one_of(st.binary(max_size=300), st.builds(lambda f, a: _multipart_body(f, a)[0],
                                                           st.dictionaries(FIELD_NAMES, st.binary(max_size=20)),
                                                           st.none() | st.tuples(st.text(max_size=20),

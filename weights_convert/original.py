@@ -47,6 +47,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -118,6 +119,12 @@ def _rebuild_parameter(data, *rest):
     return data
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """Text from a file, fit for a one-line message: newlines folded, cut at `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class _Restricted(pickle.Unpickler):
     def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path):
         super().__init__(archive.open(prefix + "data.pkl"))
@@ -143,13 +150,13 @@ class _Restricted(pickle.Unpickler):
             full = f"{module}.{name}"
             self.skipped[full] = self.skipped.get(full, 0) + 1
             return type(name, (Placeholder,), {"name": full})
-        raise ConversionError(f"{self.path}: refused: its pickle calls {module}.{name}, which is not data; "
+        raise ConversionError(f"{self.path}: refused: its pickle calls {_short(f'{module}.{name}')}, which is not data; "
                               "nothing from the file was run (a weights file never needs to call code)")
 
     def persistent_load(self, pid):
         kind, dtype, key, _location, numel = pid[:5]
         if kind != "storage" or not isinstance(dtype, torch.dtype):
-            raise ConversionError(f"{self.path}: refused: an unknown persistent object {pid[:2]!r}")
+            raise ConversionError(f"{self.path}: refused: an unknown persistent object {_short(repr(pid[:2]))}")
         if key not in self.storages:
             raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
             self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
@@ -181,8 +188,9 @@ def check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ConversionError(f"{path}: a damaged zip archive ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # BadZipFile, OSError, NotImplementedError (an unknown zip version), ...
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConversionError(f"{path}: a damaged zip archive ({first})") from None
     size = path.stat().st_size
     if declared > size:
         raise ConversionError(f"{path}: its archive declares {declared} bytes inflated from a file of {size} "
@@ -213,7 +221,9 @@ def read_checkpoint(path: Path) -> Tuple[Any, Dict[str, int]]:
                                   "it with torch >= 1.6, or export its state_dict") from None
     check_archive(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), {}
+        with warnings.catch_warnings():  # torch's note on an odd pickle protocol: the refusal below says more
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError:
         pass  # Lightning or numpy objects: read it with the restricted unpickler below
     except Exception as e:
