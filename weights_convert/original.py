@@ -53,6 +53,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 Tensors = Dict[str, torch.Tensor]
@@ -158,8 +159,9 @@ class _Restricted(pickle.Unpickler):
         if kind != "storage" or not isinstance(dtype, torch.dtype):
             raise ConversionError(f"{self.path}: refused: an unknown persistent object {_short(repr(pid[:2]))}")
         if key not in self.storages:
-            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            # copied into a tensor that owns its memory (no view of a Python buffer that may be freed first)
+            raw = np.frombuffer(self.archive.read(f"{self.prefix}data/{key}"), dtype=np.uint8)
+            self.storages[key] = torch.from_numpy(raw.copy()).view(dtype)
         return self.storages[key]
 
 
