@@ -41,13 +41,15 @@ def guided_eps(unet: UNet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
 
 
 def noise_predictor(eps: Callable, unet: UNet, cond: torch.Tensor, scale: Optional[float], *,
-                    window: Optional[Tuple[int, int]] = None, loop: bool = False) -> Denoiser:
+                    window: Optional[Tuple[int, int]] = None, loop: bool = False,
+                    progress: Optional[Callable[[int, int], None]] = None) -> Denoiser:
     """(x_t, t) -> eps for the sampler. eps: guided_eps or its compiled stage; window: (window, overlap)
-    in latent frames for the windowed path (two windows per UNet call; circular for a loop)."""
+    in latent frames for the windowed path (two windows per UNet call; circular for a loop), whose
+    windows within each step are told to progress(done, windows)."""
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return eps(unet, x, t, cond, scale)
 
     if window is None:
         return predict
-    return lambda x, t: windowed(lambda w: predict(w, t), x, 2, *window, circular=loop, batch=2)
+    return lambda x, t: windowed(lambda w: predict(w, t), x, 2, *window, circular=loop, batch=2, progress=progress)

@@ -58,7 +58,8 @@ class Options:
     rank_within_prompt: bool = False  # rank each prompt's own takes (the reference ranks against all)
     crop: str = "random"  # ranking's crop of takes over 10 s: "random" (numpy's global RNG), "start", "center"
     # progress(stage, done, total): "reading the input" (audio-to-audio), "encoding the prompt", "denoising"
-    # (steps), "decoding" and "vocoding" (windows), "ranking takes", in that order; each as it goes
+    # (steps), "decoding" and "vocoding" (windows), "ranking takes", in that order; each as it goes. On the
+    # windowed path each step also tells its windows as "denoising: windows" (a detail, not a stage)
     progress: Optional[Callable[[str, int, int], None]] = None
     sampler: Optional[str] = None  # this call's sampler by name; None: the pipeline's scheduler
     loop: bool = False  # a seamless loop: circular windows at every stage, length in whole 40 ms frames

@@ -176,7 +176,8 @@ class MusicLDMPipeline:
         # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
         denoiser = noise_predictor(self.compiled.get("unet", guided_eps), self.placement.ready("unet"), cond,
                                    o.guidance_scale if o.guided else None, loop=o.loop,
-                                   window=self.geometry.window("denoising") if run.windowed else None)
+                                   window=self.geometry.window("denoising") if run.windowed else None,
+                                   progress=lambda done, total: report("denoising: windows", done, total))
 
         # 3. Sample from Gaussian noise (drawn as diffusers draws it); audio-to-audio holds to the input.
         noise = randn(shape, o.generator, device, self.dtype) if o.latents is None else o.latents.to(device, self.dtype)

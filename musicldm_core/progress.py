@@ -32,9 +32,13 @@ class StageProgress:
         self.stage: Optional[str] = None
         self.done = self.total = 0
         self.began = self.said = 0.0  # when the stage began, when a line last said where it is
+        self.detail = ""  # inside a long step: ", window 37/150 of this step"
         self.bar = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if ": " in stage:  # a detail of the current stage ("denoising: windows" inside a long step)
+            self.detail = f", {stage.split(': ', 1)[1][:-1]} {done}/{total} of this {UNITS.get(self.stage, 'it')[:-1]}"
+            return self._say_where()
         if stage != self.stage:
             self.close()
             self.stage, self.began = stage, time.monotonic()
@@ -47,12 +51,20 @@ class StageProgress:
         if self.bar is not None:
             self.bar.total = total
             self.bar.update(done - self.bar.n)
-        elif done < total and time.monotonic() - max(self.began, self.said) >= INTERVAL:
-            self.said = time.monotonic()
-            elapsed, unit = self.said - self.began, UNITS.get(stage, "")
-            left = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
-            print(f"musicldm: {self.prefix}{stage} {done}/{total} {unit} so far ({elapsed:.0f} s{left})".replace(
-                "  ", " "), file=self.stream, flush=True)
+        else:
+            self.detail = ""
+            self._say_where()
+
+    def _say_where(self) -> None:
+        """Outside a terminal, every INTERVAL seconds of a stage: where it is, and about how long is left."""
+        if self.bar is not None or self.stage is None or self.done >= self.total \
+                or time.monotonic() - max(self.began, self.said) < INTERVAL:
+            return
+        self.said = time.monotonic()
+        elapsed, unit, done, total = self.said - self.began, UNITS.get(self.stage, ""), self.done, self.total
+        left = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        print(f"musicldm: {self.prefix}{self.stage} {done}/{total} {unit} so far{self.detail} ({elapsed:.0f} s{left})"
+              .replace("  ", " "), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.stage is None:

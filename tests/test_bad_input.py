@@ -376,3 +376,19 @@ def test_the_manifest_has_the_files_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "manifest.jsonl").stat().st_mode & 0o777 == (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_long_step_says_which_window_it_is_in(monkeypatch):
+    from musicldm_core import progress
+
+    stream = io.StringIO()
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    p = progress.StageProgress(stream=stream)
+    p("denoising", 0, 2)
+    p("denoising: windows", 0, 150)
+    p("denoising: windows", 38, 150)
+    p("denoising", 1, 2)
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert "musicldm: denoising 0/2 steps so far, window 38/150 of this step (" in stream.getvalue(), lines
+    assert lines[-1].startswith("musicldm: denoising 1/2 steps (")  # the detail ends no stage

@@ -199,8 +199,14 @@ def test_long_audio_is_windowed_and_seamless(pipe):
     # 28) and 600 mel frames in vocoder windows of 128 (stride 112)
     vae, vocoder = len(range(0, 150 - 32, 28)) + 1, len(range(0, 600 - 128, 112)) + 1
     expected = {"encoding the prompt": 1, "denoising": 3, "decoding": vae, "vocoding": vocoder}
-    assert [stage for stage, done, _ in seen if done == 0] == list(expected)
-    assert seen == [(stage, done, total) for stage, total in expected.items() for done in range(total + 1)]
+    stages = [event for event in seen if ": " not in event[0]]
+    assert [stage for stage, done, _ in stages if done == 0] == list(expected)
+    assert stages == [(stage, done, total) for stage, total in expected.items() for done in range(total + 1)]
+    # inside each step, its windows (the denoiser's, two a UNet call): 0 .. W after every "denoising" 0 .. 2
+    windows = [(done, total) for stage, done, total in seen if stage == "denoising: windows"]
+    per_step = windows[-1][1]
+    assert per_step >= 3 and windows == [(done, per_step) for _ in range(3) for done in
+                                           [0, *range(2, per_step, 2), per_step]], windows
     wave = a[0]
     jumps = np.abs(np.diff(wave))
     borders = np.zeros_like(jumps, dtype=bool)
