@@ -121,3 +121,33 @@ def reference_scheduler(folder, name: str):
     class_name = {ours: theirs for theirs, ours in CLASS_NAMES.items()}[name]
     extra = {"skip_prk_steps": True} if name == "pndm" else {}
     return getattr(diffusers, class_name).from_pretrained(folder / "scheduler", **extra)
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to a server on this machine, close our side, and read its whole answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def idle_server(pipe, out_dir, weights, max_queue: int):
+    """`musicldm serve`'s server on a free port whose worker never starts: a valid job is queued, nothing
+    generates (for fuzzing and schema checks)."""
+    import threading
+
+    from musicldm_core import serve
+
+    running = serve.Server(serve.Service(pipe, out_dir, str(weights), max_queue=max_queue), "127.0.0.1", 0)
+    threading.Thread(target=running.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield running
+    finally:
+        running.shutdown()
+        running.server_close()

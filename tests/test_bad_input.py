@@ -19,29 +19,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import musicldm
+from helpers import exchange, musicldm
 from musicldm_core import MusicLDMPipeline, outputs
-from test_serve import Running, _multipart, _wav
+from test_serve import _multipart, _wav, pipe, running  # noqa: F401  (fixtures)
 from weights_convert import original
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_ckpt):
-    return MusicLDMPipeline.from_pretrained(tiny_ckpt)
-
-
-@pytest.fixture
-def running(pipe, tiny_ckpt, tmp_path):
-    made = []
-
-    def start(**kw):
-        made.append(Running(pipe, kw.pop("out_dir", tmp_path / "out"), tiny_ckpt, **kw))
-        return made[-1]
-
-    (tmp_path / "out").mkdir()
-    yield start
-    for r in made:
-        r.close()
 
 
 # --- the remake tag ---------------------------------------------------------------------------------------
@@ -167,16 +148,6 @@ def test_a_form_field_in_another_encoding_is_refused_by_name(running):
     assert status == 400 and answer["field"] == "prompt" and "not valid UTF-8 (byte 0xe9" in answer["error"]
 
 
-def raw_request(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def answer_of(raw: bytes) -> tuple:
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), json.loads(body)
@@ -186,14 +157,14 @@ def test_requests_that_escaped_the_handler_get_a_json_answer(running, monkeypatc
     r = running()
     host = f"Host: {r.host}\r\n".encode()
     deep = b"[" * 30000 + b"]" * 30000
-    status, answer = answer_of(raw_request(r.server.port, b"POST /api/jobs HTTP/1.1\r\n" + host
+    status, answer = answer_of(exchange(r.server.port, b"POST /api/jobs HTTP/1.1\r\n" + host
                                            + b"Content-Type: application/json\r\nContent-Length: "
                                            + str(len(deep)).encode() + b"\r\n\r\n" + deep))
     assert status == 400 and "nested too deep" in answer["error"]
-    status, answer = answer_of(raw_request(r.server.port, b"POST /api/jobs HTTP/1.1\r\n" + host
+    status, answer = answer_of(exchange(r.server.port, b"POST /api/jobs HTTP/1.1\r\n" + host
                                            + b"Content-Type: application/json\r\nContent-Length: \xc2\xb2\r\n\r\n{}"))
     assert status == 411 and "Content-Length" in answer["error"]
-    status, answer = answer_of(raw_request(r.server.port, b"GARBAGE\r\n\r\n"))
+    status, answer = answer_of(exchange(r.server.port, b"GARBAGE\r\n\r\n"))
     assert status == 400 and answer["error"]
     for name in ("..", "x" * 300 + ".wav", "../../etc/passwd", "a/b.wav"):
         body, headers = _multipart({"prompt": "rain", "steps": "3"}, _wav(0.2), name)
@@ -392,3 +363,13 @@ def test_a_long_step_says_which_window_it_is_in(monkeypatch):
     lines = stream.getvalue().splitlines()
     assert "musicldm: denoising 0/2 steps so far, window 38/150 of this step (" in stream.getvalue(), lines
     assert lines[-1].startswith("musicldm: denoising 1/2 steps (")  # the detail ends no stage
+
+
+def test_a_tensor_named_by_a_number_is_one_refusal(tmp_path):
+    """Found by the long fuzz run: a mutated pickle turned a key into an integer, and state_dict_of raised
+    AttributeError ('int' object has no attribute 'startswith') instead of one ConversionError."""
+    path = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {1: torch.ones(2), "a": torch.ones(2)}}, path)
+    obj, _ = original.read_checkpoint(path)
+    with pytest.raises(original.ConversionError, match=r"x\.ckpt: a tensor is named 1, not by text"):
+        original.state_dict_of(obj, path)

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import pickle
-import socket
 import tempfile
 import time
 import zipfile
@@ -34,6 +33,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import exchange, idle_server
 from musicldm_core import batch, cli, outputs, serve
 from weights_convert import original
 
@@ -136,9 +136,9 @@ def test_the_converter_never_runs_a_pickle(edits, call, where, raw, tmp_path_fac
     pickled = mutate(BASE_PKL[:at] + snippet + BASE_PKL[at:], edits)
     path = folder / "x.ckpt"
     path.write_bytes(mutate(_archive(pickled, BASE_ENTRIES), edits) if raw else _archive(pickled, BASE_ENTRIES))
-    began = time.monotonic()
+    began = time.process_time()  # CPU time: a fuzz run beside other work (nice) may wait for minutes
     _read(path)
-    assert time.monotonic() - began < 30, "a read took over 30 s"
+    assert time.process_time() - began < 30, "a read took over 30 s of CPU"
     assert not MARKER.exists(), "a pickle ran code"
 
 
@@ -236,16 +236,9 @@ def server(tmp_path_factory, tiny_ckpt):
     """A server whose worker never starts: jobs queue (up to 4), nothing generates."""
     from musicldm_core import MusicLDMPipeline
 
-    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt)
-    service = serve.Service(pipe, tmp_path_factory.mktemp("fuzz-out"), str(tiny_ckpt), max_queue=4)
-    running = serve.Server(service, "127.0.0.1", 0)
-    import threading
-
-    thread = threading.Thread(target=running.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield running
-    running.shutdown()
-    running.server_close()
+    with idle_server(MusicLDMPipeline.from_pretrained(tiny_ckpt), tmp_path_factory.mktemp("fuzz-out"), tiny_ckpt,
+                     max_queue=4) as running:
+        yield running
 
 
 TOKEN = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), min_size=1, max_size=12)
@@ -299,16 +292,6 @@ def requests(draw, host: str):
     return head.encode("utf-8", "surrogateescape") + b"\r\n" + body
 
 
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _check(answer: bytes, method: str) -> None:
     assert answer.startswith(b"HTTP/1."), f"no status line: {answer[:80]!r}"
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -328,10 +311,10 @@ def test_the_http_layer_answers_every_request(server):
     def one(request):
         counted("http")
         tried.append(1)
-        _check(_exchange(server.port, request), request.split(b" ", 1)[0].decode("latin-1"))
+        _check(exchange(server.port, request), request.split(b" ", 1)[0].decode("latin-1"))
 
     one()
-    answer = _exchange(server.port, f"GET /api/jobs HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    answer = exchange(server.port, f"GET /api/jobs HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:100]
     assert len(tried) >= min(1500, EXAMPLES or 1500) * 0.5
 

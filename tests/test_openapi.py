@@ -6,13 +6,13 @@ server answers, and the README's API table names the same routes."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from helpers import idle_server
 from musicldm_core import MusicLDMPipeline, serve, serve_api
 from musicldm_core.audio_frontend import MAX_INPUT_SECONDS
 from musicldm_core.samplers import SAMPLERS
@@ -26,16 +26,10 @@ schema = schemathesis.openapi.from_dict(DOCUMENT)
 def server(tmp_path_factory, tiny_ckpt):
     """A live server whose worker never starts: a valid job is queued (202), and the queue never fills (a full
     queue answers 503, which schemathesis would take for a server error)."""
-    pipe = MusicLDMPipeline.from_pretrained(tiny_ckpt)
     out = tmp_path_factory.mktemp("openapi-out")
     (out / "a.wav").write_bytes(b"RIFF")
-    service = serve.Service(pipe, out, str(tiny_ckpt), max_queue=10**6)
-    running = serve.Server(service, "127.0.0.1", 0)
-    thread = threading.Thread(target=running.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield running
-    running.shutdown()
-    running.server_close()
+    with idle_server(MusicLDMPipeline.from_pretrained(tiny_ckpt), out, tiny_ckpt, max_queue=10**6) as running:
+        yield running
 
 
 @schema.parametrize()

@@ -19,7 +19,7 @@ import torch
 from helpers import musicldm
 from musicldm_core import cli, outputs
 from musicldm_core.longform import window_starts
-from test_bad_input import pipe, running  # noqa: F401  (fixtures)
+from test_serve import pipe, running  # noqa: F401  (fixtures)
 from test_fuzz import BASE_ENTRIES, _archive
 from test_serve import _multipart, _wav
 from weights_convert import original

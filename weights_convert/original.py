@@ -254,6 +254,9 @@ def state_dict_of(obj: Any, path: Path, prefix: str = "") -> Tensors:
             break
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    odd = next((k for k, v in obj.items() if torch.is_tensor(v) and not isinstance(k, str)), None)
+    if odd is not None:
+        raise ConversionError(f"{path}: a tensor is named {_short(repr(odd))}, not by text: not a state dict")
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in obj.items() if torch.is_tensor(v)}
 
 
