@@ -2,7 +2,7 @@
 
 Both towers and the two learned temperatures live in one published file
 (text_encoder/model.safetensors, transformers' ClapModel); `Clap.from_pretrained` loads it through
-the key table in weights_convert/clap.py.
+the key table in names/clap.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights_convert import clap as clap_names
 
 from .clap_audio import HTSAT
 from .clap_text import ClapTextEncoder
@@ -34,8 +33,7 @@ class Clap(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "Clap":
         """Load `text_encoder/` of the checkpoint (transformers ClapModel config + safetensors)."""
-        return load_component(cls, ClapConfig, folder, "model", device=device, dtype=dtype,
-                              names=clap_names)
+        return load_component(cls, ClapConfig, folder, "model", device=device, dtype=dtype)
 
     def encode_texts(self, tokenizer, texts: List[str], max_length: Optional[int] = None) -> torch.Tensor:
         """Prompts -> (B, projection_dim) text features, each prompt tokenized (cut at `max_length`

@@ -2,7 +2,7 @@
 
 A Swin transformer over the (B, C, frames, mel bins) log-mel image of audio_frontend.py, as
 transformers' `ClapAudioEncoder` (without or with fusion) implements it, plus the projection into
-the joint text-audio space. Names are ours; weights_convert/clap.py maps the published ones onto them.
+the joint text-audio space. Names are ours; names/clap.py maps the published ones onto them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Wu et al. 2023 (CLAP, arXiv 2211.06687) as transformers' `ClapTextModel` + `Clap
 implements it. MusicLDM conditions on `features(ids, mask)`: the projection of the pooled
 `<s>` token, L2-normalised, (B, 512).
 
-Names are ours (token_embedding, layers.3.attn.q, ...); weights_convert/clap.py maps the
+Names are ours (token_embedding, layers.3.attn.q, ...); names/clap.py maps the
 published BERT-style names (text_model.encoder.layer.3.attention.self.query, ...) onto them.
 """
 

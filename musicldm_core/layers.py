@@ -2,7 +2,7 @@
 
 Names follow diffusers where they are readable (`to_q`, `conv_shortcut`, `time_emb_proj`); where
 the published name is a placeholder (`to_out.0`, `downsamplers.0`) ours drops it, and
-weights_convert/diffusers.py maps one onto the other.
+names/diffusers.py maps one onto the other.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ config and the reference pipeline:
   encoder hidden states, so `attn2` is a second self-attention over the latent.
 
 Parameter names are the published ones (down_blocks.1.attentions.0.transformer_blocks.0...) less
-their placeholders (weights_convert/diffusers.py).
+their placeholders (musicldm_core/names/diffusers.py).
 Reference: diffusers 0.36.0 `UNet2DConditionModel` with CrossAttnDownBlock2D / DownBlock2D /
 UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D / UpBlock2D / Transformer2DModel.
 """
@@ -28,7 +28,6 @@ from torch import nn
 
 from .config import UNetConfig
 from .layers import MLP, Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
-from weights_convert import diffusers as diffusers_names
 
 from .presets import AUTHORS_HEAD_CHANNELS
 from .weights import load_module, weight_files
@@ -220,7 +219,7 @@ class UNet(nn.Module):
                               "attention_heads='authors' changes nothing")
             cfg = authors
         return load_module(lambda: cls(cfg), weight_files(folder, "diffusion_pytorch_model"), device=device,
-                           dtype=dtype, names=diffusers_names, what=str(folder))
+                           dtype=dtype, what=str(folder))
 
     def embed(self, timestep: torch.Tensor, class_labels: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         """The embedding every ResNet sees, after the SiLU each of them applies: (B, temb_dim)."""

@@ -4,7 +4,7 @@ A mel spectrogram (B, 1, T, 64) is encoded to a diagonal Gaussian over (B, 8, T/
 and decoded back; MusicLDM samples in that latent space. Reference: diffusers 0.36.0
 `AutoencoderKL` (Encoder, Decoder, DiagonalGaussianDistribution). Parameter names are the
 published ones (encoder.down_blocks.0.resnets.0.conv1.weight, ...) less their placeholders
-(weights_convert/diffusers.py).
+(names/diffusers.py).
 
 Memory: `decode(..., slice_batch=True)` decodes one sample at a time; long audio is encoded and
 decoded in overlapping windows along time by longform.py.
@@ -21,7 +21,6 @@ from torch import nn
 
 from .config import VAEConfig
 from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
-from weights_convert import diffusers as diffusers_names
 
 from .weights import load_component
 
@@ -154,8 +153,7 @@ class AutoencoderKL(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device="cpu", dtype=torch.float32) -> "AutoencoderKL":
         """Load `vae/` of a diffusers checkpoint folder (config.json + safetensors)."""
-        return load_component(cls, VAEConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype,
-                              names=diffusers_names)
+        return load_component(cls, VAEConfig, folder, "diffusion_pytorch_model", device=device, dtype=dtype)
 
     def encode(self, mel: torch.Tensor) -> DiagonalGaussian:
         """(B, 1, T, F) mel -> posterior over (B, latent_channels, T/4, F/4) latents (unscaled)."""

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 import torch
 from safetensors import safe_open
 
+from . import names as published_names
 from .errors import CheckpointError
 
 M = TypeVar("M", bound=torch.nn.Module)
@@ -192,12 +193,13 @@ def load_module(
 ) -> M:
     """Build a module on the meta device and fill it from safetensors `files`, strictly.
 
-    names: the weights_convert module that maps published keys onto ours (`published_to_ours`,
-    `ours_to_published`); None where they are equal. Floating-point tensors are cast to `dtype`;
+    names: the table that maps published keys onto ours (`published_to_ours`, `ours_to_published`);
+    by default the built module's own (names.of), none where they are equal. Floating-point tensors are cast to `dtype`;
     integer buffers keep theirs.
     """
     with torch.device("meta"):
         module = build()
+    names = names or published_names.of(module)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     mapped = [MappedFile(path) for path in files]  # each header validated and parsed once
     mapping = check_keys(expected, _shapes(mapped), names.published_to_ours if names else _same, what,

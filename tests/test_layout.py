@@ -11,25 +11,54 @@ from pathlib import Path
 import musicldm_core
 
 PACKAGE = Path(musicldm_core.__file__).parent
+ROOT = PACKAGE.parent
+PACKAGES = ("musicldm_core", "weights_convert")
 ENTRY_POINTS = {"__init__", "__main__", "cli", "batch", "serve"}
 
 
-def _imports() -> dict:
-    """module -> the package modules it imports anywhere (top level, inside functions, TYPE_CHECKING)."""
+def _graph() -> dict:
+    """module -> the modules of either package it imports anywhere (top level, inside functions,
+    TYPE_CHECKING), as dotted names from the repository root ("musicldm_core.unet", "weights_convert.original")."""
     graph = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-        package = name.rsplit(".", 1)[0] if "." in name else ""
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1] if package else []
-                stem = ".".join([p for p in base if p] + ([node.module] if node.module else []))
-                targets.update([stem] if node.module else [f"{stem}.{a.name}".lstrip(".") for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("musicldm_core."):
-                targets.add(node.module[len("musicldm_core."):])
-        graph[name.removesuffix(".__init__")] = {t.removesuffix(".__init__") for t in targets if t}
-    return graph
+    for top in PACKAGES:
+        for path in (ROOT / top).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            package = name.rsplit(".", 1)[0]
+            targets = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                    targets.update([stem] if node.module else [f"{stem}.{a.name}" for a in node.names])
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                    targets.update([node.module] + [f"{node.module}.{a.name}" for a in node.names])
+                elif isinstance(node, ast.Import):
+                    targets.update(a.name for a in node.names if a.name.split(".")[0] in PACKAGES)
+            graph[name.removesuffix(".__init__")] = {t.removesuffix(".__init__") for t in targets}
+    modules = set(graph)
+    return {m: {t for t in targets if t in modules and t != m} for m, targets in graph.items()}
+
+
+def _imports() -> dict:
+    """musicldm_core's modules -> the musicldm_core modules each imports (names relative to the package)."""
+    prefix = "musicldm_core."
+    return {m[len(prefix):] if m != "musicldm_core" else "__init__": {t[len(prefix):] for t in targets
+                                                                   if t.startswith(prefix)}
+            for m, targets in _graph().items() if m.startswith("musicldm_core")}
+
+
+def test_the_converters_depend_on_the_package_never_the_reverse():
+    """weights_convert holds offline tools over musicldm_core; no module of musicldm_core imports them (the
+    loader's name tables live in musicldm_core/names), and no model file imports a name table."""
+    graph = _graph()
+    back = sorted((m, t) for m, targets in graph.items() if m.startswith("musicldm_core")
+                  for t in targets if t.startswith("weights_convert"))
+    assert back == [], f"musicldm_core imports weights_convert: {back}"
+    models = ("unet", "vae", "vocoder", "clap", "clap_text", "clap_audio", "layers")
+    naming = sorted((m, t) for m in (f"musicldm_core.{x}" for x in models) for t in graph.get(m, ())
+                    if t.startswith("musicldm_core.names"))
+    assert naming == [], f"model files import name tables: {naming}"
+    assert any(t.startswith("musicldm_core") for t in graph["weights_convert.original"])  # the scan sees imports
 
 
 def test_nothing_below_the_pipeline_imports_it():
@@ -38,7 +67,8 @@ def test_nothing_below_the_pipeline_imports_it():
 
 
 def test_no_import_circles():
-    graph = _imports()
+    """Over both packages together (a circle through weights_convert counts too)."""
+    graph = _graph()
     state: dict = {}
 
     def visit(module, path):

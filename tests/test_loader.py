@@ -16,7 +16,7 @@ from reference_checkpoints import SCALING_FACTOR
 from musicldm_core.errors import CheckpointError
 from musicldm_core.hub import resolve
 from musicldm_core.unet import UNet
-from weights_convert import diffusers
+from musicldm_core.names import diffusers
 from musicldm_core.weights import weight_files
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -1,4 +1,4 @@
-"""The name mappings of weights_convert/, checked without loading a weight: for every component,
+"""The name mappings of musicldm_core/names/, checked without loading a weight: for every component,
 every published key maps to exactly one of our parameters of the same shape (model built on the
 meta device), and back; only the listed non-weights are skipped; no placeholder name is left."""
 
@@ -16,7 +16,7 @@ from musicldm_core.unet import UNet
 from musicldm_core.vae import AutoencoderKL
 from musicldm_core.vocoder import HifiGan
 from musicldm_core.weights import read_shapes
-from weights_convert import clap, diffusers
+from musicldm_core.names import clap, diffusers
 
 # component -> (our class, its config, weight file, the mapping module (None: names are equal), parameters)
 COMPONENTS = {

@@ -691,7 +691,7 @@ def _check_fits(components, sources, names) -> None:
     from musicldm_core.vae import AutoencoderKL
     from musicldm_core.vocoder import HifiGan
 
-    from . import clap as clap_names, diffusers as diffusers_names
+    from musicldm_core.names import clap as clap_names, diffusers as diffusers_names
 
     built = {"unet": (UNet, UNetConfig, diffusers_names, "unet"), "vae": (AutoencoderKL, VAEConfig, diffusers_names, "vae"),
              "vocoder": (HifiGan, VocoderConfig, None, "vocoder"), "text_encoder": (Clap, ClapConfig, clap_names, "clap")}

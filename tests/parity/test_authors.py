@@ -20,7 +20,8 @@ from musicldm_core import MusicLDMPipeline
 from musicldm_core.clap import Clap
 from musicldm_core.clap_config import ClapConfig
 from musicldm_core.unet import UNet
-from weights_convert import clap as clap_names, diffusers as diffusers_names, original
+from musicldm_core.names import clap as clap_names, diffusers as diffusers_names
+from weights_convert import original
 
 RTOL = 1e-5
 
