@@ -373,3 +373,21 @@ def test_a_tensor_named_by_a_number_is_one_refusal(tmp_path):
     obj, _ = original.read_checkpoint(path)
     with pytest.raises(original.ConversionError, match=r"x\.ckpt: a tensor is named 1, not by text"):
         original.state_dict_of(obj, path)
+
+
+def test_a_pickle_that_declares_an_exabyte_is_refused_cleanly(tmp_path, capsys):
+    """Found by the long fuzz run: BYTEARRAY8 with a length of 2**62 in data.pkl; read from the archive's
+    stream, CPython's unpickler freed a bytearray still exported ("deallocated bytearray object has exported
+    buffers" on stderr). Now one ConversionError and nothing else said."""
+    import struct
+
+    from test_fuzz import BASE_ENTRIES, _archive
+
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(_archive(b"\x80\x05\x96" + struct.pack("<Q", 2**62) + b"\0" * 64, BASE_ENTRIES))
+    with pytest.raises(original.ConversionError, match=r"x\.ckpt: "):
+        original.read_checkpoint(path)
+    import gc
+
+    gc.collect()
+    assert "exported buffers" not in capsys.readouterr().err

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import argparse
+import io
 import json
 import math
 import os
@@ -128,7 +129,9 @@ def _short(text: str, limit: int = 80) -> str:
 
 class _Restricted(pickle.Unpickler):
     def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path):
-        super().__init__(archive.open(prefix + "data.pkl"))
+        # the whole pickle in memory (its size is bounded by check_archive): read from a stream, a length
+        # field of 2**62 made the C unpickler free a buffer still exported to the stream's readinto
+        super().__init__(io.BytesIO(archive.read(prefix + "data.pkl")))
         self.archive, self.prefix, self.path = archive, prefix, path
         self.skipped: Dict[str, int] = {}
         self.storages: Dict[str, torch.Tensor] = {}
@@ -197,6 +200,26 @@ def check_archive(path: Path) -> None:
     if declared > size:
         raise ConversionError(f"{path}: its archive declares {declared} bytes inflated from a file of {size} "
                               "(torch.save stores its entries uncompressed): refused unread")
+    check_pickle(path)
+
+
+def check_pickle(path: Path) -> None:
+    """The archive's pickle walked opcode by opcode (pickletools reads, runs nothing) before any unpickler
+    sees it: an opcode that declares more bytes than the pickle holds (2**62 for a bytearray), or one that
+    does not exist, is refused by name. Left to them, torch's weights-only unpickler fails on such a length
+    in a way that leaves CPython printing "deallocated bytearray object has exported buffers"."""
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            data = archive.read(names[0]) if len(names) == 1 else None
+        if data is not None:
+            for _ in pickletools.genops(data):
+                pass
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConversionError(f"{path}: a damaged pickle in the archive ({_short(first)})") from None
 
 
 def read_checkpoint(path: Path) -> Tuple[Any, Dict[str, int]]:
