@@ -366,8 +366,8 @@ def test_a_long_step_says_which_window_it_is_in(monkeypatch):
 
 
 def test_a_tensor_named_by_a_number_is_one_refusal(tmp_path):
-    """Found by the long fuzz run: a mutated pickle turned a key into an integer, and state_dict_of raised
-    AttributeError ('int' object has no attribute 'startswith') instead of one ConversionError."""
+    """Found while reading state_dict_of for what a mutated pickle can reach: a tensor keyed by an integer made
+    it raise AttributeError ('int' object has no attribute 'startswith') instead of one ConversionError."""
     path = tmp_path / "x.ckpt"
     torch.save({"state_dict": {1: torch.ones(2), "a": torch.ones(2)}}, path)
     obj, _ = original.read_checkpoint(path)
