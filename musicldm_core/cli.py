@@ -365,10 +365,10 @@ def command(args: argparse.Namespace) -> int:
     if args.source is not None:
         args = remake_args(args)
     check_args(args)
+    keep_freed_memory()  # both paths below: single runs and batch mode
     if args.prompts is not None:
         from .batch import run as run_batch
 
-        keep_freed_memory()
         defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
                     "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler, "loop": args.loop,
                     "window": args.window, "exact_batches": args.exact_batches}
@@ -376,7 +376,6 @@ def command(args: argparse.Namespace) -> int:
         return 0
     args.output = args.output or "music.wav"
     check_outputs(output_paths(args.output, 1 if args.take else max(1, args.takes)))  # before torch is imported
-    keep_freed_memory()
     for line in run(args):
         print(line)
     return 0
