@@ -57,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     weights = args.weights or default_weights()
     if not args.plain_malloc:
-        from musicldm_core.cli import keep_freed_memory
+        from musicldm_core.app.cli import keep_freed_memory
 
         keep_freed_memory()
 
@@ -66,10 +66,10 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from musicldm_core import MusicLDMPipeline
-    from musicldm_core.batch import Item, item_options
+    from musicldm_core.app.batch import Item, item_options
     from musicldm_core.guidance import guided_eps
     from musicldm_core.load import open_checkpoint
-    from musicldm_core.outputs import check_outputs, output_paths, write_audio
+    from musicldm_core.app.files import check_outputs, output_paths, write_audio
     from musicldm_core.pipeline import plan_call
     imported = time.perf_counter() - t0
     torch.set_num_threads(args.threads)

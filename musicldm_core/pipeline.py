@@ -31,8 +31,8 @@ from .layers import rows_apart
 from .load import load_components
 from .longform import windowed
 from .noise import randn
-from .options import Options, Run, namer, plan, read_input
-from .placement import Placement, check_memory, parse_device, parse_dtype
+from .options import Options, Run, plan_call
+from .placement import Placement, parse_device, parse_dtype
 from .ranking import rank
 from .samplers import Scheduler
 
@@ -45,22 +45,6 @@ class AudioPipelineOutput:
     audios: Any
     scores: Optional[torch.Tensor] = None
     mels: Any = None  # with return_mels: (N, frames, bins) log-mels the VAE decoded, the image the model drew
-
-
-def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,
-              names: Dict[str, str] = {}) -> Run:
-    """Every check of `o` and what a checkpoint makes of it, from its (UNet, VAE, vocoder) configs and
-    sampler alone: the pipeline's own check, and the command line's before the weights load.
-    names: argument -> the name messages use (command-line flags, batch fields)."""
-    geometry = Geometry.from_configs(*configs)
-    run = plan(o, o.check(names), geometry, scheduler.with_sampler(o.sampler), read_input(o, names),
-               configs[0].projection_class_embeddings_input_dim, names)
-    trained, windows = geometry.trained_frames or run.frames, f"{names.get('window', 'window')}=windowed"
-    check_memory(configs, device, run.takes, run.frames, o.guided, run.seconds, vae_slicing,
-                 trained if run.windowed else None, None if run.windowed else (trained, windows),
-                 0 if run.wave is None else len(run.wave), namer(names),
-                 "audio_length_in_s" if run.wave is None else "extend" if o.extend else "audio")
-    return run
 
 
 class MusicLDMPipeline:
@@ -150,16 +134,17 @@ class MusicLDMPipeline:
         return plan_call(o, (self.unet.config, self.vae.config, self.vocoder.config), self.scheduler, self.device,
                          self.vae_slicing, names)
 
-    def generate(self, o: Options) -> AudioPipelineOutput:
-        """The procedure, for the options of one call (options.py says what each field does). Calls from
-        several threads run one after another: offload moves, compiled graphs and numpy's global random
-        state (the ranking's crop) are shared by every call."""
+    def generate(self, o: Options, run: Optional[Run] = None) -> AudioPipelineOutput:
+        """The procedure, for the options of one call (options.py says what each field does); `run`: their
+        plan when the caller made it already (app/prepare.py), else it is made here. Calls from several
+        threads run one after another: offload moves, compiled graphs and numpy's global random state (the
+        ranking's crop) are shared by every call."""
         with self.lock:
-            return self._generate(o)
+            return self._generate(o, run or self.plan(o))
 
     @torch.inference_mode()
-    def _generate(self, o: Options) -> AudioPipelineOutput:
-        run, device, takes = self.plan(o), self.device, o.num_waveforms_per_prompt
+    def _generate(self, o: Options, run: Run) -> AudioPipelineOutput:
+        device, takes = self.device, o.num_waveforms_per_prompt
         shape = self.geometry.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 
         # 1. Encode the prompts into CLAP vectors (B, 512); with guidance, [negative; positive] in one batch.

@@ -24,8 +24,10 @@ from typing import Dict
 ATTENTION_HEADS = ("checkpoint", "authors")
 AUTHORS_HEAD_CHANNELS = 32
 
+# each as `pipe(...)` keywords (the command line shows them under its own names: app/request.py)
 PRESETS: Dict[str, Dict[str, object]] = {
-    "authors": {"sampler": "ddim", "steps": 200, "guidance": 2.0, "eta": 1.0, "candidates": 5},
+    "authors": {"sampler": "ddim", "num_inference_steps": 200, "guidance_scale": 2.0, "eta": 1.0,
+                "num_waveforms_per_prompt": 5},
 }
 
 
@@ -34,6 +36,4 @@ def pipeline_kwargs(name: str) -> Dict[str, object]:
     (one prompt: `.audios[0]`) for the candidate the authors would keep."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {name!r}")
-    p = PRESETS[name]
-    return {"sampler": p["sampler"], "num_inference_steps": p["steps"], "guidance_scale": p["guidance"],
-            "eta": p["eta"], "num_waveforms_per_prompt": p["candidates"]}
+    return dict(PRESETS[name])

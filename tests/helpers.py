@@ -29,7 +29,7 @@ def musicldm(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     if not IN_PROCESS:
         return subprocess.run([sys.executable, "-m", "musicldm_core", *argv], capture_output=True, text=True,
                               env=env, cwd=cwd)
-    from musicldm_core import cli
+    from musicldm_core.app import cli
 
     out, err, here, sigint = io.StringIO(), io.StringIO(), os.getcwd(), signal.getsignal(signal.SIGINT)
     threads = torch.get_num_threads()
@@ -142,9 +142,9 @@ def idle_server(pipe, out_dir, weights, max_queue: int):
     generates (for fuzzing and schema checks)."""
     import threading
 
-    from musicldm_core import serve
+    from musicldm_core.app import jobs, web
 
-    running = serve.Server(serve.Service(pipe, out_dir, str(weights), max_queue=max_queue), "127.0.0.1", 0)
+    running = web.Server(jobs.Service(pipe, out_dir, str(weights), max_queue=max_queue), "127.0.0.1", 0)
     threading.Thread(target=running.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield running

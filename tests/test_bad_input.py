@@ -20,7 +20,8 @@ import soundfile as sf
 import torch
 
 from helpers import exchange, musicldm
-from musicldm_core import MusicLDMPipeline, outputs
+from musicldm_core import MusicLDMPipeline
+from musicldm_core.app import files, manifest
 from test_serve import _multipart, _wav, pipe, running  # noqa: F401  (fixtures)
 from weights_convert import original
 
@@ -33,8 +34,8 @@ def test_a_tag_of_any_length_is_read_back_whole(tmp_path, ext, length):
     command = ("musicldm " + "techno é " * length)[:length]
     path = tmp_path / f"a{ext}"
     audio = 0.1 * np.sin(np.arange(1600, dtype=np.float32) / 5)
-    outputs.write_audio([path], [audio], 16000, comments=[command])
-    assert outputs.read_tag(path) == command
+    files.write_audio([path], [audio], 16000, comments=[command])
+    assert files.read_tag(path) == command
     back, rate = sf.read(path, dtype="float32")
     assert rate == 16000 and back.shape == audio.shape
     if ext == ".wav":
@@ -47,7 +48,7 @@ def test_a_long_prompt_is_remade_from_its_file(tmp_path, tiny_ckpt):
     r = musicldm(prompt.strip(), "-o", tmp_path / "long.wav", "--weights", tiny_ckpt, "--steps", 3, "--seconds", 0.5,
                  "--seed", 4, "--threads", 1)
     assert r.returncode == 0, r.stderr
-    assert outputs.read_tag(tmp_path / "long.wav").startswith("musicldm 'techno techno")
+    assert files.read_tag(tmp_path / "long.wav").startswith("musicldm 'techno techno")
     r = musicldm("--from", tmp_path / "long.wav", "-o", tmp_path / "again.wav")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "long.wav").read_bytes() == (tmp_path / "again.wav").read_bytes()
@@ -193,7 +194,7 @@ def test_flags_beside_from_override_the_files(tmp_path, tiny_ckpt):
     assert "remaking a.wav with --sample-rate, --weights overridden (not the file bit for bit)" in r.stderr
     audio, rate = sf.read(tmp_path / "b.flac")
     assert rate == 48000 and len(audio) == 24000
-    tag = outputs.read_tag(tmp_path / "b.flac")
+    tag = files.read_tag(tmp_path / "b.flac")
     assert "--sample-rate 48000" in tag and f"--weights {moved}" in tag and "-o b.flac" in tag
     r = musicldm("--from", tmp_path / "a.wav", "-o", tmp_path / "c.wav")  # no override: the same bytes
     assert r.returncode == 0 and "overridden" not in r.stderr
@@ -204,7 +205,7 @@ def test_flags_beside_from_override_the_files(tmp_path, tiny_ckpt):
                                        ("musicldm 'rain --steps 3", "No closing quotation"),
                                        ("musicldm rain --steps many", "argument --steps: invalid int value: 'many'")])
 def test_a_tag_that_does_not_parse_is_the_files_fault(tmp_path, tag, says):
-    outputs.write_audio([tmp_path / "x.wav"], [np.zeros(160, np.float32) + 0.1], 16000, comments=[tag])
+    files.write_audio([tmp_path / "x.wav"], [np.zeros(160, np.float32) + 0.1], 16000, comments=[tag])
     r = musicldm("--from", tmp_path / "x.wav", "--steps", 4)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
@@ -218,7 +219,7 @@ def test_a_batch_items_file_carries_the_command_that_remakes_it(tmp_path, tiny_c
                  "--exact-batches")
     assert r.returncode == 0, r.stderr
     for name in ("r-1.wav", "r-2.wav", "j.wav"):
-        tag = outputs.read_tag(tmp_path / "out" / name)
+        tag = files.read_tag(tmp_path / "out" / name)
         assert tag.startswith("musicldm ") and "--exact-batches" in tag, tag
         again = musicldm("--from", tmp_path / "out" / name, "-o", tmp_path / f"again-{name}")
         assert again.returncode == 0, again.stderr
@@ -230,7 +231,7 @@ def test_a_page_take_carries_the_command_that_remakes_it(running, tmp_path):
     status, answer = r.request("POST", "/api/jobs", {"prompt": "rain", "steps": 3, "seconds": 0.5, "seed": 6})
     job = r.wait(answer["id"])
     path = tmp_path / "out" / job["files"][0]
-    assert outputs.read_tag(path) == job["command"]
+    assert files.read_tag(path) == job["command"]
     again = musicldm("--from", path, "-o", tmp_path / "again.wav", "--threads", torch.get_num_threads())
     assert again.returncode == 0, again.stderr
     assert np.array_equal(sf.read(path)[0], sf.read(tmp_path / "again.wav")[0])
@@ -240,16 +241,16 @@ def test_the_authors_preset_records_no_eta_on_another_sampler(tmp_path, tiny_ckp
     common = ["--weights", tiny_ckpt, *QUICK, "--takes", 2, "--seed", 1, "--preset", "authors"]
     r = musicldm("rain", "-o", tmp_path / "p.wav", "--sampler", "pndm", *common)
     assert r.returncode == 0, r.stderr
-    assert "--eta" not in outputs.read_tag(tmp_path / "p.wav") and "--sampler pndm" in outputs.read_tag(
+    assert "--eta" not in files.read_tag(tmp_path / "p.wav") and "--sampler pndm" in files.read_tag(
         tmp_path / "p.wav")
     r = musicldm("rain", "-o", tmp_path / "d.wav", *common)
-    assert r.returncode == 0 and "--eta 1.0" in outputs.read_tag(tmp_path / "d.wav")
+    assert r.returncode == 0 and "--eta 1.0" in files.read_tag(tmp_path / "d.wav")
 
 
 # --- raw OS messages and fields -----------------------------------------------------------------------------
 
 def test_serve_names_a_port_in_use_before_loading(tmp_path, tiny_ckpt, monkeypatch):
-    from musicldm_core import serve
+    from musicldm_core.app import serve
 
     monkeypatch.setattr(MusicLDMPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
     with socket.socket() as taken:
@@ -289,7 +290,7 @@ def test_the_memory_refusal_with_an_input_names_extend(tmp_path, tiny_ckpt):
 # --- what a newcomer stumbled on --------------------------------------------------------------------------
 
 def test_a_long_stage_says_where_it_is_outside_a_terminal(monkeypatch):
-    from musicldm_core import progress
+    from musicldm_core.app import progress
 
     stream = io.StringIO()
     monkeypatch.setattr(progress, "INTERVAL", 0.0)
@@ -341,16 +342,16 @@ def test_help_names_serve_and_the_hub_failure_names_the_way_out(monkeypatch, tmp
 def test_the_manifest_has_the_files_permissions(tmp_path):
     old = os.umask(0o022)
     try:
-        outputs.append_record(tmp_path / "manifest.jsonl", {"id": "a", "files": []})
-        outputs.merge_manifest(tmp_path, ["a"])
-        outputs.write_audio([tmp_path / "a.wav"], [np.zeros(16, np.float32) + 0.1], 16000)
+        manifest.append_record(tmp_path / "manifest.jsonl", {"id": "a", "files": []})
+        manifest.merge_manifest(tmp_path, ["a"])
+        files.write_audio([tmp_path / "a.wav"], [np.zeros(16, np.float32) + 0.1], 16000)
     finally:
         os.umask(old)
     assert (tmp_path / "manifest.jsonl").stat().st_mode & 0o777 == (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_long_step_says_which_window_it_is_in(monkeypatch):
-    from musicldm_core import progress
+    from musicldm_core.app import progress
 
     stream = io.StringIO()
     monkeypatch.setattr(progress, "INTERVAL", 0.0)

@@ -26,7 +26,8 @@ import soundfile as sf
 import torch
 
 from helpers import musicldm, refused
-from musicldm_core import batch, cli, outputs, placement
+from musicldm_core import placement
+from musicldm_core.app import batch, cli, files
 from musicldm_core.load import open_checkpoint
 from musicldm_core.noise import randn
 from musicldm_core.options import Options
@@ -489,17 +490,17 @@ def test_an_out_dir_that_cannot_be_written(tmp_path, monkeypatch):
     def read_only(folder):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(outputs, "temp_file", read_only)
+    monkeypatch.setattr(files, "temp_file", read_only)
     refused(f"--out-dir: cannot write in {str(tmp_path)!r} (Permission denied)", batch.check_out_dir, tmp_path)
 
 
 def test_run_values_record_only_what_is_not_the_default():
     args = Namespace(weights=Path("w"), revision=None, sample_rate=None, eta=0.0, attention_heads="checkpoint")
-    assert batch.run_values(args) == {"weights": "w", "revision": None, "sample_rate": None}
+    assert batch.run_values(batch.run_settings(args)) == {"weights": "w", "revision": None, "sample_rate": None}
     args = Namespace(weights="w", revision="v1", sample_rate=44100, eta=0.5, attention_heads="authors")
-    assert batch.run_values(args) == {"weights": "w", "revision": "v1", "sample_rate": 44100, "eta": 0.5,
+    assert batch.run_values(batch.run_settings(args)) == {"weights": "w", "revision": "v1", "sample_rate": 44100, "eta": 0.5,
                                       "attention_heads": "authors"}
-    assert batch.run_values(Namespace(weights="w", revision=None, sample_rate=None)) == \
+    assert batch.run_values(batch.run_settings(Namespace(weights="w", revision=None, sample_rate=None))) == \
         {"weights": "w", "revision": None, "sample_rate": None}  # a Namespace from an older caller
 
 
@@ -871,7 +872,7 @@ def test_a_file_that_cannot_be_written_names_the_out_dir(tmp_path, monkeypatch):
     def full(folder):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs, "temp_file", full)
+    monkeypatch.setattr(files, "temp_file", full)
     refused(f"--out-dir: cannot write {str(tmp_path / 'a.wav')!r} (the disk holding", run_items, tmp_path,
             monkeypatch, [item()], ranks_of(0, 1, 1))
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from helpers import musicldm
-from musicldm_core import cli, outputs
+from musicldm_core.app import cli, files
 
 
 
@@ -111,7 +111,7 @@ def test_a_folder_among_the_takes_stops_before_generating(tiny_ckpt, tmp_path):
 
 def test_a_prompt_that_is_not_utf8(tiny_ckpt, tmp_path):
     """A shell in another locale passes bytes that are not UTF-8: one clear line, before loading."""
-    r = subprocess.run([sys.executable, "-m", "musicldm_core.cli", b"techno \xff\xfe beat", "--weights", str(tiny_ckpt)],
+    r = subprocess.run([sys.executable, "-m", "musicldm_core.app.cli", b"techno \xff\xfe beat", "--weights", str(tiny_ckpt)],
                        capture_output=True, env={**os.environ, "LC_ALL": "C.UTF-8"}, cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr.decode().strip().startswith("musicldm: error: prompt is not valid Unicode at character 7")
@@ -152,7 +152,7 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(sf.SoundFile, "write", broken_write)
     with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(the disk holding '.*' is full: "
                                          r"[0-9.]+ MiB free\)"):
-        outputs.write_audio([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+        files.write_audio([target, tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert target.read_bytes() == b"the previous song"  # untouched
     assert [p.name for p in tmp_path.iterdir()] == ["song-1.wav"]  # no temporary, no half set left behind
 
@@ -239,13 +239,13 @@ def test_a_failed_rename_names_its_file_and_undoes_the_set(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(ValueError, match=r"--output: cannot write '.*song-2.wav' \(Permission denied in '.*'\)"):
-        outputs.write_audio([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
+        files.write_audio([tmp_path / "song-1.wav", tmp_path / "song-2.wav"], [np.zeros(10, dtype=np.float32)] * 2, 16000)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_help_and_version_import_no_torch():
     """--help and --version answer before torch could load: here any import of torch fails."""
-    code = ("import sys\nsys.modules['torch'] = None\nfrom musicldm_core.cli import main\n"
+    code = ("import sys\nsys.modules['torch'] = None\nfrom musicldm_core.app.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "assert main(['--version']) == 0\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from musicldm_core import batch
+from musicldm_core.app import batch
 from musicldm_core.audio_frontend import log_mel, normalize_loudness
 from musicldm_core.editing import AudioEdit, encode_input
 from musicldm_core.geometry import Geometry

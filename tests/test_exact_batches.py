@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import musicldm
-from musicldm_core import batch
+from musicldm_core.app import batch
 from musicldm_core.config import UNetConfig
 from musicldm_core.pipeline import MusicLDMPipeline
 from musicldm_core.unet import UNet

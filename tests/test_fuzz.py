@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import exchange, idle_server
-from musicldm_core import batch, cli, outputs, serve
+from musicldm_core.app import batch, cli, manifest, jobs, web
 from weights_convert import original
 
 EXAMPLES = int(os.environ.get("MUSICLDM_FUZZ_EXAMPLES", "0"))
@@ -199,11 +199,11 @@ def test_manifests_are_read_or_set_aside(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "manifest.jsonl").write_bytes(data)
     (folder / "a.wav").write_bytes(b"RIFF")
-    records = outputs.read_records(folder)
+    records = manifest.read_records(folder)
     assert all(isinstance(r["id"], str) and isinstance(r["files"], list) for r in records.values())
     item = batch.Item(1, "a", "rain", None, 1.0, 1, 3, 2.0, 1, "ddim")
-    outputs.is_done(item, records, folder, {})
-    serve.Service(None, folder, "w", device="cpu")  # the page's history: lists what it can, never raises
+    manifest.is_done(item, records, folder, {})
+    jobs.Service(None, folder, "w", device="cpu")  # the page's history: lists what it can, never raises
 
 
 VALID_TAG = "musicldm 'rain on a roof' -o rain.wav --seed 7 --steps 3 --guidance 2.0 --sampler ddim --takes 2 --take 1"
@@ -327,10 +327,10 @@ def test_the_http_layer_answers_every_request(server):
 def test_forms_parse_or_are_refused(body):
     counted("forms")
     try:
-        data, audio, name = serve._multipart("multipart/form-data; boundary=fuzzb0undary", body)
+        data, audio, name = web._multipart("multipart/form-data; boundary=fuzzb0undary", body)
         assert isinstance(data, dict) and (audio is None or isinstance(audio, bytes))
-        assert serve.upload_name(name) in ("input",) or serve.upload_name(name).startswith("input.")
-    except serve.Refused as e:
+        assert jobs.upload_name(name) in ("input",) or jobs.upload_name(name).startswith("input.")
+    except jobs.Refused as e:
         assert e.status == 400 and str(e)
 
 

@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 FORBIDDEN = ["diffusers", "transformers", "librosa", "scipy"]
-MODULES = ["musicldm_core", "musicldm_core.pipeline", "musicldm_core.cli", "musicldm_core.samplers",
+MODULES = ["musicldm_core", "musicldm_core.pipeline", "musicldm_core.app.cli", "musicldm_core.samplers",
            "musicldm_core.clap", "musicldm_core.clap_audio", "musicldm_core.clap_text", "musicldm_core.tokenizer",
            "musicldm_core.unet", "musicldm_core.vae", "musicldm_core.vocoder", "musicldm_core.hub",
-           "musicldm_core.presets", "musicldm_core.serve", "musicldm_core.names", "weights_convert",
+           "musicldm_core.presets", "musicldm_core.app.serve", "musicldm_core.names", "weights_convert",
            "weights_convert.original"]
 
 

@@ -13,7 +13,6 @@ import musicldm_core
 PACKAGE = Path(musicldm_core.__file__).parent
 ROOT = PACKAGE.parent
 PACKAGES = ("musicldm_core", "weights_convert")
-ENTRY_POINTS = {"__init__", "__main__", "cli", "batch", "serve"}
 
 
 def _graph() -> dict:
@@ -61,9 +60,23 @@ def test_the_converters_depend_on_the_package_never_the_reverse():
     assert any(t.startswith("musicldm_core") for t in graph["weights_convert.original"])  # the scan sees imports
 
 
+def _app(module: str) -> bool:
+    """The entry points that face people: musicldm_core/app/ (and the package's own __init__, __main__)."""
+    return module in ("__init__", "__main__", "app") or module.startswith("app.")
+
+
 def test_nothing_below_the_pipeline_imports_it():
     importers = sorted(m for m, targets in _imports().items() if "pipeline" in targets)
-    assert set(importers) <= ENTRY_POINTS, f"modules below the pipeline import it: {importers}"
+    assert all(_app(m) for m in importers), f"modules below the pipeline import it: {importers}"
+
+
+def test_the_model_never_imports_the_app():
+    """The app (command line, batch mode, the page) sits in musicldm_core/app/ and depends on the model;
+    no model module imports it back."""
+    imports = _imports()
+    back = sorted((m, t) for m, targets in imports.items() if not _app(m) for t in targets if _app(t))
+    assert back == [], f"model modules import the app: {back}"
+    assert any(t.startswith("app.") for t in imports["app.cli"])  # the scan sees the app's own imports
 
 
 def test_no_import_circles():

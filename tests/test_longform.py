@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from helpers import assert_close, errors, seeded, sine
-from musicldm_core import cli
+from musicldm_core.app import cli
 from musicldm_core.audio_frontend import log_mel, resample
 from musicldm_core.geometry import STAGES, Geometry
 from musicldm_core.longform import regenerate_mask, windowed

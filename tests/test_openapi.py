@@ -13,12 +13,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from helpers import idle_server
-from musicldm_core import MusicLDMPipeline, serve, serve_api
+from musicldm_core import MusicLDMPipeline
+from musicldm_core.app import web, openapi
 from musicldm_core.audio_frontend import MAX_INPUT_SECONDS
 from musicldm_core.samplers import SAMPLERS
 
-LIMITS = {"json": serve.JSON_LIMIT, "upload": serve.UPLOAD_LIMIT, "input_seconds": MAX_INPUT_SECONDS}
-DOCUMENT = serve_api.document(list(SAMPLERS), LIMITS)
+LIMITS = {"json": web.JSON_LIMIT, "upload": web.UPLOAD_LIMIT, "input_seconds": MAX_INPUT_SECONDS}
+DOCUMENT = openapi.document(list(SAMPLERS), LIMITS)
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
@@ -55,7 +56,7 @@ def test_the_server_serves_its_document(server):
 def test_the_document_names_every_field_and_route():
     """Its job fields are the page's (a batch line's less id and window, plus audio-to-audio's), and the
     README's API table lists exactly its routes."""
-    from musicldm_core import batch
+    from musicldm_core.app import batch
 
     page_fields = {k for k in batch.FIELDS if k not in ("id", "window")} | {"strength", "inpaint", "extend"}
     body = DOCUMENT["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicldm_core import MusicLDMPipeline, cli, presets
+from musicldm_core import MusicLDMPipeline, presets
+from musicldm_core.app import cli
 from weights_convert import original
 
 

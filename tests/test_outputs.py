@@ -26,9 +26,10 @@ import soundfile as sf
 import torch
 
 from helpers import refused
-from musicldm_core import outputs
-from musicldm_core.cli import build_parser
-from musicldm_core.outputs import MANIFEST, PARTS, REJECTED, TEMP_PREFIX
+from musicldm_core.app import files, manifest, png, request
+from musicldm_core.app.cli import build_parser
+from musicldm_core.app.files import TEMP_PREFIX
+from musicldm_core.app.manifest import MANIFEST, PARTS, REJECTED
 
 
 def names(folder: Path) -> list:
@@ -37,22 +38,22 @@ def names(folder: Path) -> list:
 
 @pytest.fixture
 def temporaries(monkeypatch) -> list:
-    """The folders outputs.temp_file is asked for: each temporary file must sit beside its target (a rename
+    """The folders files.temp_file is asked for: each temporary file must sit beside its target (a rename
     across file systems is not atomic, and a probe elsewhere proves nothing)."""
-    folders, real = [], outputs.temp_file
+    folders, real = [], files.temp_file
 
     def spy(folder):
         folders.append(Path(folder))
         return real(folder)
 
-    monkeypatch.setattr(outputs, "temp_file", spy)
+    monkeypatch.setattr(files, "temp_file", spy)
     return folders
 
 
 def test_a_temporary_file_is_ours_and_beside_its_target(tmp_path):
-    tmp = Path(outputs.temp_file(tmp_path))
+    tmp = Path(files.temp_file(tmp_path))
     assert tmp.parent == tmp_path and tmp.name.startswith(TEMP_PREFIX) and tmp.suffix == ".tmp" and tmp.is_file()
-    outputs.remove_temporaries(tmp_path)
+    files.remove_temporaries(tmp_path)
     assert not tmp.exists()
 
 
@@ -77,7 +78,7 @@ def test_the_recipe_parses_back_to_the_run_it_records(argv, tmp_path):
     parser = build_parser()
     args = parser.parse_args(argv + ["-o", str(tmp_path / "song.wav")])
     take = 2 if args.takes > 1 else 1
-    line = outputs.recipe(args, 123, "heun", torch.device("cpu"), "float32", 3, take)
+    line = request.recipe(args, 123, "heun", torch.device("cpu"), "float32", 3, take)
     words = shlex.split(line)
     assert words[0] == "musicldm"
     back = parser.parse_args(words[1:])
@@ -90,7 +91,7 @@ def test_the_recipe_parses_back_to_the_run_it_records(argv, tmp_path):
 
 def test_the_recipe_leaves_out_what_is_default_and_threads_off_the_cpu():
     args = build_parser().parse_args(["a", "-o", "out/music.wav"])
-    line = outputs.recipe(args, 0, "ddim", torch.device("cuda", 1), "float16", 8, 1)
+    line = request.recipe(args, 0, "ddim", torch.device("cuda", 1), "float16", 8, 1)
     assert line == ("musicldm a -o music.wav --seed 0 --steps 200 --guidance 2.0 --sampler ddim --weights "
                     "ucsd-reach/musicldm --device cuda:1 --dtype float16")
     for flag in ("--threads", "--eta", "--attention-heads", "--loop", "--compile", "--window", "--takes", "--take",
@@ -104,31 +105,31 @@ def test_the_recipe_leaves_out_what_is_default_and_threads_off_the_cpu():
 
 
 def test_output_paths():
-    assert outputs.output_paths("a/song.WAV", 1) == [Path("a/song.WAV")]
-    assert outputs.output_paths("song.flac", 3) == [Path("song-1.flac"), Path("song-2.flac"), Path("song-3.flac")]
+    assert files.output_paths("a/song.WAV", 1) == [Path("a/song.WAV")]
+    assert files.output_paths("song.flac", 3) == [Path("song-1.flac"), Path("song-2.flac"), Path("song-3.flac")]
     refused("--output: 'song.mp3' must end in .wav, .flac or .ogg (the extension chooses the format)",
-            outputs.output_paths, "song.mp3", 1)
+            files.output_paths, "song.mp3", 1)
 
 
 def test_check_outputs_names_the_path_and_the_flag(tmp_path, monkeypatch, temporaries):
-    outputs.check_outputs([tmp_path / "a.wav", tmp_path / "b.wav"])
+    files.check_outputs([tmp_path / "a.wav", tmp_path / "b.wav"])
     assert names(tmp_path) == [] and temporaries == [tmp_path]  # probed where the files go; the probe is gone
-    refused(f"--out-dir: folder {str(tmp_path / 'no')!r} does not exist", outputs.check_outputs,
+    refused(f"--out-dir: folder {str(tmp_path / 'no')!r} does not exist", files.check_outputs,
             [tmp_path / "no" / "a.wav"], "--out-dir")
     (tmp_path / "dir.wav").mkdir()
-    refused(f"--output: {str(tmp_path / 'dir.wav')!r} is a folder; give a file name", outputs.check_outputs,
+    refused(f"--output: {str(tmp_path / 'dir.wav')!r} is a folder; give a file name", files.check_outputs,
             [tmp_path / "a.wav", tmp_path / "dir.wav"])
     long = "x" * 252 + ".wav"
     refused(f"--output: the name {long[:40]!r}... is 256 bytes, longer than the 255 this file system allows",
-            outputs.check_outputs, [tmp_path / long])
-    outputs.check_outputs([tmp_path / ("x" * 251 + ".wav")])  # 255 bytes: allowed
-    refused("--output: the file system cannot encode the name", outputs.check_outputs, [tmp_path / "a\ud800.wav"])
+            files.check_outputs, [tmp_path / long])
+    files.check_outputs([tmp_path / ("x" * 251 + ".wav")])  # 255 bytes: allowed
+    refused("--output: the file system cannot encode the name", files.check_outputs, [tmp_path / "a\ud800.wav"])
 
     def read_only(folder):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(outputs, "temp_file", read_only)
-    refused(f"--output: cannot write in {str(tmp_path)!r} (Permission denied)", outputs.check_outputs,
+    monkeypatch.setattr(files, "temp_file", read_only)
+    refused(f"--output: cannot write in {str(tmp_path)!r} (Permission denied)", files.check_outputs,
             [tmp_path / "a.wav"])
 
 
@@ -136,21 +137,21 @@ def test_a_name_limit_the_system_cannot_tell_is_255(tmp_path, monkeypatch):
     def unknown(folder, name):
         raise OSError(errno.EINVAL, "no limit")
 
-    monkeypatch.setattr(outputs.os, "pathconf", unknown)
-    refused("is 256 bytes, longer than the 255", outputs.check_outputs, [tmp_path / ("x" * 252 + ".wav")])
+    monkeypatch.setattr(files.os, "pathconf", unknown)
+    refused("is 256 bytes, longer than the 255", files.check_outputs, [tmp_path / ("x" * 252 + ".wav")])
 
 
 def test_the_file_systems_own_name_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(outputs.os, "pathconf", lambda folder, name: {"PC_NAME_MAX": 100}[name])
-    outputs.check_outputs([tmp_path / ("x" * 96 + ".wav")])
-    refused("is 101 bytes, longer than the 100 this file system allows", outputs.check_outputs,
+    monkeypatch.setattr(files.os, "pathconf", lambda folder, name: {"PC_NAME_MAX": 100}[name])
+    files.check_outputs([tmp_path / ("x" * 96 + ".wav")])
+    refused("is 101 bytes, longer than the 100 this file system allows", files.check_outputs,
             [tmp_path / ("x" * 97 + ".wav")])
 
 
 def test_a_probe_removed_meanwhile_is_no_error(tmp_path, monkeypatch):
     """A batch run holding the folder removes stale temporary files, perhaps this probe before we do."""
-    monkeypatch.setattr(outputs, "temp_file", lambda folder: str(Path(folder) / f"{TEMP_PREFIX}gone.tmp"))
-    outputs.check_outputs([tmp_path / "a.wav"])
+    monkeypatch.setattr(files, "temp_file", lambda folder: str(Path(folder) / f"{TEMP_PREFIX}gone.tmp"))
+    files.check_outputs([tmp_path / "a.wav"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,31 +174,31 @@ def test_scan_keeps_the_latest_record_and_rejects_bad_lines(tmp_path, capsys):
         + lines(record("a", n=2)) + b'{"id": "cut", "fi')
     (tmp_path / PARTS).mkdir()
     (tmp_path / PARTS / "rank-00001.jsonl").write_bytes(lines(record("d")) + b'{"id": "e"')
-    records, rejected = outputs._scan(tmp_path)
+    records, rejected = manifest._scan(tmp_path)
     assert sorted(records) == ["a", "b", "d"] and records["a"]["n"] == 2  # the later line wins
-    manifest = tmp_path / MANIFEST
+    path = tmp_path / MANIFEST
     assert [where for where, _ in rejected] == [
-        f"{manifest} line 3: not JSON (Expecting value)", f"{manifest} line 4: not UTF-8",
-        f"{manifest} line 5: not a JSON object", f"{manifest} line 6: its id must be text, got 3",
-        f"{manifest} line 7: its files must be a list of file names, got ['../c.wav']",
-        f"{manifest} line 8: its files must be a list of file names, got 'c.wav'"]
+        f"{path} line 3: not JSON (Expecting value)", f"{path} line 4: not UTF-8",
+        f"{path} line 5: not a JSON object", f"{path} line 6: its id must be text, got 3",
+        f"{path} line 7: its files must be a list of file names, got ['../c.wav']",
+        f"{path} line 8: its files must be a list of file names, got 'c.wav'"]
     assert rejected[0][1] == "not json" and rejected[1][1] == "\ufffd\ufffd"
-    assert outputs.read_records(tmp_path) == records and capsys.readouterr().err == ""
-    outputs.read_records(tmp_path, say=True)
+    assert manifest.read_records(tmp_path) == records and capsys.readouterr().err == ""
+    manifest.read_records(tmp_path, say=True)
     said = capsys.readouterr().err.splitlines()
-    assert len(said) == 6 and said[0] == (f"musicldm: {manifest} line 3: not JSON (Expecting value); skipped "
+    assert len(said) == 6 and said[0] == (f"musicldm: {path} line 3: not JSON (Expecting value); skipped "
                                           f"(the merge moves it to {REJECTED})")
 
 
 def test_a_cut_line_that_is_not_last_is_rejected(tmp_path):
     (tmp_path / MANIFEST).write_bytes(b'{"id": "cut", "fi\n' + lines(record("a")))
-    records, rejected = outputs._scan(tmp_path)
+    records, rejected = manifest._scan(tmp_path)
     assert list(records) == ["a"] and len(rejected) == 1 and "line 1: not JSON" in rejected[0][0]
-    assert outputs._scan(tmp_path / "nothing") == ({}, [])
+    assert manifest._scan(tmp_path / "nothing") == ({}, [])
     parts_only = tmp_path / "parts-only"
     (parts_only / PARTS).mkdir(parents=True)
     (parts_only / PARTS / "rank-00000.jsonl").write_bytes(lines(record("p")))
-    assert list(outputs._scan(parts_only)[0]) == ["p"]  # no manifest yet: the parts are still read
+    assert list(manifest._scan(parts_only)[0]) == ["p"]  # no manifest yet: the parts are still read
 
 
 def test_is_done_needs_the_record_what_was_asked_and_the_files(tmp_path):
@@ -205,34 +206,34 @@ def test_is_done_needs_the_record_what_was_asked_and_the_files(tmp_path):
                            files=lambda folder: [folder / "a.wav"])
     extra = {"weights": "w"}
     done = {"a": {"id": "a", "files": ["a.wav"], "asked": {"prompt": "x", "weights": "w"}}}
-    assert not outputs.is_done(item, done, tmp_path, extra)  # its file is missing
+    assert not manifest.is_done(item, done, tmp_path, extra)  # its file is missing
     (tmp_path / "a.wav").write_bytes(b"")
-    assert outputs.is_done(item, done, tmp_path, extra)
-    assert not outputs.is_done(item, done, tmp_path, {"weights": "other"})
-    assert not outputs.is_done(item, {}, tmp_path, extra)
+    assert manifest.is_done(item, done, tmp_path, extra)
+    assert not manifest.is_done(item, done, tmp_path, {"weights": "other"})
+    assert not manifest.is_done(item, {}, tmp_path, extra)
     # a hand-edited record listing another item's file (present) does not make this item done
     (tmp_path / "b.wav").write_bytes(b"")
-    for files in (["b.wav"], [], ["a.wav", "b.wav"]):
-        assert not outputs.is_done(item, {"a": {**done["a"], "files": files}}, tmp_path, extra), files
+    for names in (["b.wav"], [], ["a.wav", "b.wav"]):
+        assert not manifest.is_done(item, {"a": {**done["a"], "files": names}}, tmp_path, extra), names
 
 
 def test_append_record_ends_a_cut_line_first(tmp_path):
     path = tmp_path / "out" / "parts" / "rank-0.jsonl"
-    outputs.append_record(path, record("a"))  # the folders are made
-    outputs.append_record(path, record("b"))
+    manifest.append_record(path, record("a"))  # the folders are made
+    manifest.append_record(path, record("b"))
     assert path.read_bytes() == lines(record("a"), record("b"))  # a whole line before: nothing added between
     path.write_bytes(b"{")
-    outputs.append_record(path, record("a"))
+    manifest.append_record(path, record("a"))
     assert path.read_bytes() == b"{\n" + lines(record("a"))  # one byte cut short is a line too
     path.write_bytes(lines(record("a")))
     with open(path, "ab") as f:
         f.write(b'{"id": "cu')  # a kill mid-line
-    outputs.append_record(path, record("ü"))
+    manifest.append_record(path, record("ü"))
     assert path.read_bytes() == lines(record("a")) + b'{"id": "cu\n' + json.dumps(record("ü"), ensure_ascii=False
                                                                                    ).encode() + b"\n"
     folder = tmp_path / "x.jsonl"
     folder.mkdir()
-    refused(f"--out-dir: cannot write {str(folder)!r} (Is a directory in {str(tmp_path)!r})", outputs.append_record,
+    refused(f"--out-dir: cannot write {str(folder)!r} (Is a directory in {str(tmp_path)!r})", manifest.append_record,
             folder, record("a"))
 
 
@@ -241,21 +242,21 @@ def test_merge_keeps_one_record_per_item_in_the_files_order(tmp_path):
     (tmp_path / PARTS).mkdir()
     (tmp_path / PARTS / "rank-00000.jsonl").write_bytes(lines(record("a", n=2), record("b", prompt="café")))
     (tmp_path / PARTS / "rank-00001.jsonl").write_bytes(lines(record("yy")) + b"[2]\n")
-    outputs.merge_manifest(tmp_path, ["c", "a", "b"])
+    manifest.merge_manifest(tmp_path, ["c", "a", "b"])
     text = (tmp_path / MANIFEST).read_text(encoding="utf-8")
     merged = [json.loads(line) for line in text.splitlines()]
     assert [(r["id"], r.get("n")) for r in merged] == [("c", None), ("a", 2), ("b", None), ("yy", None), ("zz", None)]
     assert '"prompt": "café"' in text  # as written: not escaped
     assert (tmp_path / REJECTED).read_bytes() == b"junk X \r\n[2]\n"  # each line as it was
     assert names(tmp_path) == sorted([MANIFEST, REJECTED])  # the parts and their folder are gone, no temporary left
-    outputs.merge_manifest(tmp_path, ["a"])  # again, with nothing to set aside: the same records, nothing added
+    manifest.merge_manifest(tmp_path, ["a"])  # again, with nothing to set aside: the same records, nothing added
     assert (tmp_path / REJECTED).read_bytes() == b"junk X \r\n[2]\n"
     assert len((tmp_path / MANIFEST).read_text().splitlines()) == 5
 
 
 def test_the_merged_manifest_is_written_beside_itself(tmp_path, temporaries):
     (tmp_path / MANIFEST).write_bytes(lines(record("a")))
-    outputs.merge_manifest(tmp_path, ["a"])
+    manifest.merge_manifest(tmp_path, ["a"])
     assert temporaries == [tmp_path]
 
 
@@ -265,9 +266,9 @@ def test_a_failed_merge_names_the_manifest_and_leaves_no_temporary(tmp_path, mon
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs.os, "replace", full)
+    monkeypatch.setattr(files.os, "replace", full)
     refused(f"--out-dir: cannot write {str(tmp_path / MANIFEST)!r} (the disk holding {str(tmp_path)!r} is full",
-            outputs.merge_manifest, tmp_path, ["a"])
+            manifest.merge_manifest, tmp_path, ["a"])
     assert names(tmp_path) == [MANIFEST]
 
 
@@ -277,29 +278,29 @@ def test_a_failed_merge_names_the_manifest_and_leaves_no_temporary(tmp_path, mon
 
 
 def test_the_lock_names_its_holder_and_is_free_again_when_released(tmp_path):
-    with outputs.lock_folder(tmp_path) as lock:
-        holder = (tmp_path / outputs.LOCK).read_text()
+    with manifest.lock_folder(tmp_path) as lock:
+        holder = (tmp_path / manifest.LOCK).read_text()
         assert holder.startswith(f"pid {os.getpid()} on {socket.gethostname()}, since ") and holder.endswith("\n")
         message = refused(f"--out-dir: {str(tmp_path)!r} is in use by another batch run (pid {os.getpid()}",
-                          outputs.lock_folder, tmp_path)
+                          manifest.lock_folder, tmp_path)
         assert message.endswith("; wait for it to finish, or use another folder")
-        assert lock.path == tmp_path / outputs.LOCK
-    assert not (tmp_path / outputs.LOCK).exists()
-    outputs.lock_folder(tmp_path).release()  # taken again
-    (tmp_path / outputs.LOCK).write_text("pid 1 on a machine that was killed\n")  # a stale file is not held
-    lock = outputs.lock_folder(tmp_path)
+        assert lock.path == tmp_path / manifest.LOCK
+    assert not (tmp_path / manifest.LOCK).exists()
+    manifest.lock_folder(tmp_path).release()  # taken again
+    (tmp_path / manifest.LOCK).write_text("pid 1 on a machine that was killed\n")  # a stale file is not held
+    lock = manifest.lock_folder(tmp_path)
     assert re.fullmatch(rf"pid {os.getpid()} on .+, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\n",
-                        (tmp_path / outputs.LOCK).read_text())
+                        (tmp_path / manifest.LOCK).read_text())
     lock.release()
 
 
 def test_a_holder_that_wrote_nothing_is_another_process(tmp_path):
     import fcntl
 
-    with open(tmp_path / outputs.LOCK, "a+") as held:  # locked, not yet named
+    with open(tmp_path / manifest.LOCK, "a+") as held:  # locked, not yet named
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         refused(f"--out-dir: {str(tmp_path)!r} is in use by another batch run (another process); wait",
-                outputs.lock_folder, tmp_path)
+                manifest.lock_folder, tmp_path)
 
 
 def test_a_lock_file_removed_while_being_taken_is_taken_anew(tmp_path, monkeypatch):
@@ -308,14 +309,14 @@ def test_a_lock_file_removed_while_being_taken_is_taken_anew(tmp_path, monkeypat
     real, calls = os.stat, []
 
     def released_meanwhile(path, *args, **kwargs):
-        if Path(path) == tmp_path / outputs.LOCK and not calls:
+        if Path(path) == tmp_path / manifest.LOCK and not calls:
             calls.append(path)
             os.unlink(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(outputs.os, "stat", released_meanwhile)
-    lock = outputs.lock_folder(tmp_path)
-    assert calls and (tmp_path / outputs.LOCK).read_text().startswith(f"pid {os.getpid()} ")
+    monkeypatch.setattr(files.os, "stat", released_meanwhile)
+    lock = manifest.lock_folder(tmp_path)
+    assert calls and (tmp_path / manifest.LOCK).read_text().startswith(f"pid {os.getpid()} ")
     lock.release()
 
 
@@ -325,23 +326,23 @@ def test_a_lock_file_removed_while_being_taken_is_taken_anew(tmp_path, monkeypat
 
 
 def test_write_problem_says_how_full_the_disk_is(tmp_path, monkeypatch):
-    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda folder: SimpleNamespace(free=3 * 2**20 + 2**19))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: SimpleNamespace(free=3 * 2**20 + 2**19))
     for code in (errno.ENOSPC, errno.EDQUOT):
-        assert outputs.write_problem(OSError(code, "x"), tmp_path) == \
+        assert files.write_problem(OSError(code, "x"), tmp_path) == \
             f"the disk holding {str(tmp_path)!r} is full: 3.5 MiB free"
-    assert outputs.write_problem(OSError(errno.EACCES, "Permission denied"), tmp_path) == \
+    assert files.write_problem(OSError(errno.EACCES, "Permission denied"), tmp_path) == \
         f"Permission denied in {str(tmp_path)!r}"
-    assert outputs.write_problem(OSError("odd"), tmp_path) == f"odd in {str(tmp_path)!r}"
+    assert files.write_problem(OSError("odd"), tmp_path) == f"odd in {str(tmp_path)!r}"
 
     def gone(folder):
         raise OSError(errno.ENOENT, "gone")
 
-    monkeypatch.setattr(outputs.shutil, "disk_usage", gone)
-    assert outputs._free(tmp_path) == float("inf")
+    monkeypatch.setattr(files.shutil, "disk_usage", gone)
+    assert files._free(tmp_path) == float("inf")
 
 
 def test_file_line():
-    assert outputs.file_line(Path("o/a.wav"), 10.235, 7, "ddim", 50, 2.0) == \
+    assert files.file_line(Path("o/a.wav"), 10.235, 7, "ddim", 50, 2.0) == \
         "o/a.wav: 10.23 s, seed 7, ddim, 50 steps, guidance 2"
 
 
@@ -349,7 +350,7 @@ def test_remove_temporaries_removes_only_ours(tmp_path):
     keep = ["a.wav", ".other", MANIFEST]
     for name in keep + [f"{TEMP_PREFIX}x.tmp", f"{TEMP_PREFIX}y.tmp"]:
         (tmp_path / name).write_bytes(b"")
-    outputs.remove_temporaries(tmp_path)
+    files.remove_temporaries(tmp_path)
     assert names(tmp_path) == sorted(keep)
 
 
@@ -362,12 +363,12 @@ def test_write_audio_in_each_format_with_its_tag_and_the_usual_permissions(tmp_p
     paths = [tmp_path / "a.wav", tmp_path / "b.FLAC", tmp_path / "c.ogg"]
     umask = os.umask(0o022)
     try:
-        outputs.write_audio(paths, [loud] * 3, 16000, comments=["musicldm a", "musicldm b", "musicldm c"])
+        files.write_audio(paths, [loud] * 3, 16000, comments=["musicldm a", "musicldm b", "musicldm c"])
     finally:
         os.umask(umask)
     assert os.umask(umask) == umask  # the process's umask is left as it was
     assert names(tmp_path) == ["a.wav", "b.FLAC", "c.ogg"]
-    for path, (fmt, subtype), comment in zip(paths, outputs.FORMATS.values(), "abc"):
+    for path, (fmt, subtype), comment in zip(paths, files.FORMATS.values(), "abc"):
         info = sf.info(path)
         assert (info.format, info.subtype, info.samplerate, info.channels) == (fmt, subtype, 16000, 1)
         with sf.SoundFile(path) as f:
@@ -381,23 +382,23 @@ def test_write_audio_in_each_format_with_its_tag_and_the_usual_permissions(tmp_p
 
 
 def test_the_same_audio_gives_the_same_bytes(tmp_path):
-    outputs.write_audio([tmp_path / "a.wav"], [tone()], 16000)
-    outputs.write_audio([tmp_path / "b.wav"], [tone()], 16000)
+    files.write_audio([tmp_path / "a.wav"], [tone()], 16000)
+    files.write_audio([tmp_path / "b.wav"], [tone()], 16000)
     data = (tmp_path / "a.wav").read_bytes()
     assert data == (tmp_path / "b.wav").read_bytes() and b"PEAK" not in data
 
 
 def test_audio_is_written_beside_its_target(tmp_path, temporaries):
     (tmp_path / "sub").mkdir()
-    outputs.write_audio([tmp_path / "a.wav", tmp_path / "sub" / "b.wav"], [tone(), tone()], 16000)
-    outputs.write_bytes(tmp_path / "sub" / "c.png", b"png")
+    files.write_audio([tmp_path / "a.wav", tmp_path / "sub" / "b.wav"], [tone(), tone()], 16000)
+    files.write_bytes(tmp_path / "sub" / "c.png", b"png")
     assert temporaries == [tmp_path, tmp_path / "sub", tmp_path / "sub"]
 
 
 def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     (tmp_path / "b.wav").mkdir()  # the second target cannot be replaced: the first, renamed already, is removed
     refused(f"--out-dir: cannot write {str(tmp_path / 'b.wav')!r} (Is a directory in {str(tmp_path)!r})",
-            outputs.write_audio, [tmp_path / "a.wav", tmp_path / "b.wav"], [tone(), tone()], 16000, "--out-dir")
+            files.write_audio, [tmp_path / "a.wav", tmp_path / "b.wav"], [tone(), tone()], 16000, "--out-dir")
     assert names(tmp_path) == ["b.wav"]
     real = sf.SoundFile
 
@@ -409,9 +410,9 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     need = 2 * 1600 * 4 + 2**20  # two takes of 1600 float32 samples, and a MiB for the headers
     for free, problem in ((need - 1, f"the disk holding {str(tmp_path)!r} is full: 1.0 MiB free"),
                           (need, "System error.")):
-        monkeypatch.setattr(outputs.shutil, "disk_usage", lambda folder: SimpleNamespace(free=free) if Path(folder)
+        monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: SimpleNamespace(free=free) if Path(folder)
                             == tmp_path else pytest.fail(f"disk usage of {folder!r}"))
-        refused(f"--output: cannot write {str(tmp_path / 'c.wav')!r} ({problem})", outputs.write_audio,
+        refused(f"--output: cannot write {str(tmp_path / 'c.wav')!r} ({problem})", files.write_audio,
                 [tmp_path / "c.wav", tmp_path / "d.wav"], [tone(), tone()], 16000)
     assert names(tmp_path) == ["b.wav"]
 
@@ -419,22 +420,22 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sf, "SoundFile", real)
-    monkeypatch.setattr(outputs.os, "chmod", interrupted)
+    monkeypatch.setattr(files.os, "chmod", interrupted)
     with pytest.raises(KeyboardInterrupt):  # not an error of ours: passed on, after the cleanup
-        outputs.write_audio([tmp_path / "d.wav"], [tone()], 16000)
+        files.write_audio([tmp_path / "d.wav"], [tone()], 16000)
     assert names(tmp_path) == ["b.wav"]
 
 
 def test_write_bytes_whole_or_not_at_all(tmp_path, monkeypatch):
     umask = os.umask(0o022)
     try:
-        outputs.write_bytes(tmp_path / "a.png", b"data")
+        files.write_bytes(tmp_path / "a.png", b"data")
     finally:
         os.umask(umask)
     assert (tmp_path / "a.png").read_bytes() == b"data" and os.stat(tmp_path / "a.png").st_mode & 0o777 == 0o644
     (tmp_path / "b.png").mkdir()
     refused(f"--out-dir: cannot write {str(tmp_path / 'b.png')!r} (Is a directory in {str(tmp_path)!r})",
-            outputs.write_bytes,
+            files.write_bytes,
             tmp_path / "b.png", b"data")
     assert names(tmp_path) == ["a.png", "b.png"]
 
@@ -461,23 +462,23 @@ def test_mel_png_time_across_low_bins_at_the_bottom():
     mel = np.zeros((5, 3))  # (frames, bins)
     mel[4, 0] = 1.0  # the last frame's lowest bin: bottom right, the brightest
     mel[0, 2] = -1.0  # the first frame's top bin: top left, the darkest
-    width, height, pixels = read_png(outputs.mel_png(mel))
+    width, height, pixels = read_png(png.mel_png(mel))
     assert (width, height) == (5, 3)
     assert pixels[2, 4].tolist() == [252, 253, 191] and pixels[0, 0].tolist() == [0, 0, 4]
     assert pixels[1, 1].tolist() == [183, 55, 121]  # 0 is halfway from -1 to 1: the ramp's middle colour
     assert pixels[1, 2].tolist() == [183, 55, 121]
-    np.testing.assert_array_equal(read_png(outputs.mel_png(np.full((2, 2), 7.0)))[2], np.zeros((2, 2, 3)) + [0, 0, 4])
-    _, _, stops = read_png(outputs.mel_png(np.arange(5.0)[:, None]))  # levels 0, 1/4, 1/2, 3/4, 1: the ramp's stops
+    np.testing.assert_array_equal(read_png(png.mel_png(np.full((2, 2), 7.0)))[2], np.zeros((2, 2, 3)) + [0, 0, 4])
+    _, _, stops = read_png(png.mel_png(np.arange(5.0)[:, None]))  # levels 0, 1/4, 1/2, 3/4, 1: the ramp's stops
     assert stops[0].tolist() == [[0, 0, 4], [80, 18, 123], [183, 55, 121], [252, 137, 97], [252, 253, 191]]
     quarter = np.array([[0.0], [1.0], [3.0], [8.0]])  # levels 0, 1/8, 3/8, 1: between ramp colours
-    _, _, p = read_png(outputs.mel_png(quarter))
+    _, _, p = read_png(png.mel_png(quarter))
     assert p[0, 1].tolist() == [40, 9, 64] and p[0, 2].tolist() == [132, 36, 122]
 
 
 def test_a_float32_mel_draws_what_its_values_draw():
     """The levels are computed in float64 whatever the mel's dtype (the pipeline's mels are float32)."""
     mel = np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)
-    assert outputs.mel_png(mel) == outputs.mel_png(mel.astype(np.float64))
+    assert png.mel_png(mel) == png.mel_png(mel.astype(np.float64))
 
 
 def test_the_manifest_is_utf8_whatever_the_locale(tmp_path):
@@ -488,7 +489,7 @@ def test_the_manifest_is_utf8_whatever_the_locale(tmp_path):
     old = locale.setlocale(locale.LC_CTYPE)
     locale.setlocale(locale.LC_CTYPE, "C")
     try:
-        outputs.merge_manifest(tmp_path, ["a"])
+        manifest.merge_manifest(tmp_path, ["a"])
     finally:
         locale.setlocale(locale.LC_CTYPE, old)
     assert json.loads((tmp_path / MANIFEST).read_bytes().decode("utf-8"))["prompt"] == "café 音楽"
@@ -496,7 +497,7 @@ def test_the_manifest_is_utf8_whatever_the_locale(tmp_path):
 
 
 def test_a_lock_file_removed_by_hand_is_released_quietly(tmp_path):
-    lock = outputs.lock_folder(tmp_path)
-    (tmp_path / outputs.LOCK).unlink()
+    lock = manifest.lock_folder(tmp_path)
+    (tmp_path / manifest.LOCK).unlink()
     lock.release()
-    assert not (tmp_path / outputs.LOCK).exists()
+    assert not (tmp_path / manifest.LOCK).exists()

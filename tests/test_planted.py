@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from helpers import musicldm
-from musicldm_core import cli, outputs
+from musicldm_core.app import cli, files
 from musicldm_core.longform import window_starts
 from test_serve import pipe, running  # noqa: F401  (fixtures)
 from test_fuzz import BASE_ENTRIES, _archive
@@ -92,7 +92,7 @@ def test_a_huge_declared_body_is_refused_before_it_is_read(running):  # noqa: F8
 def test_a_failed_or_cancelled_audio_job_leaves_no_input_behind(running, tmp_path, monkeypatch):  # noqa: F811
     r = running()
     body, headers = _multipart({"prompt": "rain", "steps": "3"}, _wav(0.3))
-    monkeypatch.setattr(outputs, "write_bytes", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    monkeypatch.setattr(files, "write_bytes", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
     status, answer = r.request("POST", "/api/jobs", body, headers)
     job = r.wait(answer["id"])
     assert job["state"] == "failed" and not list((tmp_path / "out").glob("*-input.wav"))
@@ -112,10 +112,10 @@ def test_a_failed_or_cancelled_audio_job_leaves_no_input_behind(running, tmp_pat
 def test_the_tag_quotes_every_word_it_must(prompt, negative):
     from argparse import Namespace
 
-    from musicldm_core.batch import Item, item_recipe
+    from musicldm_core.app.batch import RUN_DEFAULTS, Item, item_recipe
 
     item = Item(1, "x", prompt, negative, 1.0, 3, 4, 2.0, 1, None)
-    tag = item_recipe(Namespace(), item, "ddim", torch.device("cpu"), "float32", 1, 1)
+    tag = item_recipe(RUN_DEFAULTS, item, "ddim", torch.device("cpu"), "float32", 1, 1)
     args = cli.parse_tag(tag, "x.wav")
     assert (args.prompt, args.negative, args.steps, args.seed) == (prompt, negative, 4, 3)
 

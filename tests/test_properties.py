@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from helpers import seeded, sine
-from musicldm_core import batch
+from musicldm_core.app import batch
 from musicldm_core.audio_frontend import log_mel, normalize_loudness
 from musicldm_core.geometry import STAGES
 from musicldm_core.longform import ramp_weights, window_starts, windowed

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicldm_core import MusicLDMPipeline, cli, serve
+from musicldm_core import MusicLDMPipeline
+from musicldm_core.app import cli, jobs, web
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ class Running:
     """A server on a free port in this process, and a small client for it."""
 
     def __init__(self, pipe, out_dir, weights, max_queue=16, token=None, host="127.0.0.1"):
-        self.service = serve.Service(pipe, out_dir, str(weights), max_queue)
-        self.server = serve.Server(self.service, host, 0, token)
+        self.service = jobs.Service(pipe, out_dir, str(weights), max_queue)
+        self.server = web.Server(self.service, host, 0, token)
         self.service.start()
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -175,12 +176,12 @@ def test_a_bad_field_is_400_and_named(running, body, field, words):
 
 def test_bodies_are_bounded(running, monkeypatch):
     r = running()
-    status, answer = r.request("POST", "/api/jobs", {"prompt": "x" * (serve.JSON_LIMIT + 1)})
+    status, answer = r.request("POST", "/api/jobs", {"prompt": "x" * (web.JSON_LIMIT + 1)})
     assert status == 413 and "at most 65536" in answer["error"]
-    monkeypatch.setattr(serve, "UPLOAD_LIMIT", 50_000)
+    monkeypatch.setattr(web, "UPLOAD_LIMIT", 50_000)
     body, headers = _multipart({"prompt": "p", "steps": "3"}, _wav(2.0))
     assert r.request("POST", "/api/jobs", body, headers)[0] == 413
-    monkeypatch.setattr(serve, "UPLOAD_LIMIT", 50 * 2**20)
+    monkeypatch.setattr(web, "UPLOAD_LIMIT", 50 * 2**20)
     monkeypatch.setattr("musicldm_core.audio_frontend.MAX_INPUT_SECONDS", 1.0)
     body, headers = _multipart({"prompt": "p", "steps": "3"}, _wav(1.5))
     status, answer = r.request("POST", "/api/jobs", body, headers)
@@ -269,9 +270,9 @@ def test_host_origin_and_site_refusals(running):
 
 
 def test_beyond_loopback_needs_a_token(pipe, tiny_ckpt, tmp_path, running):
-    service = serve.Service(pipe, tmp_path, str(tiny_ckpt))
+    service = jobs.Service(pipe, tmp_path, str(tiny_ckpt))
     with pytest.raises(ValueError, match="--host 0.0.0.0 reaches beyond this machine: give --token"):
-        serve.Server(service, "0.0.0.0", 0)
+        web.Server(service, "0.0.0.0", 0)
     assert cli.main(["serve", "--host", "0.0.0.0", "--weights", str(tiny_ckpt), "--out-dir", str(tmp_path)]) == 1
     r = running(token="s3cret", host="0.0.0.0")
     assert r.request("GET", "/api/jobs", auth=False)[0] == 401
@@ -347,7 +348,7 @@ def test_the_mels_returned_are_each_takes_own(pipe):
 def test_mel_png_is_a_valid_picture_of_the_mel():
     import zlib
 
-    from musicldm_core.outputs import mel_png
+    from musicldm_core.app.png import mel_png
 
     mel = np.zeros((5, 3))  # 5 frames, 3 bins
     mel[0, 0], mel[4, 2] = -2.0, 3.0  # the first frame's lowest bin lowest, the last frame's highest bin highest

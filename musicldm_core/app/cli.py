@@ -18,38 +18,25 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .hub import DEFAULT_REPO
-from .outputs import RATES, check_outputs, output_paths, read_tag, recipe
-from .presets import ATTENTION_HEADS, PRESETS
+from .files import RATES, check_outputs, output_paths, read_tag
+from .request import FIELDS, Request, add_arguments, check_bounds, fields_of, names, remake_command, short_names
+from ..presets import PRESETS, pipeline_kwargs
 
 RANK_WAIT_SECONDS = 60.0  # how long a rank > 0 waits for rank 0 to report a failed check (see main)
 
-# the pipeline's argument names -> the flags a user of the command typed, for error messages
-FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
-         "num_waveforms_per_prompt": "--takes", "negative_prompt": "--negative", "loop": "--loop",
-         "window": "--window", "audio": "--input", "strength": "--strength", "inpaint": "--inpaint",
-         "extend": "--extend", "sampler": "--sampler", "eta": "--eta"}
-
-
-def parse_span(text: Optional[str]) -> Optional[tuple]:
-    """--inpaint START:END in seconds."""
-    if text is None:
-        return None
-    try:
-        start, end = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--inpaint must be START:END in seconds (e.g. 2.0:4.5), got {text!r}") from None
-    return start, end
+FLAGS = names("flag")  # the pipeline's argument names -> the flags, for error messages
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The request's fields as flags (request.py), then the command's own: where to write, batch mode, --from."""
     p = argparse.ArgumentParser(prog="musicldm", description="Generate music from text with MusicLDM.",
                                 epilog="Also: `musicldm serve` opens a local page to make music in the browser "
                                 "(`musicldm serve --help`).")
-    p.add_argument("prompt", nargs="?", default=None, help="what the music should sound like")
+    add_arguments(p)
     p.add_argument("-o", "--output", default=None, help="the file to write, its extension the format: .wav "
                    "(float32), .flac (24-bit) or .ogg (default: music.wav; with --from: FILE-remade); with --takes "
                    "N > 1: NAME-1.wav ... NAME-N.wav, best first")
@@ -57,56 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", default=None, metavar="FILE",
                    help="remake FILE: run again the command its comment tag records (bit for bit on the same "
                    "machine and device); -o names the new file, and other flags beside it override the file's")
-    p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
-                   help=f"resample the 16 kHz output to HZ ({RATES[0]} to {RATES[1]}), e.g. 44100 or 48000")
-    p.add_argument("--take", type=int, default=None, help=argparse.SUPPRESS)  # write only take K (--from)
-    p.add_argument("--negative", default=None, help="what the music should not sound like")
-    p.add_argument("--seconds", type=float, default=None, help="length in seconds (default: 10.24)")
-    p.add_argument("--steps", type=int, default=200, help="denoising steps (default: 200)")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2.0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
-    p.add_argument("--takes", type=int, default=1, help="takes to generate and rank with CLAP (default: 1)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM's share of fresh noise per step, 0 (default, "
-                   "deterministic) to 1 (the authors')")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="authors: the authors' own settings (DDIM, 200 steps, guidance 2, eta 1, the best of 5 "
                    "takes ranked by CLAP); flags given beside it win")
-    p.add_argument("--attention-heads", choices=list(ATTENTION_HEADS), default="checkpoint",
-                   help="checkpoint (default): the config's heads, exact to diffusers; authors: 32 channels a head, "
-                   "the layout MusicLDM was trained with (diffusers' conversion of the published weights left its "
-                   "default of 8)")
-    p.add_argument("--sampler", default=None, help="ddim, pndm, lms, euler, euler_ancestral, heun or dpmsolver++ "
-                   "(default: the checkpoint's own, DDIM)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="precision (default: float16 on cuda, else float32)")
-    p.add_argument("--weights", default=DEFAULT_REPO, help=f"checkpoint folder or Hub repo id (default: {DEFAULT_REPO})")
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --weights")
-    p.add_argument("--loop", action="store_true", help="a seamless loop: the end flows into the start")
-    p.add_argument("--window", choices=["auto", "whole", "windowed"], default="auto",
-                   help="auto (default): the reference's whole-clip path up to 10.24 s, overlapping windows beyond")
-    p.add_argument("--input", default=None, help="audio-to-audio: an audio file (any format soundfile reads); the "
-                   "output is as long (plus --extend)")
-    p.add_argument("--strength", type=float, default=None,
-                   help="with --input: how far to move from it, 0 (a round trip) to 1 (default 0.6)")
-    p.add_argument("--inpaint", default=None, metavar="START:END",
-                   help="with --input: regenerate this span (seconds), keep the rest")
-    p.add_argument("--extend", type=float, default=None, metavar="SECONDS", help="with --input: continue it")
     p.add_argument("--prompts", default=None, help="batch mode: a JSON Lines file (one {\"prompt\": ...} a line; "
-                   "optional id, negative, seconds, seed, steps, guidance, takes, sampler, loop, window, "
-                   "exact_batches) or a text file, one prompt a line; the options above are the defaults")
+                   f"optional id, {', '.join(k for k in fields_of('line') if k != 'prompt')}) or a text file, one "
+                   "prompt a line; the options above are the defaults")
     p.add_argument("--out-dir", default=None, help="batch mode: the folder for <id>.wav files and manifest.jsonl")
     p.add_argument("--batch-size", type=int, default=None,
                    help="batch mode: items per model call (default: 8 on cuda, else 4)")
     p.add_argument("--skip-bad", action="store_true", help="batch mode: report bad lines and go on without them")
-    p.add_argument("--exact-batches", action="store_true",
-                   help="run the UNet one row at a time so that an item made in a batch equals its single run to the "
-                   "last bit (slower: for regression tests and reproducibility studies; without it, items of one "
-                   "batch differ from their single runs by about 1e-6 relative)")
-    p.add_argument("--compile", action="store_true", help="compile the models first (torch.compile; pays off "
-                   "for long runs: compiling takes a minute or more on a CPU, once per length and batch)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: all; under torchrun, each process its share)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -117,11 +64,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("give a PROMPT, or --prompts FILE with --out-dir DIR (not both)")
     if args.prompts is not None and args.out_dir is None:
         raise ValueError("--prompts needs --out-dir DIR, the folder the files and manifest.jsonl go to")
-    if args.seed is not None and not 0 <= args.seed < 2**64:
-        raise ValueError(f"--seed must be between 0 and {2**64 - 1}, got {args.seed}")
-    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
+    check_bounds("seed", args.seed, "--seed")
+    check_bounds("threads", args.threads, "--threads")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.input is None and (args.strength is not None or args.inpaint is not None or args.extend is not None):
+        raise ValueError("--strength, --inpaint and --extend need --input FILE")
     if not 0 <= args.eta <= 1:  # DDIM's variance goes negative past 1
         raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
     if args.eta and args.sampler not in (None, "ddim"):  # the other samplers have no eta: it would do nothing
@@ -198,77 +146,60 @@ def remake_args(args: argparse.Namespace) -> argparse.Namespace:
     return remade
 
 
-def edit_options(args: argparse.Namespace) -> dict:
-    """The audio-to-audio options of the command line (--strength defaults to 0.6 with --input alone)."""
-    options = {}
-    if args.input is not None:
-        edited = any(value is not None for value in (args.strength, args.inpaint, args.extend))
-        strength = args.strength if edited else 0.6
-        options.update(audio=args.input, strength=strength, inpaint=parse_span(args.inpaint), extend=args.extend)
-    elif args.strength is not None or args.inpaint is not None or args.extend is not None:
-        raise ValueError("--strength, --inpaint and --extend need --input FILE")
-    return options
+def request_of(args: argparse.Namespace, **decided) -> Request:
+    """The command line's request: its flags by name (request.py), with the values decided since (`decided`)."""
+    return Request(**{**{f.name: getattr(args, f.name) for f in FIELDS}, **decided})
 
 
 def run(args: argparse.Namespace) -> List[str]:
-    """One prompt: the same computation as one item of a batch (batch.generate). Returns a line per file."""
+    """One prompt: everything is checked before the weights load (the arguments, the input audio read once,
+    the request against the checkpoint's configs and the memory, the output paths), then generated as
+    `pipe(...)` would with the same arguments. Returns a line per file."""
     import random
-    from dataclasses import replace
 
     import torch
 
-    from .audio_frontend import resample
-    from .batch import Item, generate, item_options
-    from .geometry import Geometry
-    from .load import open_checkpoint
-    from .options import AUDIO_RATE, Options, read_input
-    from .outputs import file_line, output_paths, write_audio
-    from .pipeline import MusicLDMPipeline, plan_call
-    from .placement import default_device, parse_device
+    from ..audio_frontend import resample
+    from ..geometry import Geometry
+    from ..load import open_checkpoint
+    from ..options import AUDIO_RATE, Options
+    from .files import file_line, write_audio
+    from .prepare import open_pipeline, options_of, prepare, run_device
     from .progress import StageProgress
 
-    # Everything is checked before the weights load: the arguments, the input audio (read once), the request
-    # against the checkpoint's configs (lengths, sampler, memory), then the output paths.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
-    item = Item(0, "cli", args.prompt, args.negative, args.seconds, seed, args.steps, args.guidance, args.takes,
-                args.sampler, args.loop, args.window, args.exact_batches)
-    template = Options(**edit_options(args), eta=args.eta)
-    options = item_options([item], template)
-    options.check(FLAGS)
+    request = request_of(args, seed=seed)
     progress = StageProgress()
-    wave = read_input(replace(options, progress=progress), FLAGS)
-    if wave is not None:  # the input as read and resampled once: not read a second time
-        template = replace(template, audio=wave, audio_sampling_rate=AUDIO_RATE)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = parse_device(args.device or default_device())
-    dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    checkpoint = open_checkpoint(args.weights, args.revision)
-    planned = plan_call(item_options([item], template), checkpoint.configs, checkpoint.scheduler, device, False, FLAGS)
-    if args.loop and args.seconds is not None and abs(planned.seconds - args.seconds) > 0.5 / AUDIO_RATE:
+    device, dtype = run_device(args.device, args.dtype)
+    ready = prepare(options_of([request], Options(progress=progress)),
+                    lambda: open_checkpoint(args.weights, args.revision), device, FLAGS)
+    checkpoint = ready.checkpoint
+    if args.loop and args.seconds is not None and abs(ready.run.seconds - args.seconds) > 0.5 / AUDIO_RATE:
         frame = Geometry.from_configs(*checkpoint.configs).frame_seconds
-        print(f"musicldm: --loop rounds --seconds {args.seconds:g} to {planned.seconds:g} s (a loop is a whole "
+        print(f"musicldm: --loop rounds --seconds {args.seconds:g} to {ready.run.seconds:g} s (a loop is a whole "
               f"number of {1000 * frame:g} ms latent frames)", file=sys.stderr)
     paths = output_paths(args.output, 1 if args.take else args.takes)  # checked by command(), before torch
-    pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype,
-                                            attention_heads=args.attention_heads)
-    pipe.enable_batch_invariance(args.exact_batches)  # off: the same kernels as pipe() with these arguments
-    if args.compile:
-        pipe.compile()
-    audios, _ = generate(pipe, [item], replace(template, progress=progress))
+    pipe = open_pipeline(checkpoint.folder, device, dtype, args.attention_heads, args.compile, args.exact_batches)
+    audio = pipe.generate(ready.options, ready.run).audios
     progress.close()
-    audio, rate = audios[0][args.take - 1:args.take] if args.take else audios[0], pipe.sampling_rate
+    audio, rate = audio[args.take - 1:args.take] if args.take else audio, pipe.sampling_rate
     if args.sample_rate is not None and args.sample_rate != rate:
         audio = resample(torch.from_numpy(audio).double(), rate, args.sample_rate).float().numpy()
         rate = args.sample_rate
-    sampler = args.sampler or pipe.scheduler.name
-    tags = [getattr(args, "recipe", None) or recipe(args, seed, sampler, device, dtype, torch.get_num_threads(), k)
+    recorded = request_of(args, seed=seed, sampler=args.sampler or pipe.scheduler.name, device=str(device),
+                          dtype=dtype, threads=torch.get_num_threads() if device.type == "cpu" else None,
+                          input=args.input and os.path.abspath(args.input))
+    tags = [getattr(args, "recipe", None) or remake_command(replace(recorded, take=k if args.takes > 1 else None),
+                                                            Path(args.output).name)
             for k in ([args.take] if args.take else range(1, args.takes + 1))]
     write_audio(paths, audio, rate, comments=tags)
     if args.compile:
         print("musicldm: compiled " + ", ".join(f"{k} in {v:.1f} s" for k, v in pipe.compile_seconds().items()),
               file=sys.stderr)
-    return [file_line(path, audio.shape[-1] / rate, seed, sampler, args.steps, args.guidance) for path in paths]
+    return [file_line(path, audio.shape[-1] / rate, seed, request.sampler or pipe.scheduler.name, args.steps,
+                      args.guidance) for path in paths]
 
 
 def keep_freed_memory() -> None:
@@ -301,7 +232,7 @@ def print_version() -> None:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    from . import __version__
+    from .. import __version__
 
     print(f"musicldm_core {__version__}, torch {version('torch')}, Python {platform.python_version()}")
 
@@ -311,12 +242,11 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.preset is not None:
-        p = PRESETS[args.preset]
-        parser.set_defaults(sampler=p["sampler"], steps=p["steps"], guidance=p["guidance"], eta=p["eta"],
-                            takes=p["candidates"])
+        preset = short_names(pipeline_kwargs(args.preset))
+        parser.set_defaults(**preset)
         args = parser.parse_args(argv)
         typed_eta = any(word == "--eta" or word.startswith("--eta=") for word in argv or [])
-        if args.sampler != p["sampler"] and not typed_eta:  # the preset's eta is its DDIM's: not another sampler's
+        if args.sampler != preset["sampler"] and not typed_eta:  # the preset's eta is its DDIM's: not another sampler's
             parser.set_defaults(eta=0.0)
             args = parser.parse_args(argv)
         if args.prompts is None and args.take is None and args.takes > 1:

@@ -30,7 +30,6 @@ What a run guarantees:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -43,26 +42,24 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 
-from .options import Options
-from .hub import DEFAULT_REPO
-from .outputs import (MANIFEST, PARTS, append_record, check_folder, file_line, is_done, lock_folder, merge_manifest,
-                      read_records, recipe, remove_temporaries, write_audio)
-from .placement import default_device, parse_device
+from ..options import Options
+from .prepare import open_pipeline, options_of, prepare, run_device
+from .request import Request, fields_of, names, remake_command
+from ..hub import DEFAULT_REPO
+from .manifest import MANIFEST, PARTS, append_record, is_done, lock_folder, merge_manifest, read_records
+from .files import check_folder, file_line, remove_temporaries, write_audio
+from ..placement import default_device, parse_device
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
-# JSON field -> its type (all but prompt and id override the command's option of the same name)
-FIELDS = {"prompt": str, "id": str, "negative": str, "seconds": float, "seed": int, "steps": int, "guidance": float,
-          "takes": int, "sampler": str, "loop": bool, "window": str, "exact_batches": bool}
+# JSON field -> its type (all but prompt and id override the command's option of the same name): request.py's
+FIELDS = {"prompt": str, "id": str, **fields_of("line")}
 # the command's options that batch mode does not take, each with the reason
 NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),
                 "input": ("--input", "audio-to-audio runs one input at a time: leave out --prompts"),
                 "strength": ("--strength", "it goes with --input"), "inpaint": ("--inpaint", "it goes with --input"),
                 "extend": ("--extend", "it goes with --input")}
-# the pipeline's argument names -> the fields, for messages
-NAMES = {"audio_length_in_s": "seconds", "num_inference_steps": "steps", "guidance_scale": "guidance",
-         "num_waveforms_per_prompt": "takes", "negative_prompt": "negative", "sampler": "sampler", "loop": "loop",
-         "window": "window"}
+NAMES = names("line")  # the pipeline's argument names -> the fields, for messages
 
 
 @dataclass(frozen=True)
@@ -95,6 +92,11 @@ class Item:
         return self.seconds, self.steps, self.sampler, self.guidance, self.takes, self.loop, self.window, \
             self.exact_batches
 
+    def request(self, **run) -> Request:
+        """This item as the typed request (`run`: the run's own settings, eta, an input, ...)."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")}
+        return Request(**values, **run)
+
     def asked(self, extra: Dict[str, object]) -> dict:
         """What this item's files were made from, as its manifest record keeps it ("asked"): its values
         and the run's (`extra`: weights, revision, sample rate). A rerun skips the item only when this is
@@ -105,18 +107,10 @@ class Item:
         return json.loads(json.dumps({**values, **extra}))
 
 
-def item_options(items: List[Item], template: Options = Options()) -> Options:
-    """The pipeline options of items of one group, generated in one call: their prompts, each drawing its
-    noise from its own seed exactly as a single run draws it, ranked per prompt with a deterministic crop.
-    template: the options the items do not set (the command line's audio-to-audio ones, progress)."""
-    first, one = items[0], len(items) == 1
-    prompts, negatives = [item.prompt for item in items], [item.negative or "" for item in items]
-    generators = [torch.Generator().manual_seed(item.seed) for item in items]
-    negative = (negatives[0] if one else negatives) if any(negatives) else None
-    return replace(template, prompt=prompts[0] if one else prompts, audio_length_in_s=first.seconds,
-                   num_inference_steps=first.steps, guidance_scale=first.guidance, num_waveforms_per_prompt=first.takes,
-                   sampler=first.sampler, negative_prompt=negative, generator=generators[0] if one else generators,
-                   loop=first.loop, window=first.window, rank_within_prompt=True, crop="start")
+def item_options(items: List[Item], template: Options = Options(), **run) -> Options:
+    """The pipeline options of items of one group, generated in one call (prepare.options_of).
+    template: what the items do not say (progress); run: the run's settings they share (eta)."""
+    return options_of([item.request(**run) for item in items], template)
 
 
 def derived_seed(base: int, item_id: str) -> int:
@@ -253,12 +247,11 @@ def batches(items: List[Item], batch_size: int) -> List[List[Item]]:
     return out
 
 
-def generate(pipe, items: List[Item], template: Options = Options()) -> Tuple[List, List[Optional[List[float]]]]:
+def generate(pipe, items: List[Item], template: Options = Options(), **run) -> Tuple[List, List[Optional[List[float]]]]:
     """One call for items of one group: (each item's waveforms (takes, samples) best first, its scores).
 
-    The command line runs a single prompt through here too, so a batch and a single run are the same
-    computation. template: the options the items do not set (audio-to-audio, progress)."""
-    out = pipe.generate(item_options(items, template))
+    template: the options the items do not set (progress); run: the run's settings they share (eta)."""
+    out = pipe.generate(item_options(items, template, **run))
     takes = items[0].takes
     audios = [out.audios[i * takes:(i + 1) * takes] for i in range(len(items))]
     scores = [None if out.scores is None else out.scores[i * takes:(i + 1) * takes].tolist()
@@ -270,12 +263,10 @@ def checked_against(checkpoint, device, items: List[Item], skip_bad: bool) -> Li
     """What only the checkpoint can tell (the sampler's step counts, the shortest length, the memory on
     `device`), from its configs, for every item before any model loads; bad items named by line, or
     skipped with skip_bad. Every rank of a torchrun job checks every item, so all decide alike."""
-    from .pipeline import plan_call
-
     good, problems = [], []
     for item in items:
         try:
-            plan_call(item_options([item]), checkpoint.configs, checkpoint.scheduler, device, False, NAMES)
+            prepare(item_options([item]), lambda: checkpoint, device, NAMES)
             good.append(item)
         except ValueError as e:
             problems.append(f"line {item.line} ({item.id}): {e}")
@@ -349,7 +340,7 @@ def run(args, defaults: Dict[str, object]) -> None:
     Every check runs on every rank before any rank generates: the lines, the out-dir, each item against
     the checkpoint's configs; then rank 0 takes the out-dir's lock for the job (a second job on the
     same folder is refused, naming the holder)."""
-    from .load import open_checkpoint
+    from ..load import open_checkpoint
 
     for name, (flag, why) in NOT_IN_BATCH.items():
         if getattr(args, name) is not None:
@@ -376,7 +367,7 @@ def run(args, defaults: Dict[str, object]) -> None:
             remove_temporaries(out_dir)
         ranks.barrier()  # no rank writes before the stale temporary files are gone
         records = read_records(out_dir, say=ranks.rank == 0)
-        extra = run_values(args)
+        extra = run_values(run_settings(args))
         mine = items[ranks.rank::ranks.world]
         done = {item.id for item in mine if is_done(item, records, out_dir, extra)}
         if done:
@@ -405,35 +396,37 @@ def item_record(item: Item, sampler: str, paths: List[Path], duration: float, sc
             "scores": scores, "time": round(took, 3), "asked": item.asked(extra)}
 
 
-def run_values(args) -> Dict[str, object]:
-    """The run's values an item's files depend on, beside its own (Item.asked)."""
-    values = {"weights": str(args.weights), "revision": args.revision, "sample_rate": args.sample_rate}
-    # recorded only when not the default, so that the records of earlier runs still match
-    values.update({"eta": args.eta} if getattr(args, "eta", 0.0) else {})
-    attention = getattr(args, "attention_heads", "checkpoint")
-    values.update({"attention_heads": attention} if attention != "checkpoint" else {})
-    return values
-
-
 # the run's settings a remake command carries, with the command line's defaults (for callers that lack one)
 RUN_DEFAULTS = {"weights": DEFAULT_REPO, "revision": None, "sample_rate": None, "eta": 0.0,
                 "attention_heads": "checkpoint", "compile": False}
 
 
-def item_recipe(args, item: Item, sampler: str, device, dtype: str, threads: int, take: int,
+def run_settings(args) -> Dict[str, object]:
+    """The command's run settings (RUN_DEFAULTS' names), as its arguments give them."""
+    return {name: getattr(args, name, default) for name, default in RUN_DEFAULTS.items()}
+
+
+def run_values(run: Dict[str, object]) -> Dict[str, object]:
+    """The run's values an item's files depend on, beside its own (Item.asked)."""
+    values = {"weights": str(run["weights"]), "revision": run["revision"], "sample_rate": run["sample_rate"]}
+    # recorded only when not the default, so that the records of earlier runs still match
+    values.update({"eta": run["eta"]} if run["eta"] else {})
+    values.update({"attention_heads": run["attention_heads"]} if run["attention_heads"] != "checkpoint" else {})
+    return values
+
+
+def item_recipe(run: Dict[str, object], item: Item, sampler: str, device, dtype: str, threads: int, take: int,
                 edit: Optional[Dict[str, object]] = None) -> str:
     """The command that remakes take `take` of an item as a single run, for its file's comment tag: bit for
     bit when the item was exact (exact_batches) or made alone, else within the batch-composition error.
-    edit: a page job's audio-to-audio settings (input, strength, inpaint, extend)."""
+    run: the run's settings (RUN_DEFAULTS' names); edit: a page job's audio-to-audio settings (input, strength,
+    inpaint, extend)."""
     edit = edit or {}
-    command = argparse.Namespace(
-        **{name: getattr(args, name, default) for name, default in RUN_DEFAULTS.items()},
-        prompt=item.prompt, output=f"{item.id}.wav", negative=item.negative, seconds=item.seconds, steps=item.steps,
-        guidance=item.guidance, takes=item.takes, loop=item.loop, window=item.window,
-        exact_batches=item.exact_batches, input=edit.get("input"), strength=edit.get("strength"),
-        inpaint=":".join(f"{v:g}" for v in edit["inpaint"]) if edit.get("inpaint") else None,
-        extend=edit.get("extend"))
-    return recipe(command, item.seed, sampler, device, dtype, threads, take)
+    inpaint = ":".join(repr(v) for v in edit["inpaint"]) if edit.get("inpaint") else None
+    path = edit.get("input") and os.path.abspath(edit["input"])
+    request = item.request(**run, **{**edit, "inpaint": inpaint, "input": path}, device=str(device), dtype=dtype,
+                           threads=threads if device.type == "cpu" else None, take=take if item.takes > 1 else None)
+    return remake_command(replace(request, sampler=sampler), f"{item.id}.wav")
 
 
 def rank_device(args, ranks: Ranks) -> torch.device:
@@ -447,19 +440,15 @@ def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks
     and manifest record written as soon as it is done (and a line said). The batches are cut from all
     of `items` and the `done` ids then left out of them, so that every other item runs in the same batch
     as in an uninterrupted run."""
-    from .audio_frontend import resample
-    from .pipeline import MusicLDMPipeline
+    from ..audio_frontend import resample
     from .progress import StageProgress
 
     threads = args.threads or (max(1, (os.cpu_count() or 1) // ranks.local_world) if device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # CPU: 4 measured 1.22x of 1
-    dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    pipe = MusicLDMPipeline.from_pretrained(folder, device=device, dtype=dtype,
-                                            attention_heads=getattr(args, "attention_heads", "checkpoint"))
-    if args.compile:
-        pipe.compile()
+    _, dtype = run_device(str(device), args.dtype)
+    pipe = open_pipeline(folder, device, dtype, getattr(args, "attention_heads", "checkpoint"), args.compile)
     manifest = out_dir / MANIFEST if ranks.world == 1 else out_dir / PARTS / f"rank-{ranks.rank:05d}.jsonl"
     rank = f"rank {ranks.rank}/{ranks.world}: " if ranks.world > 1 else ""
     rate = args.sample_rate or pipe.sampling_rate
@@ -469,7 +458,7 @@ def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks
             continue
         pipe.enable_batch_invariance(batch[0].exact_batches)  # the same for the whole batch (Item.group)
         began, progress = time.monotonic(), StageProgress(f"{rank}{', '.join(item.id for item in batch)}: ")
-        audios, scores = generate(pipe, batch, Options(progress=progress, eta=getattr(args, "eta", 0.0)))
+        audios, scores = generate(pipe, batch, Options(progress=progress), eta=getattr(args, "eta", 0.0))
         progress.close()
         took = (time.monotonic() - began) / len(batch)
         for item, audio, score in zip(batch, audios, scores):
@@ -477,7 +466,7 @@ def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks
             if rate != pipe.sampling_rate:
                 audio = resample(torch.from_numpy(audio).double(), pipe.sampling_rate, rate).float().numpy()
             duration = audio.shape[-1] / rate
-            tags = [item_recipe(args, item, sampler, device, dtype, torch.get_num_threads(), k)
+            tags = [item_recipe(run_settings(args), item, sampler, device, dtype, torch.get_num_threads(), k)
                     for k in range(1, item.takes + 1)]
             write_audio(paths, audio, rate, flag="--out-dir", comments=tags)
             append_record(manifest, item_record(item, sampler, paths, duration, score, took, extra))
