@@ -23,7 +23,7 @@ from helpers import exchange, musicldm
 from musicldm_core import MusicLDMPipeline
 from musicldm_core.app import files, manifest
 from test_serve import _multipart, _wav, pipe, running  # noqa: F401  (fixtures)
-from weights_convert import original
+from weights_convert import original, reader
 
 
 # --- the remake tag ---------------------------------------------------------------------------------------
@@ -122,9 +122,9 @@ def test_what_a_file_that_is_not_a_checkpoint_is(tmp_path, content, says):
     path = tmp_path / "x.ckpt"
     path.write_bytes(content)
     with pytest.raises(original.ConversionError, match=r"x\.ckpt: " + "(.*)"):
-        original.read_checkpoint(path)
+        reader.read_checkpoint(path)
     try:
-        original.read_checkpoint(path)
+        reader.read_checkpoint(path)
     except original.ConversionError as e:
         assert says in str(e), str(e)
 
@@ -136,7 +136,7 @@ def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path, monkeypatch):
     assert path.stat().st_size < 2**20
     monkeypatch.setattr(torch, "load", lambda *a, **kw: pytest.fail("torch.load read the bomb"))
     with pytest.raises(original.ConversionError, match=r"declares 67108864 bytes inflated from a file of \d+"):
-        original.read_checkpoint(path)
+        reader.read_checkpoint(path)
 
 
 # --- the page's requests -------------------------------------------------------------------------------
@@ -371,9 +371,9 @@ def test_a_tensor_named_by_a_number_is_one_refusal(tmp_path):
     it raise AttributeError ('int' object has no attribute 'startswith') instead of one ConversionError."""
     path = tmp_path / "x.ckpt"
     torch.save({"state_dict": {1: torch.ones(2), "a": torch.ones(2)}}, path)
-    obj, _ = original.read_checkpoint(path)
+    obj, _ = reader.read_checkpoint(path)
     with pytest.raises(original.ConversionError, match=r"x\.ckpt: a tensor is named 1, not by text"):
-        original.state_dict_of(obj, path)
+        reader.state_dict_of(obj, path)
 
 
 def test_a_pickle_that_declares_an_exabyte_is_refused_cleanly(tmp_path, capsys):
@@ -387,7 +387,7 @@ def test_a_pickle_that_declares_an_exabyte_is_refused_cleanly(tmp_path, capsys):
     path = tmp_path / "x.ckpt"
     path.write_bytes(_archive(b"\x80\x05\x96" + struct.pack("<Q", 2**62) + b"\0" * 64, BASE_ENTRIES))
     with pytest.raises(original.ConversionError, match=r"x\.ckpt: "):
-        original.read_checkpoint(path)
+        reader.read_checkpoint(path)
     import gc
 
     gc.collect()

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from helpers import exchange, idle_server
 from musicldm_core.app import batch, cli, manifest, jobs, web
-from weights_convert import original
+from weights_convert import original, reader
 
 EXAMPLES = int(os.environ.get("MUSICLDM_FUZZ_EXAMPLES", "0"))
 COUNTS: dict = {}
@@ -119,8 +119,8 @@ BASE_PKL, BASE_ENTRIES = _base_checkpoint()
 def _read(path: Path) -> None:
     """What the converter does with a file: a tensor dict, or one ConversionError."""
     try:
-        obj, _ = original.read_checkpoint(path)
-        state = original.state_dict_of(obj, path)
+        obj, _ = reader.read_checkpoint(path)
+        state = reader.state_dict_of(obj, path)
         assert all(torch.is_tensor(v) for v in state.values())
     except original.ConversionError as e:  # one line, naming the file
         assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
@@ -158,7 +158,7 @@ def test_every_spliced_call_is_refused_whole(tmp_path):
         path = tmp_path / "x.ckpt"
         path.write_bytes(_archive(snippet, BASE_ENTRIES))
         with pytest.raises(original.ConversionError, match="refused|not a PyTorch checkpoint|damaged"):
-            original.read_checkpoint(path)
+            reader.read_checkpoint(path)
     assert not MARKER.exists()
 
 
@@ -336,4 +336,4 @@ def test_forms_parse_or_are_refused(body):
 
 def test_pickle_module_is_not_the_readers():
     """The restricted reader refuses by itself, without pickle's own global lookups (a guard on the guard)."""
-    assert original._Restricted.find_class is not pickle.Unpickler.find_class
+    assert reader._Restricted.find_class is not pickle.Unpickler.find_class

@@ -1,7 +1,7 @@
 """The page's API against its own OpenAPI document (GET /api/openapi.json): schemathesis generates requests
 from the document for every route and checks each answer of the live server (status codes and content
 types the document lists, bodies that match its schemas, no 5xx); the document lists every route the
-server answers, and the README's API table names the same routes."""
+server answers, and the API table in docs/page.md names the same routes."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_the_server_serves_its_document(server):
 
 def test_the_document_names_every_field_and_route():
     """Its job fields are the page's (a batch line's less id and window, plus audio-to-audio's), and the
-    README's API table lists exactly its routes."""
+    API table in docs/page.md lists exactly its routes."""
     from musicldm_core.app import batch
 
     page_fields = {k for k in batch.FIELDS if k not in ("id", "window")} | {"strength", "inpaint", "extend"}
@@ -63,6 +63,6 @@ def test_the_document_names_every_field_and_route():
     assert set(body["properties"]) == page_fields
     routes = {(method.upper(), path.replace("{job_id}", "ID").replace("{name}", "NAME"))
               for path, methods in DOCUMENT["paths"].items() for method in methods}
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "docs" / "page.md").read_text()
     table = set(re.findall(r"^\| `(GET|POST|DELETE) (/\S*)` \|", readme, re.M))
     assert table == routes - {("GET", "/")}, (table, routes)

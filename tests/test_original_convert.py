@@ -14,11 +14,11 @@ import torch
 
 from musicldm_core import MusicLDMPipeline, presets
 from musicldm_core.app import cli
-from weights_convert import original
+from weights_convert import original, reader
 
 
 def _state(authors_release) -> dict:
-    obj, _ = original.read_checkpoint(authors_release.paths["main"])
+    obj, _ = reader.read_checkpoint(authors_release.paths["main"])
     return dict(obj["state_dict"])
 
 
@@ -154,7 +154,7 @@ def test_restricted_reading_keeps_views_of_one_storage(tmp_path):
     saved = {"head": base[:5], "tail": base[7:], "grid": base[4:16].view(3, 4).t(), "half": base.half()[::3],
              "step": np.float64(1.5)}
     torch.save({"state_dict": saved}, tmp_path / "views.ckpt")
-    obj, skipped = original.read_checkpoint(tmp_path / "views.ckpt")
+    obj, skipped = reader.read_checkpoint(tmp_path / "views.ckpt")
     assert any(name.startswith("numpy") for name in skipped)
     for key in ("head", "tail", "grid", "half"):
         got = obj["state_dict"][key]

@@ -22,7 +22,7 @@ from musicldm_core.longform import window_starts
 from test_serve import pipe, running  # noqa: F401  (fixtures)
 from test_fuzz import BASE_ENTRIES, _archive
 from test_serve import _multipart, _wav
-from weights_convert import original
+from weights_convert import original, reader
 
 
 # --- the converter's restricted reader ------------------------------------------------------------------
@@ -38,9 +38,9 @@ def test_the_restricted_reader_refuses_every_call_by_name(tmp_path, snippet, nam
     getattr (a walk to __globals__ and os.system) are refused by name before anything runs."""
     path = tmp_path / "x.ckpt"
     path.write_bytes(_archive(snippet, BASE_ENTRIES))
-    reader = original._Restricted(zipfile.ZipFile(path), "archive/", path)
+    unpickler = reader._Restricted(zipfile.ZipFile(path), "archive/", path)
     with pytest.raises(original.ConversionError, match=rf"refused: its pickle calls {name}"):
-        reader.load()
+        unpickler.load()
 
 
 # --- the page's guards ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .prepare import options_of
 from .request import BY_NAME, check_bounds, fields_of, names
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+PAGE_FIELDS = {**fields_of("page"), "inpaint": list}  # a job's fields; the page sends [start, end], not START:END
 EDIT = ("strength", "inpaint", "extend")  # a job's audio-to-audio fields (with an audio part)
 # a job's values where the request leaves them out (the server draws its seed)
 ITEM_DEFAULTS = {k: BY_NAME[k].default for k in fields_of("line") if k != "prompt"}
@@ -92,7 +93,7 @@ class Service:
         self.device, self.dtype = device or pipe.device, dtype
         self.exact_batches = exact_batches  # a job's default (its field exact_batches overrides it)
         # a batch line's fields (less id, which the server gives, and window), plus audio-to-audio's
-        self.fields = {**fields_of("page"), "inpaint": list}  # the page sends [start, end], not START:END
+        self.fields = PAGE_FIELDS
         self.checkpoint = Checkpoint(None, (pipe.unet.config, pipe.vae.config, pipe.vocoder.config), pipe.scheduler)
         self.jobs: Dict[str, Job] = {}
         self.queue: Deque[Job] = deque()

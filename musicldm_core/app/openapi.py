@@ -7,27 +7,28 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from .jobs import PAGE_FIELDS
+from .request import BY_NAME, SEED_BOUNDS
+
 ERROR = {"type": "object", "required": ["error"], "additionalProperties": False,
          "properties": {"error": {"type": "string"}, "field": {"type": "string"}}}
 
-# a job's fields: name -> (JSON schema, what it is)
-FIELDS: Dict[str, tuple] = {
-    "prompt": ({"type": "string", "minLength": 1, "pattern": "\\S"}, "what the music should sound like"),
-    "negative": ({"type": "string", "nullable": True}, "what it should not sound like"),
-    "seconds": ({"type": "number", "nullable": True, "exclusiveMinimum": True, "minimum": 0}, "length in seconds (default: the checkpoint's, 10.24)"),
-    "seed": ({"type": "integer", "nullable": True, "minimum": 0, "maximum": 2**64 - 1},
-             "random seed (default: drawn, and shown)"),
-    "steps": ({"type": "integer", "minimum": 1}, "denoising steps (default 200)"),
-    "guidance": ({"type": "number", "minimum": 0}, "classifier-free guidance scale (default 2.0)"),
-    "takes": ({"type": "integer", "minimum": 1}, "takes to generate and rank with CLAP (default 1)"),
-    "sampler": ({"type": "string", "nullable": True}, "a sampler's name (default: the checkpoint's)"),
-    "loop": ({"type": "boolean"}, "a seamless loop"),
-    "exact_batches": ({"type": "boolean"}, "run the UNet one row at a time: each take equal to its single run"),
-    "strength": ({"type": "number", "nullable": True, "minimum": 0, "maximum": 1}, "with an audio part: how far to move from it, 0 to 1"),
-    "inpaint": ({"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "nullable": True},
-                "with an audio part: [start, end] seconds to regenerate"),
-    "extend": ({"type": "number", "nullable": True, "exclusiveMinimum": True, "minimum": 0}, "with an audio part: seconds to continue it by"),
-}
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
+# what the server's checks allow, stated for clients (each field's type and help come from request.py)
+CONSTRAINTS = {"prompt": {"minLength": 1, "pattern": "\\S"}, "seconds": {"exclusiveMinimum": True, "minimum": 0},
+               "seed": {"minimum": SEED_BOUNDS[0], "maximum": SEED_BOUNDS[1]}, "steps": {"minimum": 1},
+               "guidance": {"minimum": 0}, "takes": {"minimum": 1}, "strength": {"minimum": 0, "maximum": 1},
+               "inpaint": {"items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+               "extend": {"exclusiveMinimum": True, "minimum": 0}}
+
+
+def field_schema(name: str, kind: type) -> dict:
+    """A job field's JSON schema: its type, null where it has no default, its bounds, its help."""
+    nullable = BY_NAME[name].default is None and name != "prompt"
+    words = BY_NAME[name].metadata["help"].replace("with --input", "with an audio part").replace("START:END", "")
+    return {"type": JSON_TYPES[kind], **({"nullable": True} if nullable else {}), **CONSTRAINTS.get(name, {}),
+            "description": words}
+
 
 JOB = {"type": "object", "required": ["id", "state", "progress", "files"],
        "properties": {"id": {"type": "string"},
@@ -56,9 +57,9 @@ def _ok(description: str, kind: str, schema: dict) -> dict:
 
 def document(samplers: List[str], limits: Dict[str, float]) -> dict:
     """The OpenAPI document of this server (its samplers and limits filled in)."""
-    fields = {name: {**schema, "description": words} for name, (schema, words) in FIELDS.items()}
+    fields = {name: field_schema(name, kind) for name, kind in PAGE_FIELDS.items()}
     fields["sampler"] = {**fields["sampler"], "enum": samplers + [None]}
-    form = {name: {"type": "string", "description": words} for name, (_, words) in FIELDS.items()}
+    form = {name: {"type": "string", "description": schema["description"]} for name, schema in fields.items()}
     form["audio"] = {"type": "string", "format": "binary", "description": "the input audio of audio-to-audio"}
     always = (400, 401, 403, 405, 500)
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]

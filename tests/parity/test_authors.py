@@ -21,7 +21,7 @@ from musicldm_core.clap import Clap
 from musicldm_core.clap_config import ClapConfig
 from musicldm_core.unet import UNet
 from musicldm_core.names import clap as clap_names, diffusers as diffusers_names
-from weights_convert import original
+from weights_convert import layouts, original
 
 RTOL = 1e-5
 
@@ -139,7 +139,7 @@ def test_separate_files_replace_their_components(authors_release, tiny_ckpt, tmp
 def test_weight_norm_fusion_is_detected_when_wrong(authors_release):
     """The fusion matters: taking v alone (the gain dropped) is caught by the vocoder comparison."""
     sd = {k: v for k, v in authors_release.other.vocoder.state_dict().items()}
-    fused = original.fuse_weight_norm(sd)
+    fused = layouts.fuse_weight_norm(sd)
     careless = {k[: -len("_v")]: v for k, v in sd.items() if k.endswith("weight_v")}
     key = "conv_pre.weight"
     assert_close(fused[key], authors_release.other.plain_vocoder().state_dict()[key], RTOL, "fused conv_pre")
@@ -152,7 +152,7 @@ def test_weight_norm_fusion_is_detected_when_wrong(authors_release):
 def authors_unet_on_published_weights(full_ckpt):
     """The authors' UNet (openaimodel, num_head_channels 32) holding the full test checkpoint's weights."""
     theirs = authors_code.unet("full")
-    to_published = original.unet_key_map(theirs.state_dict())
+    to_published = layouts.unet_key_map(theirs.state_dict())
     published = UNet.from_pretrained(full_ckpt / "unet").state_dict()
     ours_names = {k: diffusers_names.published_to_ours(v) for k, v in to_published.items()}
     theirs.load_state_dict({k: published[ours_names[k]] for k in theirs.state_dict()}, strict=True)
@@ -200,7 +200,7 @@ def test_text_tower_layer_norm_eps_at_published_shapes():
     authors_code.reference_checkpoints.randomize_(model.text_branch, 11)
     authors_code.reference_checkpoints.randomize_(model.text_projection, 12)
     sd = {k: v for k, v in model.state_dict().items()}
-    weights, config, _, _ = original.convert_clap(sd, authors_code.Path("laion-clap"))
+    weights, config, _, _ = layouts.convert_clap(sd, authors_code.Path("laion-clap"))
     ids, mask = _tokens(50265, seed=7)
     with torch.no_grad():
         ref = _laion_text(model, ids, mask)
