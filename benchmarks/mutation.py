@@ -43,10 +43,11 @@ TESTS = {
     # every check called directly, without a model: milliseconds a mutant (the pipeline's and the command line's
     # refusal tests reach the same lines through a loaded checkpoint, in seconds)
     "musicldm_core/options.py": ["tests/test_options.py"],
-    "musicldm_core/outputs.py": ["tests/test_outputs.py"],  # likewise: what the command line and batch mode write
+    "musicldm_core/app/files.py": ["tests/test_outputs.py"],
+    "musicldm_core/app/manifest.py": ["tests/test_outputs.py"],  # likewise: what the command line and batch mode write
     # its parts on their own, and whole runs of the tiny checkpoint in this process (not torchrun, kill -9 or the
     # full size: a subprocess runs the unmutated package)
-    "musicldm_core/batch.py": ["tests/test_batch.py", "tests/test_editing.py", "-k", "(test_batch and not sigkill and "
+    "musicldm_core/app/batch.py": ["tests/test_batch.py", "tests/test_editing.py", "-k", "(test_batch and not sigkill and "
                                "not torchrun and not full_size) or seed_zero_in_a_batch_line"],
     # its own contract, and its parity against transformers' extractor, AudioLDM's mel and librosa
     "musicldm_core/audio_frontend.py": ["tests/test_audio_frontend.py", "tests/test_longform.py",

@@ -98,8 +98,8 @@ def main() -> None:
     stages = {
         "text encoding (prompt + negative)": lambda: pipe.encode_prompt(["", "techno with a fast beat"], None, pipe.device),
         "denoising: one guided UNet step (batch 2)": lambda: guided_eps(pipe.unet, z, t, c, 2.0),
-        "VAE decode": lambda: pipe.decode_mel(z, False, False),
-        "vocoder": lambda: pipe.vocode(mel, False, False),
+        "VAE decode": lambda: pipe.decode_mel(z),
+        "vocoder": lambda: pipe.vocode(mel),
     }
     rows = []
     with torch.inference_mode():

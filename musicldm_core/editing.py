@@ -25,7 +25,7 @@ from .audio_frontend import log_mel, normalize_loudness
 from .geometry import Geometry
 from .longform import regenerate_mask, windowed
 from .options import Options, Run
-from .samplers import Plan
+from .samplers import Timesteps
 
 
 def encode_input(wave: torch.Tensor, run: Run, geometry: Geometry, vae) -> torch.Tensor:
@@ -57,23 +57,23 @@ class AudioEdit:
             self.span = (start / frame_s, end / frame_s)  # in latent frames
             self.mask = regenerate_mask(z_in.shape[2], *self.span, geometry.window("decoding")[1], z_in.device)
 
-    def sampling(self, noise: torch.Tensor) -> Tuple[Optional[Plan], torch.Tensor, Optional[Callable]]:
-        """(plan, init, constrain) for Scheduler.sample; plan None at strength 0 (init is then the result)."""
-        plan, scheduler, z_in = self.run.sampling, self.scheduler, self.z_in
+    def sampling(self, noise: torch.Tensor) -> Tuple[Optional[Timesteps], torch.Tensor, Optional[Callable]]:
+        """(ts, init, constrain) for Scheduler.sample; ts None at strength 0 (init is then the result)."""
+        ts, scheduler, z_in = self.run.sampling, self.scheduler, self.z_in
         if self.mask is None:  # SDEdit
             strength = 1.0 if self.options.strength is None else self.options.strength
-            k = plan.steps - min(int(plan.steps * strength), plan.steps)
-            if k == plan.steps:
+            k = ts.steps - min(int(ts.steps * strength), ts.steps)
+            if k == ts.steps:
                 return None, z_in, None
-            plan = plan.from_step(k)
-            return plan, scheduler.add_noise(z_in, noise, plan), None
+            ts = ts.from_step(k)
+            return ts, scheduler.add_noise(z_in, noise, ts), None
         mask = self.mask
-        init = mask * noise * plan.init_scale + (1 - mask) * scheduler.add_noise(z_in, noise, plan)
+        init = mask * noise * ts.init_scale + (1 - mask) * scheduler.add_noise(z_in, noise, ts)
 
         def constrain(i: int, x: torch.Tensor) -> torch.Tensor:
-            return mask * x + (1 - mask) * scheduler.add_noise(z_in, noise, plan, i + 1)
+            return mask * x + (1 - mask) * scheduler.add_noise(z_in, noise, ts, i + 1)
 
-        return plan, init, constrain
+        return ts, init, constrain
 
     def keep_input(self, audio: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """(B, samples) generated -> the same with the kept span replaced by the input's round trip.

@@ -26,7 +26,7 @@ from .geometry import Geometry
 from .checks import (check_attention_kwargs, check_edit, check_int, check_noise, check_number, check_prompts,
                      namer)
 from .placement import check_memory
-from .samplers import Plan, Scheduler, check_sampler
+from .samplers import Timesteps, Scheduler, check_sampler
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 WINDOWS = (None, "auto", "whole", "windowed")
@@ -121,10 +121,12 @@ class Run(NamedTuple):
     seconds: float  # the audio length returned
     frames: int  # mel frames generated (the length rounded up to whole latent frames)
     scheduler: Scheduler  # the sampler of this call
-    sampling: Plan  # its timesteps and sigmas for the asked steps
+    sampling: Timesteps  # its timesteps and sigmas for the asked steps
     windowed: bool  # denoise, decode and vocode in windows of the trained length (longform.py)
     wave: Optional[torch.Tensor] = None  # audio-to-audio: the input, 16 kHz mono
     input_frames: int = 0  # audio-to-audio: mel frames of the input (the rest is extension)
+    loop: bool = False  # a seamless loop: circular windows at every stage
+    geometry: Optional[Geometry] = None  # the checkpoint's lengths and shapes, computed once per call
 
 
 def read_input(o: Options, names: Mapping[str, str] = {}) -> Optional[torch.Tensor]:
@@ -177,7 +179,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     window = o.window or ("auto" if wave is not None else "whole")  # beyond the reference, windows past training
     windowed = o.loop or window == "windowed" or (window == "auto" and frames > trained)
     try:  # a step count this sampler's spacing can take (its messages name num_inference_steps)
-        sampling = scheduler.plan(o.num_inference_steps)
+        sampling = scheduler.timesteps(o.num_inference_steps)
     except ValueError as e:
         raise ValueError(str(e).replace("num_inference_steps", namer(names)("num_inference_steps"), 1)) from None
     for name in ("prompt_embeds", "negative_prompt_embeds"):
@@ -188,7 +190,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if o.latents is not None and tuple(o.latents.shape) != shape:
         raise ValueError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
                          f"of {seconds} s")
-    return Run(takes, float(seconds), frames, scheduler, sampling, windowed, wave, input_frames)
+    return Run(takes, float(seconds), frames, scheduler, sampling, windowed, wave, input_frames, o.loop, g)
 
 
 def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,

@@ -21,18 +21,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .compiled import CompiledStage, compile_stages
+from .compiled import CompiledStage
+from .controls import Controls
 from .editing import AudioEdit, encode_input
 from .errors import check_finite, check_waveforms
 from .geometry import Geometry
 from .guidance import guided_eps, noise_predictor
 from .hub import DEFAULT_REPO
-from .layers import rows_apart
 from .load import load_components
 from .longform import windowed
 from .noise import randn
 from .options import Options, Run, plan_call
-from .placement import Placement, parse_device, parse_dtype
+from .placement import Placement
 from .ranking import rank
 from .samplers import Scheduler
 
@@ -47,7 +47,7 @@ class AudioPipelineOutput:
     mels: Any = None  # with return_mels: (N, frames, bins) log-mels the VAE decoded, the image the model drew
 
 
-class MusicLDMPipeline:
+class MusicLDMPipeline(Controls):
     def __init__(self, tokenizer, text_encoder, unet, vae, vocoder, scheduler: Scheduler, feature_extractor):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.vocoder, self.scheduler, self.feature_extractor = vocoder, scheduler, feature_extractor
@@ -73,51 +73,7 @@ class MusicLDMPipeline:
         return Geometry.from_configs(self.unet.config, self.vae.config, self.vocoder.config)
 
     vae_scale_factor = property(lambda self: self.geometry.vae_factor)
-    device = property(lambda self: self.placement.device)
-    dtype = property(lambda self: self.placement.dtype)
     sampling_rate = property(lambda self: self.geometry.sampling_rate)
-
-    def to(self, device=None, dtype=None) -> "MusicLDMPipeline":
-        self.compiled = {}  # compiled for the old device and dtype
-        self.placement.to(parse_device(device) if device is not None else None,
-                          parse_dtype(dtype) if dtype is not None else None)
-        return self
-
-    def enable_vae_slicing(self, on: bool = True) -> None:
-        """Decode one take at a time: VAE activation memory no longer grows with the batch."""
-        self.vae_slicing = on
-
-    def disable_vae_slicing(self) -> None:
-        self.enable_vae_slicing(False)
-
-    def enable_model_cpu_offload(self, device: Union[str, torch.device] = "cuda") -> None:
-        """Keep every component on the CPU and move each to `device` only while it runs."""
-        self.placement.offload(parse_device(device))
-
-    def enable_low_memory(self) -> None:
-        """On the CPU, keep only the running component's weights resident (see placement.py)."""
-        self.placement.low_memory = True
-
-    def enable_batch_invariance(self, on: bool = True) -> None:
-        """Make each take independent of what shares its call, to the last bit, at any batch size and
-        thread count: the UNet's convolutions and linear layers run one row at a time (layers.rows_apart),
-        each take is decoded and vocoded alone, and takes are ranked per prompt. Off by default, as in
-        diffusers; `--exact-batches` turns it on for the command line, batch mode and the page. Without
-        it a take made beside others differs from its single run by the batch-composition error (about
-        1e-6 relative: README). The cost on a CPU: 3-20% for one item, and batching four items, which
-        gains 1.18x by running other kernels, gains little (benchmarks/results/batch-cpu-2026-12-03.md)."""
-        self.batch_invariant = on
-        rows_apart(self.unet, on)
-
-    def compile(self, stages: Optional[Tuple[str, ...]] = None, mode: Optional[str] = None) -> None:
-        """torch.compile `stages` ("unet": the step's `guided_eps`, "vae", "vocoder"); see compiled.py.
-        Each new input shape or guidance scale compiles on first use (`compile_seconds()`)."""
-        targets = {"unet": guided_eps, "vae": self.vae.decode, "vocoder": self.vocoder}
-        self.compiled = compile_stages(targets, self.device, stages, mode)
-
-    def compile_seconds(self) -> Dict[str, float]:
-        """Seconds spent compiling, per stage (every input shape it met)."""
-        return {name: sum(stage.compile_seconds.values()) for name, stage in self.compiled.items()}
 
     def __call__(self, prompt=None, audio_length_in_s=None, num_inference_steps=200, guidance_scale=2.0,
                  negative_prompt=None, num_waveforms_per_prompt=1, eta=0.0, generator=None, latents=None,
@@ -144,8 +100,9 @@ class MusicLDMPipeline:
 
     @torch.inference_mode()
     def _generate(self, o: Options, run: Run) -> AudioPipelineOutput:
-        device, takes = self.device, o.num_waveforms_per_prompt
-        shape = self.geometry.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
+        run = run if run.geometry is not None else run._replace(geometry=self.geometry)  # computed once a call
+        device, takes, g = self.device, o.num_waveforms_per_prompt, run.geometry
+        shape = g.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 
         # 1. Encode the prompts into CLAP vectors (B, 512); with guidance, [negative; positive] in one batch.
         report = o.progress or (lambda stage, done, total: None)  # stages reported as (stage, done, total)
@@ -160,17 +117,17 @@ class MusicLDMPipeline:
 
         # 2. The guided noise predictor eps(x_t, t | c); past the trained length, window by window.
         denoiser = noise_predictor(self.compiled.get("unet", guided_eps), self.placement.ready("unet"), cond,
-                                   o.guidance_scale if o.guided else None, loop=o.loop,
-                                   window=self.geometry.window("denoising") if run.windowed else None,
+                                   o.guidance_scale if o.guided else None, loop=run.loop,
+                                   window=g.window("denoising") if run.windowed else None,
                                    progress=lambda done, total: report("denoising: windows", done, total))
 
         # 3. Sample from Gaussian noise (drawn as diffusers draws it); audio-to-audio holds to the input.
         noise = randn(shape, o.generator, device, self.dtype) if o.latents is None else o.latents.to(device, self.dtype)
         steps, init, constrain, edit = run.sampling, None, None, None
         if run.wave is not None:
-            z_in = encode_input(run.wave, run, self.geometry, self.placement.ready("vae")).expand(shape)
+            z_in = encode_input(run.wave, run, g, self.placement.ready("vae")).expand(shape)
             self.placement.ready("unet")  # back from the encoder (with offload, one component on the device)
-            edit = AudioEdit(z_in, o, run, self.geometry)
+            edit = AudioEdit(z_in, o, run, g)
             steps, init, constrain = edit.sampling(noise)
 
         def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
@@ -185,13 +142,14 @@ class MusicLDMPipeline:
             return AudioPipelineOutput(audios=z)  # as the reference: unscaled, and always an output object
 
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
-        mel = self.decode_mel(z, run.windowed, o.loop, report)  # (B, 1, frames, bins)
-        audio = self.vocode(mel, run.windowed, o.loop, report)
-        if edit is not None:
+        mel = self.decode_mel(z, run, report)  # (B, 1, frames, bins)
+        audio = self.vocode(mel, run, report)
+        if edit is not None:  # the input's round trip, in windows
             input_report = lambda stage, done, total: report(f"{stage} the input", done, total)  # noqa: E731
-            audio = edit.keep_input(audio, lambda kept: self.decode(kept, True, False, input_report))
+            trip = run._replace(windowed=True, loop=False)
+            audio = edit.keep_input(audio, lambda kept: self.decode(kept, trip, input_report))
         check_waveforms(audio)
-        audio, scores = audio[:, :int(run.seconds * self.sampling_rate)], None
+        audio, scores = audio[:, :int(run.seconds * g.sampling_rate)], None
         mels = mel.squeeze(1).cpu().float() if o.return_mels else None  # (B, frames, bins)
         if takes > 1 and o.prompt is not None:
             report("ranking takes", 0, 1)
@@ -211,32 +169,36 @@ class MusicLDMPipeline:
             embeds = self.placement.ready("text_encoder").encode_texts(self.tokenizer, texts, max_length)
         return embeds.to(device=device, dtype=self.dtype)
 
-    def decode(self, z: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
-        """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN:
-        the reference's whole-clip decode, or overlapping windows (circular for a loop), each stage reported."""
-        return self.vocode(self.decode_mel(z, windowed_path, loop, report), windowed_path, loop, report)
+    def _geometry(self, run: Optional[Run]) -> Geometry:
+        return run.geometry if run is not None and run.geometry is not None else self.geometry
 
-    def _stage(self, name: str, fn: Callable, x: torch.Tensor, dim: int, num: int, windowed_path: bool, loop: bool,
+    def decode(self, z: torch.Tensor, run: Optional[Run] = None, report=lambda *_: None) -> torch.Tensor:
+        """(B, 8, T', F') latents -> (B, T' * 4 * hop) float32 waveforms on the CPU, VAE then HiFi-GAN: the
+        reference's whole-clip decode (run None), or the run's overlapping windows (circular for a loop)."""
+        return self.vocode(self.decode_mel(z, run, report), run, report)
+
+    def _stage(self, name: str, fn: Callable, x: torch.Tensor, dim: int, num: int, run: Optional[Run],
                report) -> torch.Tensor:
-        window = self.geometry.window(name, loop) if windowed_path else (x.shape[dim], 0)
+        """A stage over x's `dim`: whole, or in the run's windows of that stage (longform.windowed)."""
+        windows, loop = run is not None and run.windowed, run is not None and run.loop
+        window = self._geometry(run).window(name, loop) if windows else (x.shape[dim], 0)
         return windowed(fn, x, dim, *window, num=num, circular=loop, progress=lambda done, total: report(name, done, total))
 
-    def decode_mel(self, z: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
+    def decode_mel(self, z: torch.Tensor, run: Optional[Run] = None, report=lambda *_: None) -> torch.Tensor:
         """(B, 8, T', F') latents -> (B, 1, 4 T', bins) log-mel spectrograms (the VAE, after its scaling)."""
         one_by_one = self.vae_slicing or self.batch_invariant
         decode = self.compiled.get("vae", self.placement.ready("vae").decode)
         mel = self._stage("decoding", lambda w: decode(w, slice_batch=one_by_one), 1 / self.vae.config.scaling_factor * z,
-                          2, self.geometry.vae_factor, windowed_path, loop, report)
+                          2, self._geometry(run).vae_factor, run, report)
         check_finite(mel, "the decoded mel spectrogram", "vae")
         return mel
 
-    def vocode(self, mel: torch.Tensor, windowed_path: bool, loop: bool, report=lambda *_: None) -> torch.Tensor:
+    def vocode(self, mel: torch.Tensor, run: Optional[Run] = None, report=lambda *_: None) -> torch.Tensor:
         """(B, 1, frames, bins) mels -> (B, frames * hop) float32 waveforms on the CPU (HiFi-GAN)."""
         split = self.batch_invariant
         vocoder = self.compiled.get("vocoder", self.placement.ready("vocoder"))
         vocode = lambda m: torch.cat([vocoder(row) for row in m.split(1 if split else len(m))])  # noqa: E731
-        return self._stage("vocoding", vocode, mel.squeeze(1), 1, self.geometry.hop, windowed_path, loop,
-                           report).cpu().float()
+        return self._stage("vocoding", vocode, mel.squeeze(1), 1, self._geometry(run).hop, run, report).cpu().float()
 
     def rank(self, prompt: Union[str, List[str]], audio: torch.Tensor, takes: int, within_prompt: bool = False,
              crop: str = "random") -> Tuple[torch.Tensor, torch.Tensor]:

@@ -414,8 +414,9 @@ def test_check_fields():
     batch.check_fields({"prompt": "a", "seconds": 2, "guidance": 1, "loop": False, "negative": None, "seed": None,
                         "sampler": None})  # an integer is a number; these three may be null, and seconds:
     batch.check_fields({"prompt": "a", "seconds": None})
-    refused("unknown field(s) 'b', 'c'; the fields are prompt, id, negative, seconds, seed, steps, guidance, takes, "
-            "sampler, loop, window", batch.check_fields, {"prompt": "a", "c": 1, "b": 2})
+    assert list(batch.FIELDS)[:2] == ["prompt", "id"] and {"seconds", "takes", "exact_batches"} <= set(batch.FIELDS)
+    refused(f"unknown field(s) 'b', 'c'; the fields are {', '.join(batch.FIELDS)}", batch.check_fields,
+            {"prompt": "a", "c": 1, "b": 2})
     refused("the field 'prompt' is missing", batch.check_fields, {"id": "x"})
     for key, value, words in (("seconds", "2", "a number"), ("seconds", True, "a number"), ("steps", 2.0, "an integer"),
                               ("steps", True, "an integer"), ("loop", 1, "true or false"), ("prompt", None, "text"),

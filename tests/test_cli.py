@@ -73,8 +73,8 @@ def test_progress_without_a_terminal_is_one_line_per_stage(tiny_ckpt, tmp_path):
     (["x", "--weights", "/no/such/checkpoint"], "no such checkpoint folder"),
     (["x", "--weights", "{ckpt}", "--seconds", "0.001"], "--seconds must be at least 0.04 s (one latent frame), got 0.001"),
     (["x", "--weights", "{ckpt}", "-o", "a" * 300 + ".wav"], "is 304 bytes, longer than the 255 this file system"),
-    (["x", "--weights", "{ckpt}", "--seed", str(2**64)], "--seed must be between 0 and 18446744073709551615"),
-    (["x", "--weights", "{ckpt}", "--seed", "-1"], "--seed must be between 0"),
+    (["x", "--weights", "{ckpt}", "--seed", str(2**64)], "--seed must be an integer between 0 and 18446744073709551615"),
+    (["x", "--weights", "{ckpt}", "--seed", "-1"], "--seed must be an integer between 0"),
     (["x", "--weights", "{ckpt}", "--seconds", "1e9"], "1 take(s) of 1e+09 s need about"),
     (["x", "--weights", "{ckpt}", "--takes", "1000000"], "1000000 take(s) of 1.28 s need about"),
     (["x", "--weights", "{ckpt}", "--negative", "bad \udcff"], "--negative is not valid Unicode"),
@@ -187,9 +187,9 @@ def test_every_option_reaches_the_pipeline(tiny_ckpt, tmp_path, monkeypatch):
             def __setattr__(self, name, value):
                 setattr(pipe, name, value)
 
-            def generate(self, options):
+            def generate(self, options, run=None):
                 seen["call"] = dict(vars(options))
-                return generate(options)
+                return generate(options, run)
 
         return Recording()
 

@@ -24,7 +24,7 @@ GEOMETRY = Geometry(sampling_rate=16000, hop=160, mel_bins=64, vae_factor=4, lat
 def edit(tiny_ckpt, sampler: str, frames: int = 160, input_frames: int = 160, **options) -> AudioEdit:
     """An AudioEdit on a synthetic input latent (1, 8, frames / 4, 16), 5 steps of `sampler`."""
     scheduler = Scheduler.from_pretrained(tiny_ckpt / "scheduler", sampler)
-    run = Run(takes=1, seconds=frames / 100, frames=frames, scheduler=scheduler, sampling=scheduler.plan(5),
+    run = Run(takes=1, seconds=frames / 100, frames=frames, scheduler=scheduler, sampling=scheduler.timesteps(5),
               windowed=True, input_frames=input_frames)
     z_in = torch.randn((1, 8, frames // 4, 16), generator=torch.Generator().manual_seed(0))
     return AudioEdit(z_in, Options(audio="x", **options), run, GEOMETRY)

@@ -285,7 +285,7 @@ def test_plan_of_the_default_length():
     assert (run.takes, run.seconds, run.frames, run.windowed, run.wave, run.input_frames) == (6, 10.24, 1024, False,
                                                                                              None, 0)
     assert run.scheduler is s and run.sampling.steps == 7
-    assert torch.equal(run.sampling.timesteps, s.plan(7).timesteps)
+    assert torch.equal(run.sampling.timesteps, s.timesteps(7).timesteps)
 
 
 def test_plan_rounds_a_length_up_to_whole_latent_frames():

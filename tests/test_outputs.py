@@ -1,5 +1,6 @@
-"""outputs.py on its own: the recipe tag, output names and their checks, the manifest (scan, append,
-merge), the folder lock, whole-or-nothing writes and the mel PNG, each called directly.
+"""What the entry points write, on its own (app/files.py, manifest.py, png.py): the remake tag, output names
+and their checks, the manifest (scan, append, merge), the folder lock, whole-or-nothing writes and the mel
+PNG, each called directly.
 
 The command line's and batch mode's tests (test_cli, test_batch, test_refusals) reach the same code
 through whole runs; here every branch is reached in milliseconds, with the property it must keep:
@@ -26,7 +27,7 @@ import soundfile as sf
 import torch
 
 from helpers import refused
-from musicldm_core.app import files, manifest, png, request
+from musicldm_core.app import cli, files, manifest, png
 from musicldm_core.app.cli import build_parser
 from musicldm_core.app.files import TEMP_PREFIX
 from musicldm_core.app.manifest import MANIFEST, PARTS, REJECTED
@@ -63,13 +64,13 @@ def test_a_temporary_file_is_ours_and_beside_its_target(tmp_path):
 
 RECIPE_KEYS = ("prompt", "seed", "steps", "guidance", "sampler", "weights", "device", "dtype", "threads", "negative",
                "seconds", "revision", "strength", "inpaint", "extend", "sample_rate", "eta", "attention_heads",
-               "loop", "compile", "window", "takes", "take")
+               "loop", "exact_batches", "compile", "window", "takes", "take")
 
 
 @pytest.mark.parametrize("argv", [
     ["calm piano"],
     ["it's 'quoted' & $odd", "--negative", "noise; rm -rf", "--seconds", "2.5", "--revision", "v1", "--eta", "0.5",
-     "--attention-heads", "authors", "--loop", "--compile", "--window", "windowed", "--takes", "3",
+     "--attention-heads", "authors", "--loop", "--exact-batches", "--compile", "--window", "windowed", "--takes", "3",
      "--sample-rate", "44100", "--guidance", "1.0000000001", "--steps", "7"],
     ["x", "--input", "in.wav", "--inpaint", "1.5:2", "--strength", "0.25", "--extend", "3", "--window", "whole"],
     ["two takes", "--takes", "2"],
@@ -78,7 +79,7 @@ def test_the_recipe_parses_back_to_the_run_it_records(argv, tmp_path):
     parser = build_parser()
     args = parser.parse_args(argv + ["-o", str(tmp_path / "song.wav")])
     take = 2 if args.takes > 1 else 1
-    line = request.recipe(args, 123, "heun", torch.device("cpu"), "float32", 3, take)
+    line = cli.remake_tag(args, 123, "heun", torch.device("cpu"), "float32", 3, take)
     words = shlex.split(line)
     assert words[0] == "musicldm"
     back = parser.parse_args(words[1:])
@@ -91,7 +92,7 @@ def test_the_recipe_parses_back_to_the_run_it_records(argv, tmp_path):
 
 def test_the_recipe_leaves_out_what_is_default_and_threads_off_the_cpu():
     args = build_parser().parse_args(["a", "-o", "out/music.wav"])
-    line = request.recipe(args, 0, "ddim", torch.device("cuda", 1), "float16", 8, 1)
+    line = cli.remake_tag(args, 0, "ddim", torch.device("cuda", 1), "float16", 8, 1)
     assert line == ("musicldm a -o music.wav --seed 0 --steps 200 --guidance 2.0 --sampler ddim --weights "
                     "ucsd-reach/musicldm --device cuda:1 --dtype float16")
     for flag in ("--threads", "--eta", "--attention-heads", "--loop", "--compile", "--window", "--takes", "--take",

@@ -19,7 +19,8 @@ import soundfile as sf
 import torch
 
 from helpers import musicldm
-from musicldm_core.app import batch, cli, files, manifest
+from musicldm_core.app import batch, cli, manifest
+from musicldm_core.app import files as app_files
 from musicldm_core.audio_frontend import load_audio
 
 QUICK = ["--steps", "3", "--threads", "1"]
@@ -155,7 +156,7 @@ def test_a_full_disk_names_the_folder_and_writes_nothing(tiny_ckpt, tmp_path, mo
         raise sf.LibsndfileError(2, "Error writing")
 
     monkeypatch.setattr(sf.SoundFile, "write", full)
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10, 10, 0))
+    monkeypatch.setattr(app_files.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10, 10, 0))
     code = cli.main(["x", "--weights", str(tiny_ckpt), "--steps", "3", "--seconds", "0.3", "-o", str(tmp_path / "a.wav")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1] == (f"musicldm: error: --output: cannot write {str(tmp_path / 'a.wav')!r} (the disk "
@@ -171,7 +172,7 @@ def test_a_full_disk_in_batch_mode(tiny_ckpt, tmp_path, monkeypatch, capsys):
     prompts.write_text("rain\n")
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(files, "temp_file", full)
+    monkeypatch.setattr(app_files, "temp_file", full)
     monkeypatch.setattr(batch, "check_folder", lambda *a, **k: None)  # the probe would fail first
     code = cli.main(["--prompts", str(prompts), "--out-dir", str(out), "--weights", str(tiny_ckpt), "--steps", "3",
                      "--seconds", "0.3", "--threads", str(torch.get_num_threads())])

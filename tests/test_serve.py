@@ -205,12 +205,12 @@ class Gate:
     def __getattr__(self, name):
         return getattr(self.pipe, name)
 
-    def generate(self, options):
+    def generate(self, options, run=None):
         self.entered.set()
         self.open.wait(60)
         if self.fail:
             raise self.fail
-        return self.pipe.generate(options)
+        return self.pipe.generate(options, run)
 
 
 def test_cancel_and_a_full_queue(running, pipe):
@@ -340,7 +340,7 @@ def test_the_mels_returned_are_each_takes_own(pipe):
         pipe.enable_batch_invariance(False)
     assert out.mels.shape == (3, 64, 64) and out.scores is not None
     for i in range(3):
-        wave = pipe.vocode(torch.from_numpy(out.mels[i])[None, None], False, False).numpy()[0]
+        wave = pipe.vocode(torch.from_numpy(out.mels[i])[None, None]).numpy()[0]
         assert np.array_equal(wave[: out.audios.shape[-1]], out.audios[i]), i
     assert pipe("rain", num_inference_steps=3, audio_length_in_s=0.64).mels is None  # only when asked
 

@@ -68,8 +68,6 @@ def check_args(args: argparse.Namespace) -> None:
     check_bounds("threads", args.threads, "--threads")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.input is None and (args.strength is not None or args.inpaint is not None or args.extend is not None):
-        raise ValueError("--strength, --inpaint and --extend need --input FILE")
     if not 0 <= args.eta <= 1:  # DDIM's variance goes negative past 1
         raise ValueError(f"--eta must be between 0 and 1, got {args.eta}")
     if args.eta and args.sampler not in (None, "ddim"):  # the other samplers have no eta: it would do nothing
@@ -151,6 +149,17 @@ def request_of(args: argparse.Namespace, **decided) -> Request:
     return Request(**{**{f.name: getattr(args, f.name) for f in FIELDS}, **decided})
 
 
+def remake_tag(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str, threads: int,
+               take: int) -> str:
+    """The command that remakes take `take` of this run (request.remake_command), for the file's comment tag:
+    the values decided since parsing (the seed, the sampler, device, dtype, threads on a CPU, the input's
+    absolute path), the take when there are several."""
+    recorded = request_of(args, seed=seed, sampler=sampler, device=str(device), dtype=dtype,
+                          threads=threads if device.type == "cpu" else None,
+                          input=args.input and os.path.abspath(args.input), take=take if args.takes > 1 else None)
+    return remake_command(recorded, Path(args.output).name)
+
+
 def run(args: argparse.Namespace) -> List[str]:
     """One prompt: everything is checked before the weights load (the arguments, the input audio read once,
     the request against the checkpoint's configs and the memory, the output paths), then generated as
@@ -167,6 +176,8 @@ def run(args: argparse.Namespace) -> List[str]:
     from .prepare import open_pipeline, options_of, prepare, run_device
     from .progress import StageProgress
 
+    if args.input is None and (args.strength is not None or args.inpaint is not None or args.extend is not None):
+        raise ValueError("--strength, --inpaint and --extend need --input FILE")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
     request = request_of(args, seed=seed)
     progress = StageProgress()
@@ -188,18 +199,14 @@ def run(args: argparse.Namespace) -> List[str]:
     if args.sample_rate is not None and args.sample_rate != rate:
         audio = resample(torch.from_numpy(audio).double(), rate, args.sample_rate).float().numpy()
         rate = args.sample_rate
-    recorded = request_of(args, seed=seed, sampler=args.sampler or pipe.scheduler.name, device=str(device),
-                          dtype=dtype, threads=torch.get_num_threads() if device.type == "cpu" else None,
-                          input=args.input and os.path.abspath(args.input))
-    tags = [getattr(args, "recipe", None) or remake_command(replace(recorded, take=k if args.takes > 1 else None),
-                                                            Path(args.output).name)
+    sampler = args.sampler or pipe.scheduler.name
+    tags = [getattr(args, "recipe", None) or remake_tag(args, seed, sampler, device, dtype, torch.get_num_threads(), k)
             for k in ([args.take] if args.take else range(1, args.takes + 1))]
     write_audio(paths, audio, rate, comments=tags)
     if args.compile:
         print("musicldm: compiled " + ", ".join(f"{k} in {v:.1f} s" for k, v in pipe.compile_seconds().items()),
               file=sys.stderr)
-    return [file_line(path, audio.shape[-1] / rate, seed, request.sampler or pipe.scheduler.name, args.steps,
-                      args.guidance) for path in paths]
+    return [file_line(path, audio.shape[-1] / rate, seed, sampler, args.steps, args.guidance) for path in paths]
 
 
 def keep_freed_memory() -> None:

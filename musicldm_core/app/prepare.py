@@ -18,10 +18,12 @@ from ..load import Checkpoint
 from ..options import AUDIO_RATE, Options, Run, plan_call, read_input
 from ..pipeline import MusicLDMPipeline
 from ..placement import default_device, parse_device
-from .request import Request, parse_span, pipeline_options
+from .request import BY_NAME, Request, parse_span, pipeline_options
 
-# the fields one pipe call shares among its prompts (batch.Item.group keeps them equal)
-SHARED = ("seconds", "steps", "guidance", "takes", "sampler", "loop", "window", "eta", "strength", "extend")
+# the fields one pipe call shares among its prompts (batch.Item.group keeps them equal), and those it sets
+# only when a request gives them (otherwise the template's stand: batch mode's eta is the run's)
+SHARED = ("seconds", "steps", "guidance", "takes", "sampler", "loop", "window")
+GIVEN = ("eta", "strength", "extend")
 
 
 def options_of(requests: List[Request], template: Options = Options()) -> Options:
@@ -35,7 +37,8 @@ def options_of(requests: List[Request], template: Options = Options()) -> Option
     edit = {"input": first.input, "inpaint": parse_span(first.inpaint)} if first.input is not None else {}
     if edit and first.strength is None and first.inpaint is None and first.extend is None:
         edit["strength"] = 0.6  # an input alone moves 60% of the way from it
-    return replace(template, **pipeline_options({**{k: getattr(first, k) for k in SHARED}, **edit}),
+    given = {k: getattr(first, k) for k in GIVEN if getattr(first, k) != BY_NAME[k].default}
+    return replace(template, **pipeline_options({**{k: getattr(first, k) for k in SHARED}, **given, **edit}),
                    prompt=prompts[0] if one else prompts, negative_prompt=negative,
                    generator=generators[0] if one else generators, rank_within_prompt=True, crop="start")
 
@@ -64,9 +67,14 @@ def prepare(options: Options, checkpoint: Callable[[], Checkpoint], device: torc
 
 
 def run_device(device: Optional[str], dtype: Optional[str]) -> tuple:
-    """(torch.device, dtype name): the best device unless one is named, float16 on CUDA unless named."""
+    """(torch.device, dtype name): the best device unless one is named, and its dtype (run_dtype)."""
     device = parse_device(device or default_device())
-    return device, dtype or ("float16" if device.type == "cuda" else "float32")
+    return device, run_dtype(device, dtype)
+
+
+def run_dtype(device: torch.device, dtype: Optional[str]) -> str:
+    """The dtype named, else float16 on CUDA and float32 elsewhere."""
+    return dtype or ("float16" if device.type == "cuda" else "float32")
 
 
 def open_pipeline(folder, device: torch.device, dtype: str, attention_heads: str = "checkpoint",

@@ -134,6 +134,7 @@ def check_bounds(name: str, value, shown: str) -> None:
     low, high = bounds
     if value < low or (high is not None and value > high):
         words = f"between {low} and {high}" if high is not None else f"at least {low}"
+        words = f"an integer {words}" if BY_NAME[name].metadata["kind"] is int and high is not None else words
         raise ValueError(f"{shown} must be {words}, got {value}")
 
 

@@ -3,7 +3,7 @@
 Three names to tell apart: `SchedulerConfig` is scheduler_config.json as read (config.py);
 `NoiseSchedule` is the maths it fixes (betas, alpha-bars, sigmas; schedule.py); `Scheduler` is
 what the pipeline holds (diffusers' word): a sampler chosen by name, bound to that schedule.
-Each sampler module gives a pure `plan` and a `stepper` (see schedule.py for the contract).
+Each sampler module gives a pure `timesteps` and a `stepper` (see schedule.py for the contract).
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from .config import SchedulerConfig, scheduler_config
 from ..errors import CheckpointError
 from ..noise import Generator
 from . import ddim, dpmsolver, euler, heun, lms, pndm
-from .schedule import Model, NoiseSchedule, Plan, vp_scales
+from .schedule import Model, NoiseSchedule, Timesteps, vp_scales
 
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
 
-# name -> (plan, stepper)
+# name -> (timesteps, stepper)
 SAMPLERS = {
-    "ddim": (ddim.plan, ddim.stepper),
-    "pndm": (pndm.plan, pndm.stepper),
-    "lms": (lms.plan, lms.stepper),
-    "euler": (euler.plan, euler.stepper),
-    "euler_ancestral": (euler.plan_ancestral, euler.stepper_ancestral),
-    "heun": (heun.plan, heun.stepper),
-    "dpmsolver++": (dpmsolver.plan, dpmsolver.stepper),
+    "ddim": (ddim.timesteps, ddim.stepper),
+    "pndm": (pndm.timesteps, pndm.stepper),
+    "lms": (lms.timesteps, lms.stepper),
+    "euler": (euler.timesteps, euler.stepper),
+    "euler_ancestral": (euler.timesteps_ancestral, euler.stepper_ancestral),
+    "heun": (heun.timesteps, heun.stepper),
+    "dpmsolver++": (dpmsolver.timesteps, dpmsolver.stepper),
 }
 
 # diffusers class names found in scheduler_config.json -> our names
@@ -93,31 +93,31 @@ class Scheduler:
             raise ValueError(f"sampler {name!r}: this scheduler was built without its config; set pipe.scheduler")
         return Scheduler.from_config(self.data, name)
 
-    def plan(self, steps: int) -> Plan:
+    def timesteps(self, steps: int) -> Timesteps:
         """What `steps` steps will do; raises, before any model runs, if this sampler cannot take them."""
         return SAMPLERS[self.name][0](self.schedule, steps)
 
-    def sample(self, model: Model, noise: torch.Tensor, plan: Plan, *, eta: float = 0.0,
+    def sample(self, model: Model, noise: torch.Tensor, ts: Timesteps, *, eta: float = 0.0,
                generator: Generator = None, callback: Callback = None, init: Optional[torch.Tensor] = None,
                constrain: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-        """Integrate from unit Gaussian `noise` to x_0 along `plan` (from `self.plan(steps)`).
+        """Integrate from unit Gaussian `noise` to x_0 along `ts` (from `self.timesteps(steps)`).
 
         model(x_in, t) -> the model output; callback(i, t, x) runs where diffusers' pipeline
-        reports a step, with i the model evaluation's index (its step is i // plan.evals_per_step).
-        init: where to start instead of noise * plan.init_scale (audio-to-audio: `add_noise`).
+        reports a step, with i the model evaluation's index (its step is i // ts.evals_per_step).
+        init: where to start instead of noise * ts.init_scale (audio-to-audio: `add_noise`).
         constrain(i, x) -> x: applied after each completed step (inpainting puts known parts back).
         progress(done, steps): before the first step, then after each completed one.
         """
-        step = SAMPLERS[self.name][1](self.schedule, plan, eta=eta, generator=generator)
-        x = noise * plan.init_scale if init is None else init
-        steps, done = sum(map(plan.reports, range(len(plan.timesteps)))), 0
+        step = SAMPLERS[self.name][1](self.schedule, ts, eta=eta, generator=generator)
+        x = noise * ts.init_scale if init is None else init
+        steps, done = sum(map(ts.reports, range(len(ts.timesteps)))), 0
         if progress is not None:
             progress(0, steps)
-        for i, t in enumerate(plan.timesteps.to(noise.device)):
-            x_in = x / ((plan.sigmas[i] ** 2 + 1) ** 0.5) if plan.scale_input else x
+        for i, t in enumerate(ts.timesteps.to(noise.device)):
+            x_in = x / ((ts.sigmas[i] ** 2 + 1) ** 0.5) if ts.scale_input else x
             x = step(i, x, model(x_in, t))
-            if plan.reports(i):
+            if ts.reports(i):
                 if constrain is not None:
                     x = constrain(i, x)
                 if callback is not None:
@@ -127,21 +127,21 @@ class Scheduler:
                     progress(done, steps)
         return x
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, plan: Plan, i: int = 0) -> torch.Tensor:
-        """x0 noised to the level the sampler's x has before evaluation i of `plan` (clean at the end),
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, ts: Timesteps, i: int = 0) -> torch.Tensor:
+        """x0 noised to the level the sampler's x has before evaluation i of `ts` (clean at the end),
         in the sampler's own variable: VP for DDIM / PNDM / DPM-Solver, VE x0 + sigma eps for the rest."""
-        if i >= len(plan.timesteps):
+        if i >= len(ts.timesteps):
             return x0
-        if plan.scale_input:
-            return x0 + plan.sigmas[i] * noise
-        if plan.sigmas is not None:
-            alpha, sigma = vp_scales(plan.sigmas[i])
+        if ts.scale_input:
+            return x0 + ts.sigmas[i] * noise
+        if ts.sigmas is not None:
+            alpha, sigma = vp_scales(ts.sigmas[i])
             return alpha * x0 + sigma * noise
-        alpha_bar = self.schedule.alphas_cumprod[int(plan.timesteps[i])]
+        alpha_bar = self.schedule.alphas_cumprod[int(ts.timesteps[i])]
         return alpha_bar ** 0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
 
     def __repr__(self) -> str:
         return f"Scheduler({self.name!r})"
 
 
-__all__ = ["SAMPLERS", "CLASS_NAMES", "Scheduler", "NoiseSchedule", "Plan", "check_sampler"]
+__all__ = ["SAMPLERS", "CLASS_NAMES", "Scheduler", "NoiseSchedule", "Timesteps", "check_sampler"]

@@ -12,22 +12,22 @@ from __future__ import annotations
 import torch
 
 from ..noise import Generator, randn
-from .schedule import NoiseSchedule, Plan, Step, check_steps, eps_from_vp, x0_from_vp
+from .schedule import NoiseSchedule, Step, Timesteps, check_steps, eps_from_vp, x0_from_vp
 
 
-def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+def timesteps(schedule: NoiseSchedule, steps: int) -> Timesteps:
     steps = check_steps(steps, schedule.num_train_timesteps)
-    return Plan(steps, torch.from_numpy(schedule.integer_timesteps(steps)))
+    return Timesteps(steps, torch.from_numpy(schedule.integer_timesteps(steps)))
 
 
-def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+def stepper(schedule: NoiseSchedule, ts: Timesteps, eta: float = 0.0, generator: Generator = None) -> Step:
     cfg, ac = schedule.config, schedule.alphas_cumprod
     final = torch.tensor(1.0) if cfg.set_alpha_to_one else ac[0]
-    stride = cfg.num_train_timesteps // plan.spaced_for
+    stride = cfg.num_train_timesteps // ts.spaced_for
 
     def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # 1. alpha-bar at t and at the previous timestep t - T/N
-        t = int(plan.timesteps[i])
+        t = int(ts.timesteps[i])
         alpha_prod_t = ac[t]
         alpha_prod_t_prev = ac[t - stride] if t - stride >= 0 else final
         beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import NoiseSchedule, Plan, Step, check_steps, karras_sigmas, sigma_to_t, vp_scales, x0_from_vp
+from .schedule import (NoiseSchedule, Step, Timesteps, check_steps, karras_sigmas, sigma_to_t, vp_scales,
+                       x0_from_vp)
 
 
 def _timesteps(schedule: NoiseSchedule, steps: int) -> np.ndarray:
@@ -34,7 +35,7 @@ def _timesteps(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     return np.arange(T, 0, -T / steps).round().copy().astype(np.int64) - 1
 
 
-def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+def timesteps(schedule: NoiseSchedule, steps: int) -> Timesteps:
     """int64 timesteps (N,) and float32 sigmas (N+1,) as the reference's set_timesteps."""
     cfg = schedule.config
     steps = check_steps(steps, cfg.num_train_timesteps)
@@ -49,11 +50,11 @@ def plan(schedule: NoiseSchedule, steps: int) -> Plan:
         raise ValueError(f"num_inference_steps={steps} with timestep_spacing={cfg.timestep_spacing!r} repeats a "
                          "timestep, which DPM-Solver++ cannot step over; use fewer steps or another spacing")
     sigmas = torch.from_numpy(np.concatenate([sigmas, [schedule.final_sigma()]]).astype(np.float32))
-    return Plan(steps, torch.from_numpy(ts), sigmas=sigmas)
+    return Timesteps(steps, torch.from_numpy(ts), sigmas=sigmas)
 
 
-def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
-    cfg, sigmas, n = schedule.config, plan.sigmas, len(plan.timesteps)
+def stepper(schedule: NoiseSchedule, ts: Timesteps, eta: float = 0.0, generator: Generator = None) -> Step:
+    cfg, sigmas, n = schedule.config, ts.sigmas, len(ts.timesteps)
     # the reference ends first-order at the last step in these cases
     last_first_order = cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
     x0_history: list[torch.Tensor] = []

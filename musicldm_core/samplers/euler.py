@@ -12,24 +12,24 @@ from __future__ import annotations
 import torch
 
 from ..noise import Generator, randn
-from .schedule import NoiseSchedule, Plan, Step, check_steps, x0_from_ve
+from .schedule import NoiseSchedule, Step, Timesteps, check_steps, x0_from_ve
 
 
-def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+def timesteps(schedule: NoiseSchedule, steps: int) -> Timesteps:
     steps = check_steps(steps, schedule.num_train_timesteps)
     timesteps, sigmas = schedule.sigma_timesteps(steps)
-    return Plan(steps, timesteps, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas), scale_input=True)
+    return Timesteps(steps, timesteps, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas), scale_input=True)
 
 
-def plan_ancestral(schedule: NoiseSchedule, steps: int) -> Plan:
+def timesteps_ancestral(schedule: NoiseSchedule, steps: int) -> Timesteps:
     if schedule.config.prediction_type == "sample":
         raise ValueError("scheduler_config.json: prediction_type='sample' is not supported by Euler ancestral")
-    return plan(schedule, steps)
+    return timesteps(schedule, steps)
 
 
-def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+def stepper(schedule: NoiseSchedule, ts: Timesteps, eta: float = 0.0, generator: Generator = None) -> Step:
     def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+        sigma, sigma_next = ts.sigmas[i], ts.sigmas[i + 1]
         x32 = x.to(torch.float32)
         derivative = (x32 - x0_from_ve(schedule.config.prediction_type, out, x32, sigma)) / sigma
         return (x32 + derivative * (sigma_next - sigma)).to(out.dtype)
@@ -37,9 +37,9 @@ def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Ge
     return step
 
 
-def stepper_ancestral(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
+def stepper_ancestral(schedule: NoiseSchedule, ts: Timesteps, eta: float = 0.0, generator: Generator = None) -> Step:
     def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+        sigma, sigma_next = ts.sigmas[i], ts.sigmas[i + 1]
         x32 = x.to(torch.float32)
         derivative = (x32 - x0_from_ve(schedule.config.prediction_type, out, x32, sigma)) / sigma
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5

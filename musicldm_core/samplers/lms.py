@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import NoiseSchedule, Plan, Step, check_steps, x0_from_ve
+from .schedule import NoiseSchedule, Step, Timesteps, check_steps, x0_from_ve
 
 LMS_ORDER = 4  # how many past derivatives the multistep formula combines
 
@@ -60,19 +60,19 @@ def lms_coefficient(sigmas: list[float], order: int, k: int, j: int) -> float:
     return gauss_kronrod_21(basis, float(s[k]), float(s[k + 1]))
 
 
-def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+def timesteps(schedule: NoiseSchedule, steps: int) -> Timesteps:
     steps = check_steps(steps, schedule.num_train_timesteps)
     timesteps, sigmas = schedule.sigma_timesteps(steps)
-    return Plan(steps, timesteps, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas), scale_input=True)
+    return Timesteps(steps, timesteps, sigmas=sigmas, init_scale=schedule.init_sigma(sigmas), scale_input=True)
 
 
-def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
-    node = plan.sigmas.double().tolist()  # the reference's quad evaluates its integrand at these float32 values
+def stepper(schedule: NoiseSchedule, ts: Timesteps, eta: float = 0.0, generator: Generator = None) -> Step:
+    node = ts.sigmas.double().tolist()  # the reference's quad evaluates its integrand at these float32 values
     derivatives: list[torch.Tensor] = []  # the last LMS_ORDER slopes d, oldest first
 
     def step(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         nonlocal derivatives
-        sigma = plan.sigmas[i]
+        sigma = ts.sigmas[i]
         derivatives = (derivatives + [(x - x0_from_ve(schedule.config.prediction_type, out, x, sigma)) / sigma])
         derivatives = derivatives[-LMS_ORDER:]
         order = min(i + 1, LMS_ORDER)

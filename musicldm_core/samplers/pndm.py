@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..noise import Generator
-from .schedule import NoiseSchedule, Plan, Step, check_steps, eps_from_vp
+from .schedule import NoiseSchedule, Step, Timesteps, check_steps, eps_from_vp
 
 
 def _transfer(schedule: NoiseSchedule, x: torch.Tensor, t: int, prev_t: int, out: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ def _layout(schedule: NoiseSchedule, steps: int) -> tuple[np.ndarray, int]:
     return np.concatenate([prk, ts[:-3][::-1]]).astype(np.int64), len(prk)
 
 
-def plan(schedule: NoiseSchedule, steps: int) -> Plan:
+def timesteps(schedule: NoiseSchedule, steps: int) -> Timesteps:
     cfg = schedule.config
     if cfg.prediction_type == "sample":
         raise ValueError("scheduler_config.json: prediction_type='sample' is not supported by PNDM")
@@ -47,12 +47,12 @@ def plan(schedule: NoiseSchedule, steps: int) -> Plan:
     if not cfg.skip_prk_steps and steps < 4:  # diffusers fails there (its PRK warm-up needs 4 timesteps)
         raise ValueError(f"num_inference_steps={steps}: PNDM with Runge-Kutta warm-up steps (skip_prk_steps=false) "
                          "needs at least 4 steps")
-    return Plan(steps, torch.from_numpy(_layout(schedule, steps)[0]))
+    return Timesteps(steps, torch.from_numpy(_layout(schedule, steps)[0]))
 
 
-def stepper(schedule: NoiseSchedule, plan: Plan, eta: float = 0.0, generator: Generator = None) -> Step:
-    stride = schedule.num_train_timesteps // plan.steps
-    all_ts, n_prk = _layout(schedule, plan.steps)
+def stepper(schedule: NoiseSchedule, ts: Timesteps, eta: float = 0.0, generator: Generator = None) -> Step:
+    stride = schedule.num_train_timesteps // ts.steps
+    all_ts, n_prk = _layout(schedule, ts.steps)
     ets: list[torch.Tensor] = []  # past model outputs (as eps)
     x_start = None  # x at the start of the current multi-evaluation step
     prk_sum = 0.0

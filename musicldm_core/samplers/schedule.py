@@ -1,10 +1,10 @@
-"""The noise schedule every sampler shares, the plan of a run, and the prediction formulas.
+"""The noise schedule every sampler shares, the timesteps of a run, and the prediction formulas.
 
 A sampler is two functions (see samplers/__init__.py, which runs the loop once for all):
 
-* plan(schedule, steps) -> Plan: pure. The timesteps the model will see, the sigmas, the initial
+* timesteps(schedule, steps) -> Timesteps: pure. The timesteps the model will see, the sigmas, the initial
   noise scale. Building it is the check of a step count, so it runs before any model does.
-* stepper(schedule, plan, eta, generator) -> step(i, x, out) -> x: the update after model
+* stepper(schedule, ts, eta, generator) -> step(i, x, out) -> x: the update after model
   evaluation i, with any multistep history kept inside the closure (nothing survives a run).
 
 Each sampler computes in the variable diffusers uses -- integer timesteps and float32
@@ -40,7 +40,7 @@ def check_steps(steps, num_train_timesteps: int) -> int:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Timesteps:
     """A run of `steps` steps, fixed before any model evaluation.
 
     timesteps: (E,) the t the model is given at each of the E evaluations (CPU; int64, or float32
@@ -49,7 +49,7 @@ class Plan:
     init_scale: x_T = unit noise * init_scale (diffusers' `init_noise_sigma`).
     scale_input: the model sees x / sqrt(sigmas[i]^2 + 1) instead of x (VE -> VP).
     spaced_for: the step count the timesteps were spaced for (DDIM steps T // spaced_for back);
-        more than `steps` when the plan starts part way (from_step).
+        more than `steps` when the timesteps start part way (from_step).
     """
 
     steps: int
@@ -64,15 +64,15 @@ class Plan:
         if not self.spaced_for:
             object.__setattr__(self, "spaced_for", self.steps)
 
-    def from_step(self, k: int) -> "Plan":
-        """The plan's last steps - k steps (audio-to-audio starts part way down the schedule).
+    def from_step(self, k: int) -> "Timesteps":
+        """The last steps - k steps of these timesteps (audio-to-audio starts part way down the schedule).
 
         Each sampler's history starts afresh there, as in diffusers' image-to-image pipelines.
         """
         if not 0 <= k < self.steps:
             raise ValueError(f"from_step: {k} is not a step of a {self.steps}-step plan")
         first = k * self.evals_per_step  # Heun (t0, t1, t1, t2, t2, ...): 2k is t_k's predictor
-        return Plan(self.steps - k, self.timesteps[first:], self.evals_per_step,
+        return Timesteps(self.steps - k, self.timesteps[first:], self.evals_per_step,
                     None if self.sigmas is None else self.sigmas[first:], self.init_scale, self.scale_input,
                     self.spaced_for)
 

@@ -61,7 +61,7 @@ def test_the_whole_step_never_reads_the_device(name, tiny_ckpt):
         return guided_eps(unet, x, t, cond, 2.5)
 
     with torch.inference_mode():
-        out = scheduler.sample(model, noise, scheduler.plan(5), eta=0.5 if name == "ddim" else 0.0,
+        out = scheduler.sample(model, noise, scheduler.timesteps(5), eta=0.5 if name == "ddim" else 0.0,
                                generator=torch.Generator().manual_seed(0))
     assert out.device.type == "meta" and out.shape == noise.shape and set(d.type for d in seen) == {"meta"}
 

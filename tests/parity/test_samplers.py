@@ -70,7 +70,7 @@ def our_run(name, cfg, steps, x, model, eta=0.0, seed=None):
         return model(x_in, t)
 
     scheduler = Scheduler(name, scheduler_config(REFERENCE[name].__name__, cfg))
-    scheduler.sample(counted, x, scheduler.plan(steps), eta=eta,
+    scheduler.sample(counted, x, scheduler.timesteps(steps), eta=eta,
                      generator=torch.Generator().manual_seed(seed) if seed is not None else None,
                      callback=lambda i, t, x: traj.append((i, x)))
     return ts, traj
@@ -228,14 +228,14 @@ def test_gauss_kronrod_is_exact_for_polynomials():
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_bad_step_counts(name, steps):
     with pytest.raises(ValueError, match="num_inference_steps"):
-        Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED)).plan(steps)
+        Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED)).timesteps(steps)
 
 
 def test_scheduler_from_checkpoint(tiny_ckpt):
     assert Scheduler.from_pretrained(tiny_ckpt / "scheduler").name == "ddim"
     pndm = Scheduler.from_pretrained(tiny_ckpt / "scheduler", "pndm")
     assert pndm.config.skip_prk_steps  # MusicLDM's PNDM is PLMS
-    assert Scheduler.from_pretrained(tiny_ckpt / "scheduler", "heun").plan(10).evals_per_step == 2
+    assert Scheduler.from_pretrained(tiny_ckpt / "scheduler", "heun").timesteps(10).evals_per_step == 2
     with pytest.raises(ValueError, match="unknown sampler 'dpm3'"):
         Scheduler.from_pretrained(tiny_ckpt / "scheduler", "dpm3")
 
@@ -249,11 +249,11 @@ def test_dpm_lower_order_final_boundary(steps):
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "heun", "lms", "dpmsolver++"])
 def test_a_plan_from_step_k_is_the_rest_of_the_plan(name):
-    """Audio-to-audio starts part way down the schedule (Plan.from_step): the last N - k steps, still spaced for N.
+    """Audio-to-audio starts part way down the schedule (Timesteps.from_step): the last N - k steps, still spaced for N.
     A sampler without a history across steps (DDIM, Euler, Heun) then continues a run from its state after k steps
     exactly as the whole run does; the multistep ones (LMS, DPM-Solver) start their history afresh there."""
     scheduler = Scheduler(name, scheduler_config(REFERENCE[name].__name__, PUBLISHED))
-    plan, k = scheduler.plan(10), 4
+    plan, k = scheduler.timesteps(10), 4
     first = k * plan.evals_per_step  # Heun's plan lists t0, t1, t1, t2, t2, ...: evaluation 2k is t_k's predictor
     part = plan.from_step(k)
     assert (part.steps, part.spaced_for, part.evals_per_step) == (6, 10, plan.evals_per_step)
@@ -281,7 +281,7 @@ def test_timesteps_have_the_references_dtype(name):
         cfg = {**PUBLISHED, "timestep_spacing": spacing}
         ref = REFERENCE[name].from_config(cfg)
         ref.set_timesteps(10)
-        ours = Scheduler(name, scheduler_config(REFERENCE[name].__name__, cfg)).plan(10).timesteps
+        ours = Scheduler(name, scheduler_config(REFERENCE[name].__name__, cfg)).timesteps(10).timesteps
         assert ours.dtype == ref.timesteps.dtype, (name, spacing, ours.dtype, ref.timesteps.dtype)
 
 
