@@ -34,7 +34,8 @@ def main() -> None:
     import torch
 
     from musicldm_core import MusicLDMPipeline
-    from musicldm_core.app.batch import Item, generate
+    from musicldm_core.app.batch import generate
+    from musicldm_core.app.prompt_file import Item
 
     pipe = MusicLDMPipeline.from_pretrained(args.weights or default_weights())
     items = [Item(i, f"i{i}", prompt, None, args.seconds, 1000 + i, args.steps, 2.0, 1, None)

@@ -66,11 +66,12 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from musicldm_core import MusicLDMPipeline
-    from musicldm_core.app.batch import Item, item_options
+    from musicldm_core.app.batch import item_options
+    from musicldm_core.app.prompt_file import Item
     from musicldm_core.guidance import guided_eps
     from musicldm_core.load import open_checkpoint
     from musicldm_core.app.files import check_outputs, output_paths, write_audio
-    from musicldm_core.pipeline import plan_call
+    from musicldm_core.options import plan_call
     imported = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
 

@@ -15,7 +15,8 @@ import torch
 from .audio_frontend import LogMel
 from .clap import Clap
 from .clap_config import FeatureExtractorConfig
-from .config import UNetConfig, VAEConfig, VocoderConfig
+from .config import VAEConfig, VocoderConfig
+from .unet_config import UNetConfig
 from .hub import DEFAULT_REPO, resolve
 from .placement import component_dtype, parse_device, parse_dtype
 from .presets import ATTENTION_HEADS

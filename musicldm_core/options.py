@@ -1,7 +1,7 @@
 """What one generation is asked to do: `Options`, one frozen object, and its checks.
 
 `MusicLDMPipeline.__call__` packs its arguments (diffusers' names and defaults) into an Options and
-hands it to `generate`; the command line and batch mode build one directly. Variants are made with
+hands it to `generate`; the entry points build one from a request (app/prepare.py). Variants are made with
 `dataclasses.replace`. The checks come in three layers, each run as early as it can be:
 
 * `Options.check()` needs no model and reads no file: types, ranges, the arguments' consistency.
@@ -10,21 +10,22 @@ hands it to `generate`; the command line and batch mode build one directly. Vari
   to, the sampler's step counts, embedding widths, the latent shape. It takes the checkpoint's
   `Geometry` and sampler, never the pipeline.
 
-Every message names the argument (or, through `names`, the command-line flag or batch field that
-gave it), its value and what is allowed.
+Every message names the argument (errors.arg: its `pipe(...)` name, which the command line, a batch line
+or the page renames to its own once, where it took the value), its value and what is allowed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from .audio_frontend import CROPS, load_audio
+from .audio_frontend import CROPS
+from .audio_input import load_audio
 from .geometry import Geometry
-from .checks import (check_attention_kwargs, check_edit, check_int, check_noise, check_number, check_prompts,
-                     namer)
+from .errors import RequestError, arg
+from .checks import (check_attention_kwargs, check_edit, check_int, check_noise, check_number, check_prompts)
 from .placement import check_memory
 from .samplers import Timesteps, Scheduler, check_sampler
 
@@ -84,33 +85,31 @@ class Options:
         negative = self.negative_prompt
         return [""] * n if negative is None else [negative] * n if isinstance(negative, str) else list(negative)
 
-    def check(self, names: Mapping[str, str] = {}) -> int:
-        """Every check that needs no model and reads no file; returns the number of prompts.
-        names: argument -> the name to use in messages (a command-line flag, a batch field)."""
-        n = namer(names)
+    def check(self) -> int:
+        """Every check that needs no model and reads no file; returns the number of prompts."""
         if self.audio_length_in_s is not None:
-            check_number(n("audio_length_in_s"), self.audio_length_in_s, minimum=0, strict=True)
-        check_int(n("num_inference_steps"), self.num_inference_steps, minimum=1)
-        check_number(n("guidance_scale"), self.guidance_scale, minimum=0)
-        check_int(n("num_waveforms_per_prompt"), self.num_waveforms_per_prompt, minimum=1)
+            check_number(arg("audio_length_in_s"), self.audio_length_in_s, minimum=0, strict=True)
+        check_int(arg("num_inference_steps"), self.num_inference_steps, minimum=1)
+        check_number(arg("guidance_scale"), self.guidance_scale, minimum=0)
+        check_int(arg("num_waveforms_per_prompt"), self.num_waveforms_per_prompt, minimum=1)
         check_number("eta", self.eta, minimum=0, maximum=1)  # DDIM's variance goes negative past 1: NaN audio
         check_int("callback_steps", self.callback_steps, minimum=1)
         for name in ("callback", "progress"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
-                raise ValueError(f"{name} must be a function or None, got {type(getattr(self, name)).__name__}")
+                raise RequestError(f"{name} must be a function or None, got {type(getattr(self, name)).__name__}")
         for name, value, allowed in (("return_dict", self.return_dict, (True, False)),
                                      ("return_mels", self.return_mels, (True, False)),
                                      ("output_type", self.output_type, OUTPUT_TYPES), ("crop", self.crop, CROPS),
-                                     (n("window"), self.window, WINDOWS), (n("loop"), self.loop, (True, False))):
+                                     (arg("window"), self.window, WINDOWS), (arg("loop"), self.loop, (True, False))):
             if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
                 words = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
-                raise ValueError(f"{name} must be {words}, got {value!r}")
+                raise RequestError(f"{name} must be {words}, got {value!r}")
         if self.sampler is not None:
-            check_sampler(self.sampler, n("sampler"))
+            check_sampler(self.sampler, arg("sampler"))
         check_attention_kwargs(self.cross_attention_kwargs)
-        prompts = check_prompts(self, n)
+        prompts = check_prompts(self)
         check_noise(self, prompts)
-        check_edit(self, n)
+        check_edit(self)
         return prompts
 
 
@@ -129,28 +128,27 @@ class Run(NamedTuple):
     geometry: Optional[Geometry] = None  # the checkpoint's lengths and shapes, computed once per call
 
 
-def read_input(o: Options, names: Mapping[str, str] = {}) -> Optional[torch.Tensor]:
+def read_input(o: Options) -> Optional[torch.Tensor]:
     """The input audio of audio-to-audio as (samples,) 16 kHz mono, read once; None without one.
-    Its length and rate are bounded (audio_frontend.load_audio), the resampling reported as the stage
+    Its length and rate are bounded (audio_input.load_audio), the resampling reported as the stage
     "reading the input"; an inpaint span is checked against its length here."""
     if o.audio is None:
         return None
-    n = namer(names)
     report = o.progress or (lambda stage, done, total: None)
     report("reading the input", 0, 1)  # shown whether or not it is resampled
-    wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, n("audio"), MIN_INPUT_SECONDS,
+    wave = load_audio(o.audio, o.audio_sampling_rate, AUDIO_RATE, arg("audio"), MIN_INPUT_SECONDS,
                       lambda done, total: report("reading the input", done, total))
     report("reading the input", 1, 1)
     seconds = len(wave) / AUDIO_RATE
     span = o.inpaint
     if span is not None and not 0 <= span[0] < span[1] <= seconds:
-        raise ValueError(f"{n('inpaint')} must be a span (start, end) in seconds with 0 <= start < end <= "
+        raise RequestError(f"{arg('inpaint')} must be a span (start, end) in seconds with 0 <= start < end <= "
                          f"{seconds:.2f} (the input's length), got {span!r}")
     return wave
 
 
 def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wave: Optional[torch.Tensor],
-         embed_width: Optional[int], names: Mapping[str, str] = {}) -> Run:
+         embed_width: Optional[int]) -> Run:
     """What needs the checkpoint, for checked options of `prompts` prompts and their input `wave`: the
     checkpoint's geometry, its sampler, the CLAP width its UNet takes (None: any)."""
     takes = prompts * o.num_waveforms_per_prompt
@@ -158,7 +156,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if seconds is None:
         seconds = g.default_seconds()
     if seconds < g.min_seconds:
-        raise ValueError(f"{namer(names)('audio_length_in_s')} must be at least {g.min_seconds} s "
+        raise RequestError(f"{arg('audio_length_in_s')} must be at least {g.min_seconds} s "
                          f"(one latent frame), got {seconds}")
     if g.mel_bins % g.vae_factor:
         raise ValueError(f"the vocoder's {g.mel_bins} mel bins are not divisible by the VAE scale factor "
@@ -167,10 +165,10 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
         input_frames = g.input_frames(len(wave))
         seconds = len(wave) / AUDIO_RATE + (o.extend or 0.0)
         if g.sampling_rate != AUDIO_RATE:
-            raise ValueError(f"audio-to-audio reads its input at MusicLDM's {AUDIO_RATE} Hz; this checkpoint's "
+            raise RequestError(f"audio-to-audio reads its input at MusicLDM's {AUDIO_RATE} Hz; this checkpoint's "
                              f"vocoder is at {g.sampling_rate} Hz")
         if scheduler.name == "pndm":
-            raise ValueError("audio-to-audio starts part way down the schedule, which PNDM's warm-up cannot; "
+            raise RequestError("audio-to-audio starts part way down the schedule, which PNDM's warm-up cannot; "
                              "use another sampler (ddim, the default, or lms, euler, heun, dpmsolver++)")
     frames = g.frames(seconds)
     if o.loop:  # a loop is a whole number of latent frames: no trim may cut its seam
@@ -181,31 +179,31 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     try:  # a step count this sampler's spacing can take (its messages name num_inference_steps)
         sampling = scheduler.timesteps(o.num_inference_steps)
     except ValueError as e:
-        raise ValueError(str(e).replace("num_inference_steps", namer(names)("num_inference_steps"), 1)) from None
+        raise RequestError(str(e).replace("num_inference_steps", arg("num_inference_steps"), 1),
+                           "num_inference_steps") from None
     for name in ("prompt_embeds", "negative_prompt_embeds"):
         embeds = getattr(o, name)
         if embeds is not None and embed_width is not None and embeds.shape[1] != embed_width:
-            raise ValueError(f"{name} must be a (batch, {embed_width}) tensor, got {tuple(embeds.shape)}")
+            raise RequestError(f"{name} must be a (batch, {embed_width}) tensor, got {tuple(embeds.shape)}")
     shape = g.latent_shape(takes, frames)
     if o.latents is not None and tuple(o.latents.shape) != shape:
-        raise ValueError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
+        raise RequestError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
                          f"of {seconds} s")
     return Run(takes, float(seconds), frames, scheduler, sampling, windowed, wave, input_frames, o.loop, g)
 
 
 def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,
-              names: Mapping[str, str] = {}, checked: Optional[tuple] = None) -> Run:
+              checked: Optional[tuple] = None) -> Run:
     """Every check of `o` and what a checkpoint makes of it, from its (UNet, VAE, vocoder) configs and
     sampler alone, the memory estimate included: the pipeline's own plan, and the entry points' before
-    the weights load. names: argument -> the name messages use (command-line flags, batch fields).
-    checked: (prompts, wave), when the caller has run `o.check` and `read_input` already."""
+    the weights load. checked: (prompts, wave), when the caller has run `o.check` and `read_input` already."""
     geometry = Geometry.from_configs(*configs)
-    prompts, wave = checked or (o.check(names), read_input(o, names))
+    prompts, wave = checked or (o.check(), read_input(o))
     run = plan(o, prompts, geometry, scheduler.with_sampler(o.sampler), wave,
-               configs[0].projection_class_embeddings_input_dim, names)
-    trained, windows = geometry.trained_frames or run.frames, f"{names.get('window', 'window')}=windowed"
+               configs[0].projection_class_embeddings_input_dim)
+    trained, windows = geometry.trained_frames or run.frames, f"{arg('window')}=windowed"
     check_memory(configs, device, run.takes, run.frames, o.guided, run.seconds, vae_slicing,
                  trained if run.windowed else None, None if run.windowed else (trained, windows),
-                 0 if run.wave is None else len(run.wave), namer(names),
+                 0 if run.wave is None else len(run.wave),
                  "audio_length_in_s" if run.wave is None else "extend" if o.extend else "audio")
     return run

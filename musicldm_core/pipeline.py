@@ -85,10 +85,10 @@ class MusicLDMPipeline(Controls):
             eta, generator, latents, prompt_embeds, negative_prompt_embeds, return_dict, callback, callback_steps,
             cross_attention_kwargs, output_type, **beyond))
 
-    def plan(self, o: Options, names: Dict[str, str] = {}) -> Run:
+    def plan(self, o: Options) -> Run:
         """Every check of `o` and what this checkpoint makes of it, before any model runs."""
         return plan_call(o, (self.unet.config, self.vae.config, self.vocoder.config), self.scheduler, self.device,
-                         self.vae_slicing, names)
+                         self.vae_slicing)
 
     def generate(self, o: Options, run: Optional[Run] = None) -> AudioPipelineOutput:
         """The procedure, for the options of one call (options.py says what each field does); `run`: their
@@ -100,8 +100,7 @@ class MusicLDMPipeline(Controls):
 
     @torch.inference_mode()
     def _generate(self, o: Options, run: Run) -> AudioPipelineOutput:
-        run = run if run.geometry is not None else run._replace(geometry=self.geometry)  # computed once a call
-        device, takes, g = self.device, o.num_waveforms_per_prompt, run.geometry
+        device, takes, g = self.device, o.num_waveforms_per_prompt, self._geometry(run)  # computed once a call
         shape = g.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 
         # 1. Encode the prompts into CLAP vectors (B, 512); with guidance, [negative; positive] in one batch.

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .errors import TooMuchMemory
+from .errors import TooMuchMemory, arg
 from .weights import page_out
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -108,7 +108,7 @@ class Placement:
 
 def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, guided: bool, seconds: float,
                  vae_slicing: bool, window: Optional[int] = None, way_out: Optional[Tuple[int, str]] = None,
-                 input_samples: int = 0, names: Callable[[str], str] = str, length: str = "audio_length_in_s") -> None:
+                 input_samples: int = 0, length: str = "audio_length_in_s") -> None:
     """Refuse a request whose activations cannot fit in the memory available on `device`, from the
     (UNet, VAE, vocoder) configs alone: callable before the weights load.
 
@@ -116,7 +116,7 @@ def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, 
     and an input's spectrogram; the weights come on top), meant to stop what cannot possibly run (an
     hour of audio, a million takes) with a clear line instead of an allocator error.
     way_out: (window, words): the windowed path's window in mel frames, named in the refusal by `words`
-    when it would fit. names: argument -> the name the caller's user typed (a flag, a field). length: the
+    when it would fit. length: the
     argument that sets the length (audio-to-audio: "extend" or "audio", whose length it takes).
     """
     need, stage = estimate_memory(*configs, takes, frames, guided, vae_slicing, window, input_samples)
@@ -129,7 +129,7 @@ def check_memory(configs: tuple, device: torch.device, takes: int, frames: int, 
                 f", or {way_out[1]} (the memory of one window)" if windowed and windowed <= 0.9 * available else "")
         raise TooMuchMemory(f"{takes} take(s) of {seconds:g} s need about {need / 2**30:.1f} GiB of memory in the "
                          f"{stage}, but {available / 2**30:.1f} GiB is available on {device}: ask for a smaller "
-                         f"{names('num_waveforms_per_prompt')} or {names(length)}{hint}", names(length))
+                         f"{arg('num_waveforms_per_prompt')} or {arg(length)}{hint}", length)
 
 
 def available_memory(device: torch.device) -> Optional[int]:

@@ -16,7 +16,8 @@ from typing import List, Tuple
 
 import torch
 
-from .audio_frontend import LogMel, resample
+from .audio_frontend import LogMel
+from .resampler import resample
 from .clap import Clap
 from .tokenizer import ClapTokenizer
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import UNetConfig
+from .unet_config import UNetConfig
 from .layers import MLP, Attention, Downsample2D, ResnetBlock2D, Upsample2D, timestep_embedding
 
 from .presets import AUTHORS_HEAD_CHANNELS

@@ -1,5 +1,5 @@
-"""audio_frontend.py's own contract, each part called directly: reading an input (its layouts, bounds and
-messages), resampling's exact properties, the loudness normalisation and the mel scales.
+"""audio_frontend.py, audio_input.py and resampler.py on their own, each part called directly: reading an
+input (its layouts, bounds and messages), resampling's exact properties, the loudness normalisation and the mel scales.
 
 The parity of the front ends lives beside their references: LogMel against transformers' extractor
 (parity/test_clap.py, parity/test_clap_configs.py), log_mel against AudioLDM's TacotronSTFT and
@@ -17,8 +17,9 @@ import soundfile as sf
 import torch
 
 from helpers import refused, sine
-from musicldm_core import audio_frontend as af
-from musicldm_core.audio_frontend import load_audio, resample
+from musicldm_core import audio_frontend as af, resampler
+from musicldm_core.audio_input import load_audio
+from musicldm_core.resampler import resample
 from musicldm_core.errors import InputTooLong
 
 
@@ -112,7 +113,7 @@ def test_the_bounds_themselves_are_allowed():
     assert load_audio(np.zeros(4, "float32") + 0.1, 1000, 1000).shape == (4,)
     assert load_audio(np.zeros(4, "float32") + 0.1, 384000, 384000).shape == (4,)
     assert load_audio(np.zeros(600 * 1000, "float32") + 0.1, 1000, 1000).shape == (600000,)  # 600 s
-    assert af.resample_cost(96001, 16000) > af.TABLE_LIMIT >= af.resample_cost(44100, 16000)
+    assert resampler.resample_cost(96001, 16000) > resampler.TABLE_LIMIT >= resampler.resample_cost(44100, 16000)
 
 
 def test_a_file_is_checked_from_its_header_first(tmp_path, monkeypatch):
@@ -196,7 +197,7 @@ def test_resampling_reports_each_chunk(monkeypatch):
     seen = []
     x = torch.randn(1, 50000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     whole = resample(x, 44100, 16000)
-    monkeypatch.setattr(af, "TABLE_LIMIT", af.TABLE_LIMIT)
+    monkeypatch.setattr(resampler, "TABLE_LIMIT", resampler.TABLE_LIMIT)
     small = resample(x, 44100, 16000, progress=lambda done, total: seen.append((done, total)))
     assert torch.equal(whole, small) and seen[-1][0] == seen[-1][1] and seen == sorted(seen)
 
@@ -233,9 +234,9 @@ def test_resampling_runs_in_chunks_of_about_4m_values(orig, target, n, path):
 def test_the_block_matrix_is_used_up_to_the_limit_itself(monkeypatch):
     up, span = 160, 441 + 2 * 265  # 44.1 -> 16 kHz
     x = torch.zeros(1, 44100, dtype=torch.float64)
-    monkeypatch.setattr(af, "TABLE_LIMIT", up * span)
+    monkeypatch.setattr(resampler, "TABLE_LIMIT", up * span)
     assert reports(x, 44100, 16000)[-1][1] == 100  # blocks of 160 outputs
-    monkeypatch.setattr(af, "TABLE_LIMIT", up * span - 1)
+    monkeypatch.setattr(resampler, "TABLE_LIMIT", up * span - 1)
     assert reports(x, 44100, 16000)[-1][1] == 16000  # outputs: the table of phases
 
 

@@ -330,7 +330,7 @@ def test_output_mistakes_are_refused_before_torch_loads(tmp_path):
 
 def test_help_names_serve_and_the_hub_failure_names_the_way_out(monkeypatch, tmp_path):
     r = musicldm("--help")
-    from musicldm_core.app.batch import FIELDS
+    from musicldm_core.app.prompt_file import FIELDS
 
     assert "musicldm serve" in r.stdout and all(name in r.stdout for name in FIELDS)  # --prompts lists every field
     from musicldm_core import hub

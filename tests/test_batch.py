@@ -27,7 +27,8 @@ import torch
 
 from helpers import musicldm, refused
 from musicldm_core import placement
-from musicldm_core.app import batch, cli, files
+from musicldm_core.app import batch, cli, files, prompt_file
+from musicldm_core.app.ranks import Ranks, SameOnEveryRank, rank_device
 from musicldm_core.load import open_checkpoint
 from musicldm_core.noise import randn
 from musicldm_core.options import Options
@@ -65,15 +66,15 @@ def test_items_ids_and_seeds(tmp_path):
                 "sampler": None}
     path = write_prompts(tmp_path / "p.jsonl", [{"prompt": "Techno, 128 BPM!"}, {"prompt": "jazz", "id": "j",
                                                                                 "steps": 4}])
-    items, problems = batch.read_items(path, defaults, base_seed=0)
+    items, problems = prompt_file.read_items(path, defaults, base_seed=0)
     assert not problems
     assert [i.id for i in items] == ["00001-techno-128-bpm", "j"] and items[1].steps == 4 and items[0].steps == 10
-    again, _ = batch.read_items(path, defaults, base_seed=0)
-    other, _ = batch.read_items(path, defaults, base_seed=1)
+    again, _ = prompt_file.read_items(path, defaults, base_seed=0)
+    other, _ = prompt_file.read_items(path, defaults, base_seed=1)
     assert [i.seed for i in again] == [i.seed for i in items] != [i.seed for i in other]
     text = tmp_path / "p.txt"
     text.write_text("techno beat\n\n# a comment\njazz trio\n")
-    items, problems = batch.read_items(text, defaults, base_seed=0)
+    items, problems = prompt_file.read_items(text, defaults, base_seed=0)
     assert not problems and [(i.line, i.prompt) for i in items] == [(1, "techno beat"), (4, "jazz trio")]
 
 
@@ -105,7 +106,7 @@ def test_a_bad_line_is_named_before_any_model_loads(tmp_path, monkeypatch, capsy
 
 def test_a_duplicate_id_names_both_lines(tmp_path):
     path = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a", "id": "x"}, {"prompt": "b"}, {"prompt": "c", "id": "x"}])
-    _, problems = batch.read_items(path, {"steps": 3, "guidance": 2.0, "takes": 1}, 0)
+    _, problems = prompt_file.read_items(path, {"steps": 3, "guidance": 2.0, "takes": 1}, 0)
     assert problems == [f"{path} line 3: id 'x' is also on line 1"]
 
 
@@ -158,7 +159,7 @@ def test_items_equal_their_single_runs_at_full_size_and_one_thread(full_ckpt):
     try:
         pipe = MusicLDMPipeline.from_pretrained(full_ckpt)
         pipe.enable_batch_invariance()
-        items = [batch.Item(i, f"i{i}", prompt, None, 0.64, 100 + i, 3, 2.0, 2, None)
+        items = [prompt_file.Item(i, f"i{i}", prompt, None, 0.64, 100 + i, 3, 2.0, 2, None)
                  for i, prompt in enumerate(["rain", "jazz trio", "calm piano", "drums"])]
         together, _ = batch.generate(pipe, items)
         for item, audio in zip(items, together):
@@ -282,9 +283,9 @@ def test_a_per_call_sampler_leaves_the_pipeline_as_it_was(tiny_ckpt):
 DEFAULTS = {"negative": None, "seconds": None, "seed": None, "steps": 3, "guidance": 2.0, "takes": 1, "sampler": None}
 
 
-def item(line=1, item_id="a", prompt="rain", **kw) -> batch.Item:
+def item(line=1, item_id="a", prompt="rain", **kw) -> prompt_file.Item:
     values = dict(negative=None, seconds=1.0, seed=7, steps=3, guidance=2.0, takes=1, sampler=None)
-    return batch.Item(line, item_id, prompt, **{**values, **kw})
+    return prompt_file.Item(line, item_id, prompt, **{**values, **kw})
 
 
 def test_an_items_files_group_and_what_it_asked():
@@ -323,26 +324,26 @@ def test_item_options_draw_each_items_noise_from_its_seed():
 
 
 def test_a_derived_seed_depends_on_the_base_seed_and_the_id_only():
-    seed = batch.derived_seed(0, "a")
-    assert seed == batch.derived_seed(0, "a") and 0 <= seed < 2**63
-    assert len({seed, batch.derived_seed(1, "a"), batch.derived_seed(0, "b"), batch.derived_seed(0, "A")}) == 4
+    seed = prompt_file.derived_seed(0, "a")
+    assert seed == prompt_file.derived_seed(0, "a") and 0 <= seed < 2**63
+    assert len({seed, prompt_file.derived_seed(1, "a"), prompt_file.derived_seed(0, "b"), prompt_file.derived_seed(0, "A")}) == 4
     assert seed == int.from_bytes(hashlib.sha256(b"0\na").digest()[:8], "little") >> 1  # the documented recipe
 
 
 def test_read_text(tmp_path):
     path = tmp_path / "p.txt"
     path.write_bytes(b"\xef\xbb\xbfrain\n")
-    assert batch.read_text(path, "--prompts") == "rain\n"  # the byte-order mark dropped
+    assert prompt_file.read_text(path, "--prompts") == "rain\n"  # the byte-order mark dropped
     path.write_bytes(b"ok\nab\xffc\n")
     refused(f"--prompts: {str(path)!r} line 2 is not UTF-8 (byte 0xff at column 3); save the file as UTF-8",
-            batch.read_text, path, "--prompts")
+            prompt_file.read_text, path, "--prompts")
     path.write_bytes(b"\xfe")
-    refused("line 1 is not UTF-8 (byte 0xfe at column 1)", batch.read_text, path, "--prompts")
+    refused("line 1 is not UTF-8 (byte 0xfe at column 1)", prompt_file.read_text, path, "--prompts")
     path.write_bytes(b"\nab\xffc\nmore\n")  # the line before ends at the file's first byte; lines after it
-    refused("line 2 is not UTF-8 (byte 0xff at column 3)", batch.read_text, path, "--prompts")
+    refused("line 2 is not UTF-8 (byte 0xff at column 3)", prompt_file.read_text, path, "--prompts")
     path.write_bytes(b"x\ny\nab\xff\n")  # two lines before
-    refused("line 3 is not UTF-8 (byte 0xff at column 3)", batch.read_text, path, "--prompts")
-    refused(f"--prompts: cannot read {str(tmp_path / 'no')!r} (No such file or directory)", batch.read_text,
+    refused("line 3 is not UTF-8 (byte 0xff at column 3)", prompt_file.read_text, path, "--prompts")
+    refused(f"--prompts: cannot read {str(tmp_path / 'no')!r} (No such file or directory)", prompt_file.read_text,
             tmp_path / "no", "--prompts")
 
 
@@ -351,30 +352,30 @@ def test_read_text(tmp_path):
     ("p", ["", "# {comment}", '  {"prompt": "a"}'], True), ("p.list", ["# c", "a {text}", "{"], False),
     ("p", [], False)])
 def test_the_format_by_extension_else_by_the_first_line(name, lines, expected):
-    assert batch.is_json_lines(Path(name), lines) is expected
+    assert prompt_file.is_json_lines(Path(name), lines) is expected
 
 
 def test_read_items_in_both_formats(tmp_path):
     path = tmp_path / "p"
     path.write_text('\n  # {"prompt": "skipped"}\n{"prompt": "Techno, 128 BPM!", "seconds": 2, "seed": 0}\n'
                     '{"prompt": "~~~", "negative": null, "sampler": null, "steps": 5, "loop": true}\n')
-    items, problems = batch.read_items(path, {**DEFAULTS, "guidance": 3.0, "negative": "noise"}, base_seed=4)
+    items, problems = prompt_file.read_items(path, {**DEFAULTS, "guidance": 3.0, "negative": "noise"}, base_seed=4)
     assert problems == []
     a, b = items
     assert a.negative == "noise"  # the command's --negative, where the line gives none (b's null: none)
     assert (a.line, a.id, a.prompt, a.seconds, a.seed, a.steps, a.guidance, a.takes, a.loop, a.window) == \
         (3, "00003-techno-128-bpm", "Techno, 128 BPM!", 2, 0, 3, 3.0, 1, False, "auto")
-    assert (b.id, b.seed, b.steps, b.loop, b.negative, b.sampler) == ("00004-item", batch.derived_seed(4, "00004-item"),
+    assert (b.id, b.seed, b.steps, b.loop, b.negative, b.sampler) == ("00004-item", prompt_file.derived_seed(4, "00004-item"),
                                                                       5, True, None, None)
-    refused(f"--prompts: cannot read {str(tmp_path / 'none.txt')!r}", batch.read_items, tmp_path / "none.txt",
+    refused(f"--prompts: cannot read {str(tmp_path / 'none.txt')!r}", prompt_file.read_items, tmp_path / "none.txt",
             DEFAULTS, 0)
     long = tmp_path / "p.txt"
     long.write_text(" " + "word " * 20 + "\n")  # the id's slug is cut to 40 characters, no trailing '-'
-    (only,), _ = batch.read_items(long, DEFAULTS, 0)
+    (only,), _ = prompt_file.read_items(long, DEFAULTS, 0)
     assert only.prompt == ("word " * 20).strip() and only.id == "00001-" + "-".join(["word"] * 8)
     empty = tmp_path / "e.txt"
     empty.write_text("# nothing\n\n")
-    assert batch.read_items(empty, DEFAULTS, 0) == ([], [f"{empty}: no prompts in the file"])
+    assert prompt_file.read_items(empty, DEFAULTS, 0) == ([], [f"{empty}: no prompts in the file"])
 
 
 @pytest.mark.parametrize("lines, problem", [
@@ -406,25 +407,25 @@ def test_read_items_in_both_formats(tmp_path):
 def test_a_bad_line_is_named_with_its_number(tmp_path, lines, problem):
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    items, problems = batch.read_items(path, DEFAULTS, 0)
+    items, problems = prompt_file.read_items(path, DEFAULTS, 0)
     assert problems == [f"{path} {problem}"] and len(items) == len(lines) - 1
 
 
 def test_check_fields():
-    batch.check_fields({"prompt": "a", "seconds": 2, "guidance": 1, "loop": False, "negative": None, "seed": None,
+    prompt_file.check_fields({"prompt": "a", "seconds": 2, "guidance": 1, "loop": False, "negative": None, "seed": None,
                         "sampler": None})  # an integer is a number; these three may be null, and seconds:
-    batch.check_fields({"prompt": "a", "seconds": None})
-    assert list(batch.FIELDS)[:2] == ["prompt", "id"] and {"seconds", "takes", "exact_batches"} <= set(batch.FIELDS)
-    refused(f"unknown field(s) 'b', 'c'; the fields are {', '.join(batch.FIELDS)}", batch.check_fields,
+    prompt_file.check_fields({"prompt": "a", "seconds": None})
+    assert list(prompt_file.FIELDS)[:2] == ["prompt", "id"] and {"seconds", "takes", "exact_batches"} <= set(prompt_file.FIELDS)
+    refused(f"unknown field(s) 'b', 'c'; the fields are {', '.join(prompt_file.FIELDS)}", prompt_file.check_fields,
             {"prompt": "a", "c": 1, "b": 2})
-    refused("the field 'prompt' is missing", batch.check_fields, {"id": "x"})
+    refused("the field 'prompt' is missing", prompt_file.check_fields, {"id": "x"})
     for key, value, words in (("seconds", "2", "a number"), ("seconds", True, "a number"), ("steps", 2.0, "an integer"),
                               ("steps", True, "an integer"), ("loop", 1, "true or false"), ("prompt", None, "text"),
                               ("id", None, "text"), ("steps", None, "an integer"), ("window", None, "text")):
-        refused(f"{key} must be {words}, got {value!r}", batch.check_fields, {"prompt": "a", key: value})
-    fields = {**batch.FIELDS, "extra": list}
-    refused("extra must be list, got 1", batch.check_fields, {"prompt": "a", "extra": 1}, fields)
-    batch.check_fields({"prompt": "a", "steps": None}, batch.FIELDS, ("steps",))  # optional: may be null
+        refused(f"{key} must be {words}, got {value!r}", prompt_file.check_fields, {"prompt": "a", key: value})
+    fields = {**prompt_file.FIELDS, "extra": list}
+    refused("extra must be list, got 1", prompt_file.check_fields, {"prompt": "a", "extra": 1}, fields)
+    prompt_file.check_fields({"prompt": "a", "steps": None}, prompt_file.FIELDS, ("steps",))  # optional: may be null
 
 
 def test_batches_group_by_what_must_be_equal_in_the_order_groups_appear():
@@ -458,11 +459,11 @@ def test_report_names_the_first_three_problems(capsys):
 def test_ranks_from_the_launchers_environment(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    one = batch.Ranks()
+    one = Ranks()
     assert (one.rank, one.world, one.local_rank, one.local_world) == (0, 1, 0, 1)
     monkeypatch.setenv("RANK", "5"), monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_RANK", "1"), monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    ranks = batch.Ranks()
+    ranks = Ranks()
     assert (ranks.rank, ranks.world, ranks.local_rank, ranks.local_world) == (5, 8, 1, 4)
 
 
@@ -517,15 +518,15 @@ def test_an_items_record():
 
 def test_the_rank_device():
     one, two = ranks_of(0, 1, 1), ranks_of(1, 2, 2)
-    assert batch.rank_device(Namespace(device="cpu"), one) == torch.device("cpu")
-    assert batch.rank_device(Namespace(device=None), one) == torch.device(batch.default_device())
-    assert batch.rank_device(Namespace(device="cpu"), two) == torch.device("cpu")  # ranks share the CPU
+    assert rank_device(Namespace(device="cpu"), one) == torch.device("cpu")
+    assert rank_device(Namespace(device=None), one) == torch.device(placement.default_device())
+    assert rank_device(Namespace(device="cpu"), two) == torch.device("cpu")  # ranks share the CPU
     if torch.cuda.device_count() >= 2:
-        assert batch.rank_device(Namespace(device="cuda"), two) == torch.device("cuda", 1)  # each rank its GPU
-        assert batch.rank_device(Namespace(device="cuda"), one) == torch.device("cuda")
+        assert rank_device(Namespace(device="cuda"), two) == torch.device("cuda", 1)  # each rank its GPU
+        assert rank_device(Namespace(device="cuda"), one) == torch.device("cuda")
     elif not torch.cuda.is_available():
-        refused("device: 'cuda:1' requested but", batch.rank_device, Namespace(device="cuda"), two)
-        refused("device: 'cuda' requested but", batch.rank_device, Namespace(device="cuda"), one)
+        refused("device: 'cuda:1' requested but", rank_device, Namespace(device="cuda"), two)
+        refused("device: 'cuda' requested but", rank_device, Namespace(device="cuda"), one)
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -569,8 +570,8 @@ class FakePipe:
         return SimpleNamespace(audios=audios, scores=torch.arange(len(audios), dtype=torch.float32) if n > 1 else None)
 
 
-def ranks_of(rank: int, world: int, local_world: int) -> batch.Ranks:
-    ranks = batch.Ranks.__new__(batch.Ranks)
+def ranks_of(rank: int, world: int, local_world: int) -> Ranks:
+    ranks = Ranks.__new__(Ranks)
     ranks.rank, ranks.world, ranks.local_rank, ranks.local_world = rank, world, rank % local_world, local_world
     return ranks
 
@@ -632,7 +633,7 @@ def test_generate_items_at_another_rate_on_a_rank_of_two(tmp_path, monkeypatch):
 def _two_ranks(port: int, rank: int, flag: bool, marker: Path, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ranks = batch.Ranks()
+    ranks = Ranks()
     ranks.join()
     both, mine = ranks.all_true(True), ranks.all_true(flag)
     if rank == 0:  # late: rank 1 sees the marker only if the barrier waited for it
@@ -650,7 +651,7 @@ def test_two_ranks_agree_only_when_both_do(monkeypatch, tmp_path):
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    alone = batch.Ranks()
+    alone = Ranks()
     alone.join()
     assert alone.all_true(True) is True and alone.all_true(False) is False and not torch.distributed.is_initialized()
     alone.barrier()
@@ -727,7 +728,7 @@ def test_each_rank_takes_its_share_of_the_cpu(tmp_path, monkeypatch, cpus, local
     assert loaded["threads"] == threads
 
 
-class FakeRanks(batch.Ranks):
+class FakeRanks(Ranks):
     """Rank `rank` of a job of `world`, without a process group; all_true answers `others` for the other ranks."""
 
     def __init__(self, rank: int = 0, world: int = 2, others: bool = True):
@@ -768,9 +769,9 @@ def batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, *flags, ranks=None):
 def test_a_batch_derives_its_seeds_from_seed(tmp_path, monkeypatch, tiny_ckpt):
     lines = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b", "seed": 0}]
     args, _, records = batch_run(tmp_path / "7", monkeypatch, tiny_ckpt, lines, "--seed", "7")
-    assert [r["seed"] for r in records] == [batch.derived_seed(7, "a"), 0] and args.checked is True
+    assert [r["seed"] for r in records] == [prompt_file.derived_seed(7, "a"), 0] and args.checked is True
     _, _, records = batch_run(tmp_path / "none", monkeypatch, tiny_ckpt, lines)
-    assert [r["seed"] for r in records] == [batch.derived_seed(0, "a"), 0]
+    assert [r["seed"] for r in records] == [prompt_file.derived_seed(0, "a"), 0]
 
 
 def test_a_batch_names_its_bad_lines_and_items(tmp_path, monkeypatch, tiny_ckpt, capsys):
@@ -843,7 +844,7 @@ def test_when_rank_zero_cannot_lock_every_rank_stops(tmp_path, monkeypatch, tiny
     with batch.lock_folder(tmp_path / "out"):  # another job holds the folder
         refused("is in use by another batch run", batch_run, tmp_path, monkeypatch, tiny_ckpt, lines,
                 ranks=FakeRanks(0, 2, others=False))
-        with pytest.raises(batch.SameOnEveryRank, match="^rank 0 could not lock --out-dir$"):
+        with pytest.raises(SameOnEveryRank, match="^rank 0 could not lock --out-dir$"):
             batch_run(tmp_path, monkeypatch, tiny_ckpt, lines, ranks=FakeRanks(1, 2, others=False))
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from musicldm_core.app import batch
+from musicldm_core.app import batch, prompt_file
 from musicldm_core.audio_frontend import log_mel, normalize_loudness
 from musicldm_core.editing import AudioEdit, encode_input
 from musicldm_core.geometry import Geometry
@@ -123,8 +123,8 @@ def test_the_last_window_ends_at_the_end(length, window, stride):
 def test_seed_zero_in_a_batch_line_is_seed_zero(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a", "seed": 0}\n{"prompt": "b"}\n')
-    items, problems = batch.read_items(path, {"steps": 3, "guidance": 2.0, "takes": 1}, base_seed=7)
-    assert not problems and items[0].seed == 0 and items[1].seed == batch.derived_seed(7, items[1].id)
+    items, problems = prompt_file.read_items(path, {"steps": 3, "guidance": 2.0, "takes": 1}, base_seed=7)
+    assert not problems and items[0].seed == 0 and items[1].seed == prompt_file.derived_seed(7, items[1].id)
 
 
 class PoolEncoder(torch.nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from helpers import musicldm
 from musicldm_core.app import batch
-from musicldm_core.config import UNetConfig
+from musicldm_core.unet_config import UNetConfig
 from musicldm_core.pipeline import MusicLDMPipeline
 from musicldm_core.unet import UNet
 

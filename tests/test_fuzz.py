@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import exchange, idle_server
-from musicldm_core.app import batch, cli, manifest, jobs, web
+from musicldm_core.app import batch, cli, jobs, manifest, prompt_file, web
 from weights_convert import original, reader
 
 EXAMPLES = int(os.environ.get("MUSICLDM_FUZZ_EXAMPLES", "0"))
@@ -178,12 +178,12 @@ def test_prompt_files_give_items_or_named_lines(data, suffix, tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / f"p{suffix}"
     path.write_bytes(data)
     try:
-        items, problems = batch.read_items(path, DEFAULTS, 0)
+        items, problems = prompt_file.read_items(path, DEFAULTS, 0)
     except ValueError as e:  # the whole file: not UTF-8
         assert "--prompts" in str(e)
         return
     assert all(isinstance(p, str) and p.startswith(str(path)) for p in problems)
-    assert all(isinstance(item, batch.Item) for item in items)
+    assert all(isinstance(item, prompt_file.Item) for item in items)
 
 
 VALID_MANIFEST = (json.dumps({"id": "a", "prompt": "rain", "negative": None, "seconds": 1.0, "seed": 1, "steps": 3,
@@ -201,7 +201,7 @@ def test_manifests_are_read_or_set_aside(data, tmp_path_factory):
     (folder / "a.wav").write_bytes(b"RIFF")
     records = manifest.read_records(folder)
     assert all(isinstance(r["id"], str) and isinstance(r["files"], list) for r in records.values())
-    item = batch.Item(1, "a", "rain", None, 1.0, 1, 3, 2.0, 1, "ddim")
+    item = prompt_file.Item(1, "a", "rain", None, 1.0, 1, 3, 2.0, 1, "ddim")
     manifest.is_done(item, records, folder, {})
     jobs.Service(None, folder, "w", device="cpu")  # the page's history: lists what it can, never raises
 

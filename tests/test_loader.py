@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from musicldm_core.config import UNetConfig, VAEConfig
+from musicldm_core.config import VAEConfig
+from musicldm_core.unet_config import UNetConfig
 from reference_checkpoints import SCALING_FACTOR
 from musicldm_core.errors import CheckpointError
 from musicldm_core.hub import resolve

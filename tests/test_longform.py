@@ -11,7 +11,8 @@ import torch
 
 from helpers import assert_close, errors, seeded, sine
 from musicldm_core.app import cli
-from musicldm_core.audio_frontend import log_mel, resample
+from musicldm_core.audio_frontend import log_mel
+from musicldm_core.resampler import resample
 from musicldm_core.geometry import STAGES, Geometry
 from musicldm_core.longform import regenerate_mask, windowed
 from musicldm_core.pipeline import MusicLDMPipeline
@@ -317,13 +318,13 @@ def test_resample_block_and_gather_paths_agree(monkeypatch):
     """Common ratios run as one block matrix per chunk, odd ones gather from a table of phases: the same
     taps at the same positions, so the two agree to float64 rounding (the gather path forced by a lower
     limit), in every phase and at both ends; progress ends at its total."""
-    from musicldm_core import audio_frontend
+    from musicldm_core import resampler
 
     x = torch.from_numpy(np.random.RandomState(1).randn(2, 5003))
     for orig, target in ((44100, 16000), (16000, 48000), (22050, 16000), (8000, 16000)):
         block = resample(x, orig, target)
         with monkeypatch.context() as m:
-            m.setattr(audio_frontend, "TABLE_LIMIT", audio_frontend.resample_cost(orig, target))
+            m.setattr(resampler, "TABLE_LIMIT", resampler.resample_cost(orig, target))
             gather = resample(x, orig, target)
         assert block.shape == gather.shape == (2, -(-5003 * target // orig))
         assert (block - gather).abs().max() < 1e-12, (orig, target)

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, settings
 
 from helpers import idle_server
 from musicldm_core import MusicLDMPipeline
-from musicldm_core.app import web, openapi
-from musicldm_core.audio_frontend import MAX_INPUT_SECONDS
+from musicldm_core.app import openapi, prompt_file, web
+from musicldm_core.audio_input import MAX_INPUT_SECONDS
 from musicldm_core.samplers import SAMPLERS
 
 LIMITS = {"json": web.JSON_LIMIT, "upload": web.UPLOAD_LIMIT, "input_seconds": MAX_INPUT_SECONDS}
@@ -56,9 +56,9 @@ def test_the_server_serves_its_document(server):
 def test_the_document_names_every_field_and_route():
     """Its job fields are the page's (a batch line's less id and window, plus audio-to-audio's), and the
     API table in docs/page.md lists exactly its routes."""
-    from musicldm_core.app import batch
+    from musicldm_core.app import batch, prompt_file
 
-    page_fields = {k for k in batch.FIELDS if k not in ("id", "window")} | {"strength", "inpaint", "extend"}
+    page_fields = {k for k in prompt_file.FIELDS if k not in ("id", "window")} | {"strength", "inpaint", "extend"}
     body = DOCUMENT["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == page_fields
     routes = {(method.upper(), path.replace("{job_id}", "ID").replace("{name}", "NAME"))

@@ -20,16 +20,27 @@ import torch
 import reference_checkpoints
 from helpers import refused, sine
 from musicldm_core import options as opt
+from musicldm_core.app.cli import FLAGS
+from musicldm_core import checks
+from musicldm_core.errors import RequestError
 from musicldm_core.geometry import Geometry
 from musicldm_core.options import Options, plan, read_input
 from musicldm_core.samplers import Scheduler
 
 PUBLISHED = reference_checkpoints.PUBLISHED["scheduler"]
 GEOMETRY = Geometry(sampling_rate=16000, hop=160, mel_bins=64, vae_factor=4, latent_channels=8, sample_size=256)
-FLAGS = {"audio_length_in_s": "--seconds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
-         "num_waveforms_per_prompt": "--takes", "window": "--window", "loop": "--loop", "sampler": "--sampler",
-         "negative_prompt": "--negative", "audio": "--input", "strength": "--strength", "inpaint": "--inpaint",
-         "extend": "--extend"}
+
+
+def flagged(call):
+    """`call`, its request errors as the command line shows them (renamed to the flags, once, as cli.main does)."""
+    def run(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except RequestError as e:
+            raise e.renamed(FLAGS) from None
+    return run
+
+
 OK = Options(prompt="calm piano")
 
 
@@ -76,7 +87,7 @@ def test_check_names_the_argument_its_value_and_what_is_allowed(override, api, f
     error = TypeError if "same type" in api else ValueError
     bad = replace(OK, **override)
     refused(api, bad.check, error=error)
-    refused(flag, bad.check, FLAGS, error=error)
+    refused(flag, flagged(bad.check), error=error)
 
 
 def test_check_accepts_the_edges_and_returns_the_prompt_count():
@@ -108,63 +119,63 @@ def test_negative_prompts_one_per_prompt():
 
 
 def test_check_number():
-    assert opt.check_number("x", 3, minimum=0) == 3.0 and isinstance(opt.check_number("x", 3, minimum=0), float)
-    assert opt.check_number("x", 0, minimum=0) == 0.0  # not strict: the minimum itself is allowed
-    assert opt.check_number("x", 2, minimum=0, maximum=2) == 2.0
-    refused("x must be a finite number > 0, got 0", opt.check_number, "x", 0, minimum=0, strict=True)
-    refused("x must be a finite number >= 1, got 0.5", opt.check_number, "x", 0.5, minimum=1)
-    refused("x must be a finite number >= 0 and <= 2, got 2.5", opt.check_number, "x", 2.5, minimum=0, maximum=2)
+    assert checks.check_number("x", 3, minimum=0) == 3.0 and isinstance(checks.check_number("x", 3, minimum=0), float)
+    assert checks.check_number("x", 0, minimum=0) == 0.0  # not strict: the minimum itself is allowed
+    assert checks.check_number("x", 2, minimum=0, maximum=2) == 2.0
+    refused("x must be a finite number > 0, got 0", checks.check_number, "x", 0, minimum=0, strict=True)
+    refused("x must be a finite number >= 1, got 0.5", checks.check_number, "x", 0.5, minimum=1)
+    refused("x must be a finite number >= 0 and <= 2, got 2.5", checks.check_number, "x", 2.5, minimum=0, maximum=2)
     for bad in (True, math.nan, math.inf, -math.inf, "3", None):
-        refused(f"got {bad!r}", opt.check_number, "x", bad, minimum=-10)
+        refused(f"got {bad!r}", checks.check_number, "x", bad, minimum=-10)
 
 
 def test_check_int():
-    assert opt.check_int("n", 5, minimum=1) == 5 and opt.check_int("n", np.int64(1), minimum=1) == 1
-    assert opt.check_int("n", 9, minimum=1, maximum=9) == 9
+    assert checks.check_int("n", 5, minimum=1) == 5 and checks.check_int("n", np.int64(1), minimum=1) == 1
+    assert checks.check_int("n", 9, minimum=1, maximum=9) == 9
     for bad in (True, 2.0, "3", None):
-        refused(f"n must be an integer, got {bad!r}", opt.check_int, "n", bad, minimum=0)
-    refused("n must be >= 1, got 0", opt.check_int, "n", 0, minimum=1)
-    refused("n must be between 1 and 9, got 10", opt.check_int, "n", 10, minimum=1, maximum=9)
-    refused("n must be between 1 and 9, got 0", opt.check_int, "n", 0, minimum=1, maximum=9)
+        refused(f"n must be an integer, got {bad!r}", checks.check_int, "n", bad, minimum=0)
+    refused("n must be >= 1, got 0", checks.check_int, "n", 0, minimum=1)
+    refused("n must be between 1 and 9, got 10", checks.check_int, "n", 10, minimum=1, maximum=9)
+    refused("n must be between 1 and 9, got 0", checks.check_int, "n", 0, minimum=1, maximum=9)
 
 
 def test_check_text_names_the_character():
-    opt.check_text("p", "techno ünd 音楽")
+    checks.check_text("p", "techno ünd 音楽")
     refused("p is not valid Unicode at character 7 ('\\udcff\\udcfe'): was it typed in a non-UTF-8 locale? "
-            "Re-encode it as UTF-8", opt.check_text, "p", "techno \udcff\udcfeok")
+            "Re-encode it as UTF-8", checks.check_text, "p", "techno \udcff\udcfeok")
 
 
 def test_check_prompt():
-    assert opt.check_prompt("a") == 1 and opt.check_prompt(["a", "b"]) == 2
+    assert checks.check_prompt("a") == 1 and checks.check_prompt(["a", "b"]) == 2
     for bad in (3, [], ["a", 3], ("a",), None):
         refused(f"prompt must be a string or a non-empty list of strings, got {type(bad).__name__}",
-                opt.check_prompt, bad)
-    refused("negative must be a string", opt.check_prompt, 3, "negative")
-    refused("prompt is empty or only whitespace", opt.check_prompt, " \t")
-    refused("prompt[1] is empty or only whitespace", opt.check_prompt, ["a", " "])
-    refused("prompt is not valid Unicode", opt.check_prompt, "a \ud800")
-    refused("prompt[0] is not valid Unicode", opt.check_prompt, ["a \ud800"])
+                checks.check_prompt, bad)
+    refused("negative must be a string", checks.check_prompt, 3, "negative")
+    refused("prompt is empty or only whitespace", checks.check_prompt, " \t")
+    refused("prompt[1] is empty or only whitespace", checks.check_prompt, ["a", " "])
+    refused("prompt is not valid Unicode", checks.check_prompt, "a \ud800")
+    refused("prompt[0] is not valid Unicode", checks.check_prompt, ["a \ud800"])
 
 
 def test_check_embeds():
-    assert opt.check_embeds("e", torch.zeros(3, 8)) == 3
-    refused("e must be a (batch, width) tensor, got list", opt.check_embeds, "e", [[0.0]])
-    refused("e must be a (batch, width) tensor, got (1, 2, 3)", opt.check_embeds, "e", torch.zeros(1, 2, 3))
-    refused("e has no rows", opt.check_embeds, "e", torch.zeros(0, 8))
-    refused("e must hold finite floating-point values", opt.check_embeds, "e", torch.zeros(1, 8, dtype=torch.long))
-    refused("e must hold finite floating-point values", opt.check_embeds, "e", torch.tensor([[0.0, math.inf]]))
+    assert checks.check_embeds("e", torch.zeros(3, 8)) == 3
+    refused("e must be a (batch, width) tensor, got list", checks.check_embeds, "e", [[0.0]])
+    refused("e must be a (batch, width) tensor, got (1, 2, 3)", checks.check_embeds, "e", torch.zeros(1, 2, 3))
+    refused("e has no rows", checks.check_embeds, "e", torch.zeros(0, 8))
+    refused("e must hold finite floating-point values", checks.check_embeds, "e", torch.zeros(1, 8, dtype=torch.long))
+    refused("e must hold finite floating-point values", checks.check_embeds, "e", torch.tensor([[0.0, math.inf]]))
 
 
 def test_check_attention_kwargs():
-    opt.check_attention_kwargs(None)
-    opt.check_attention_kwargs({"scale": 0.3})
-    refused("cross_attention_kwargs must be a dict or None, got 'scale'", opt.check_attention_kwargs, "scale")
+    checks.check_attention_kwargs(None)
+    checks.check_attention_kwargs({"scale": 0.3})
+    refused("cross_attention_kwargs must be a dict or None, got 'scale'", checks.check_attention_kwargs, "scale")
     refused("cross_attention_kwargs: unsupported key(s) ['a', 'b']; only 'scale' (a LoRA weight, which has no effect "
-            "without LoRA layers) is accepted", opt.check_attention_kwargs, {"b": 1, "scale": 1, "a": 2})
+            "without LoRA layers) is accepted", checks.check_attention_kwargs, {"b": 1, "scale": 1, "a": 2})
 
 
 def check_prompts(**kwargs) -> int:
-    return opt.check_prompts(Options(**kwargs), opt.namer(FLAGS))
+    return flagged(checks.check_prompts)(Options(**kwargs))
 
 
 def test_check_prompts():
@@ -195,7 +206,7 @@ def test_check_prompts():
 
 
 def check_noise(prompts: int = 2, **kwargs) -> None:
-    opt.check_noise(Options(prompt=["a"] * prompts, num_waveforms_per_prompt=3, **kwargs), prompts)
+    checks.check_noise(Options(prompt=["a"] * prompts, num_waveforms_per_prompt=3, **kwargs), prompts)
 
 
 def test_check_noise():
@@ -215,7 +226,7 @@ def test_check_noise():
 
 
 def check_edit(**kwargs) -> None:
-    opt.check_edit(replace(OK, **kwargs), opt.namer(FLAGS))
+    flagged(checks.check_edit)(replace(OK, **kwargs))
 
 
 def test_check_edit():
@@ -258,15 +269,15 @@ def test_read_input_resamples_to_16_khz_and_reports_it():
 
 def test_read_input_names_the_input_and_checks_its_length_and_span():
     o = replace(OK, audio=sine(0.5, 16000), audio_sampling_rate=16000)
-    refused("--input: an array needs its sampling rate", read_input, replace(o, audio_sampling_rate=None), FLAGS)
+    refused("--input: an array needs its sampling rate", flagged(read_input), replace(o, audio_sampling_rate=None))
     refused("audio: the sampling rate must be a whole number of Hz", read_input, replace(o, audio_sampling_rate=10))
-    refused("--input is 30.0 ms long; it must be at least 40 ms", read_input,
-            replace(o, audio=sine(0.03, 16000)), FLAGS)
+    refused("--input is 30.0 ms long; it must be at least 40 ms", flagged(read_input),
+            replace(o, audio=sine(0.03, 16000)))
     assert read_input(replace(o, audio=sine(0.04, 16000))).shape == (640,)
     assert read_input(replace(o, inpaint=(0, 0.5))).shape == (8000,)  # the whole input may be regenerated
     for span in ((0.2, 0.2), (-0.1, 0.2), (0.3, 0.2), (0.2, 0.51)):
         refused(f"--inpaint must be a span (start, end) in seconds with 0 <= start < end <= 0.50 (the input's "
-                f"length), got {span!r}", read_input, replace(o, inpaint=span), FLAGS)
+                f"length), got {span!r}", flagged(read_input), replace(o, inpaint=span))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +286,9 @@ def test_read_input_names_the_input_and_checks_its_length_and_span():
 
 
 def planned(o: Options = OK, geometry: Geometry = GEOMETRY, scheduler: Scheduler = None, wave=None,
-            width=None, names=FLAGS) -> opt.Run:
-    return plan(o, o.check(), geometry, scheduler or ddim(), wave, width, names)
+            width=None, flags=True) -> opt.Run:
+    """plan(o, ...), its errors in the command line's words (flags=False: in pipe()'s)."""
+    return (flagged(plan) if flags else plan)(o, o.check(), geometry, scheduler or ddim(), wave, width)
 
 
 def test_plan_of_the_default_length():
@@ -346,4 +358,4 @@ def test_plan_of_an_input_takes_its_length():
 def test_plan_checks_the_step_count_with_the_sampler():
     message = refused("--steps=1000", planned, replace(OK, num_inference_steps=1000))  # in the caller's words
     assert re.search(r"outside 0\.\.999", message) and "num_inference_steps" not in message
-    assert refused("num_inference_steps=1000", planned, replace(OK, num_inference_steps=1000), names={})
+    assert refused("num_inference_steps=1000", planned, replace(OK, num_inference_steps=1000), flags=False)

@@ -242,7 +242,7 @@ def test_attention_heads_is_checked(tiny_ckpt):
     with pytest.raises(ValueError, match="attention_heads must be one of 'checkpoint', 'authors', got 'paper'"):
         MusicLDMPipeline.from_pretrained(tiny_ckpt, attention_heads="paper")
     # the tiny UNet's widths (32, 64, 64, 96) split into 32-channel heads; a width of 48 would not
-    from musicldm_core.config import UNetConfig
+    from musicldm_core.unet_config import UNetConfig
     from musicldm_core.errors import CheckpointError
 
     cfg = UNetConfig.from_json(tiny_ckpt / "unet" / "config.json")

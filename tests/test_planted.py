@@ -112,7 +112,8 @@ def test_a_failed_or_cancelled_audio_job_leaves_no_input_behind(running, tmp_pat
 def test_the_tag_quotes_every_word_it_must(prompt, negative):
     from argparse import Namespace
 
-    from musicldm_core.app.batch import RUN_DEFAULTS, Item, item_recipe
+    from musicldm_core.app.batch import RUN_DEFAULTS, item_recipe
+    from musicldm_core.app.prompt_file import Item
 
     item = Item(1, "x", prompt, negative, 1.0, 3, 4, 2.0, 1, None)
     tag = item_recipe(RUN_DEFAULTS, item, "ddim", torch.device("cpu"), "float32", 1, 1)

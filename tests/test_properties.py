@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from helpers import seeded, sine
-from musicldm_core.app import batch
+from musicldm_core.app import batch, prompt_file
 from musicldm_core.audio_frontend import log_mel, normalize_loudness
 from musicldm_core.geometry import STAGES
 from musicldm_core.longform import ramp_weights, window_starts, windowed
@@ -177,7 +177,7 @@ def test_batch_items_equal_their_single_runs(pipe, loop, request):
     bit for bit, best take first. Two takes each on the tiny checkpoint; one at full width, where the rows run
     one at a time (tests/test_batch.py has two takes at full size, in one window)."""
     seconds, takes = LOOP_S if loop else OPEN_S, 2 if request.node.callspec.params["pipe"] == "tiny" else 1
-    items = [batch.Item(i, f"i{i}", prompt, None, seconds, 10 + i, 3, 2.0, takes, None, loop=loop)
+    items = [prompt_file.Item(i, f"i{i}", prompt, None, seconds, 10 + i, 3, 2.0, takes, None, loop=loop)
              for i, prompt in enumerate(["rain", "jazz trio"])]
     pipe.enable_batch_invariance()
     try:

@@ -19,9 +19,9 @@ import soundfile as sf
 import torch
 
 from helpers import musicldm
-from musicldm_core.app import batch, cli, manifest
-from musicldm_core.app import files as app_files
-from musicldm_core.audio_frontend import load_audio
+from musicldm_core.app import batch, cli, manifest, prompt_file
+from musicldm_core.app import files as app_files, prompt_file
+from musicldm_core.audio_input import load_audio
 
 QUICK = ["--steps", "3", "--threads", "1"]
 
@@ -384,7 +384,7 @@ def test_a_byte_order_mark_and_a_comment_do_not_change_the_format(tmp_path):
              "c.txt": "\ufeffrain\n"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
-        items, problems = batch.read_items(tmp_path / name, defaults, 0)
+        items, problems = prompt_file.read_items(tmp_path / name, defaults, 0)
         assert not problems and len(items) == 1 and items[0].prompt == "rain", name
         if name != "c.txt":
             assert items[0].id == "r" and items[0].seed == 3

@@ -182,7 +182,7 @@ def test_bodies_are_bounded(running, monkeypatch):
     body, headers = _multipart({"prompt": "p", "steps": "3"}, _wav(2.0))
     assert r.request("POST", "/api/jobs", body, headers)[0] == 413
     monkeypatch.setattr(web, "UPLOAD_LIMIT", 50 * 2**20)
-    monkeypatch.setattr("musicldm_core.audio_frontend.MAX_INPUT_SECONDS", 1.0)
+    monkeypatch.setattr("musicldm_core.audio_input.MAX_INPUT_SECONDS", 1.0)
     body, headers = _multipart({"prompt": "p", "steps": "3"}, _wav(1.5))
     status, answer = r.request("POST", "/api/jobs", body, headers)
     assert status == 413 and "1.5 s long; at most 1 s" in answer["error"], answer

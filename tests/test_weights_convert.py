@@ -11,7 +11,8 @@ import torch
 
 from musicldm_core.clap import Clap
 from musicldm_core.clap_config import ClapConfig
-from musicldm_core.config import UNetConfig, VAEConfig, VocoderConfig
+from musicldm_core.config import VAEConfig, VocoderConfig
+from musicldm_core.unet_config import UNetConfig
 from musicldm_core.unet import UNet
 from musicldm_core.vae import AutoencoderKL
 from musicldm_core.vocoder import HifiGan

@@ -228,7 +228,8 @@ def _check_fits(components: Dict[str, Component], release: Release) -> None:
     misshapen tensor shows as one that disagrees with the rest)."""
     from musicldm_core.clap import Clap
     from musicldm_core.clap_config import ClapConfig
-    from musicldm_core.config import UNetConfig, VAEConfig, VocoderConfig
+    from musicldm_core.config import VAEConfig, VocoderConfig
+    from musicldm_core.unet_config import UNetConfig
     from musicldm_core.errors import CheckpointError
     from musicldm_core.unet import UNet
     from musicldm_core.vae import AutoencoderKL

@@ -18,12 +18,12 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .files import RATES, check_outputs, output_paths, read_tag
-from .request import FIELDS, Request, add_arguments, check_bounds, fields_of, names, remake_command, short_names
+from .request import (FIELDS, Request, add_arguments, check_bounds, fields_of, names, remake_command, renamed,
+                      short_names)
 from ..presets import PRESETS, pipeline_kwargs
 
 RANK_WAIT_SECONDS = 60.0  # how long a rank > 0 waits for rank 0 to report a failed check (see main)
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> List[str]:
 
     import torch
 
-    from ..audio_frontend import resample
+    from ..resampler import resample
     from ..geometry import Geometry
     from ..load import open_checkpoint
     from ..options import AUDIO_RATE, Options
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> List[str]:
         torch.set_num_threads(args.threads)
     device, dtype = run_device(args.device, args.dtype)
     ready = prepare(options_of([request], Options(progress=progress)),
-                    lambda: open_checkpoint(args.weights, args.revision), device, FLAGS)
+                    lambda: open_checkpoint(args.weights, args.revision), device)
     checkpoint = ready.checkpoint
     if args.loop and args.seconds is not None and abs(ready.run.seconds - args.seconds) > 0.5 / AUDIO_RATE:
         frame = Geometry.from_configs(*checkpoint.configs).frame_seconds
@@ -292,6 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             # stop rank 0 too, perhaps before its line is out.
             time.sleep(RANK_WAIT_SECONDS)
             return 1
+        e = renamed(e, FLAGS)  # a core error names pipe()'s arguments: here, the flags that gave them
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"musicldm: error: {f'rank {rank}: ' if rank else ''}{message}", file=sys.stderr)
         return 1

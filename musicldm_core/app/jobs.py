@@ -23,7 +23,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from ..load import Checkpoint
 from .prepare import options_of
-from .request import BY_NAME, check_bounds, fields_of, names
+from .request import BY_NAME, check_bounds, fields_of, names, renamed
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 PAGE_FIELDS = {**fields_of("page"), "inpaint": list}  # a job's fields; the page sends [start, end], not START:END
@@ -94,7 +94,6 @@ class Service:
         self.exact_batches = exact_batches  # a job's default (its field exact_batches overrides it)
         # a batch line's fields (less id, which the server gives, and window), plus audio-to-audio's
         self.fields = PAGE_FIELDS
-        self.checkpoint = Checkpoint(None, (pipe.unet.config, pipe.vae.config, pipe.vocoder.config), pipe.scheduler)
         self.jobs: Dict[str, Job] = {}
         self.queue: Deque[Job] = deque()
         self.lock = threading.Condition()
@@ -108,10 +107,16 @@ class Service:
         self.numbers = itertools.count(len(self.jobs) + 1)  # each request its own number, hence its own id
         self.worker = threading.Thread(target=self._work, name="musicldm-worker", daemon=True)
 
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The loaded model's configs and sampler, what a job is planned against (prepare.py)."""
+        pipe = self.pipe
+        return Checkpoint(None, (pipe.unet.config, pipe.vae.config, pipe.vocoder.config), pipe.scheduler)
+
     def _from_record(self, record: dict) -> Optional[Job]:
         """A record of the folder's manifest as a finished job; None, said on stderr, when it lacks what the
         page shows (batch mode accepts a record with only id and files: it makes that item again)."""
-        from .batch import Item
+        from .prompt_file import Item
         from .manifest import MANIFEST
 
         fields = dataclass_fields(Item)
@@ -145,9 +150,9 @@ class Service:
                 path = Path(folder) / upload_name(audio_name)
                 path.write_bytes(audio)
                 request["input"] = str(path)
-            ready = prepare(options_of([item.request(**request)], Options()), lambda: self.checkpoint, self.device,
-                            {**names("page"), "audio": "audio"})
+            ready = prepare(options_of([item.request(**request)], Options()), lambda: self.checkpoint, self.device)
         except ValueError as e:
+            e = renamed(e, names("page"))
             message = str(e).splitlines()[0].replace(folder + os.sep, "")
             status = 413 if isinstance(e, InputTooLong) else 400
             field_name = getattr(e, "argument", None) or _field_of(message, {**self.fields, "audio": None})
@@ -168,7 +173,7 @@ class Service:
     def _item(self, data: dict, has_audio: bool) -> Tuple[object, Dict[str, object]]:
         """A request's fields as a batch item (the server gives its id and, if none is asked, its seed) and
         its audio-to-audio settings; each field's type checked, a fault named by field."""
-        from .batch import Item, check_fields
+        from .prompt_file import Item, check_fields
 
         try:
             check_fields(data, self.fields, optional=EDIT)
@@ -334,7 +339,7 @@ class Service:
 
 def _slug(text: str) -> str:
     """A short name from the prompt for the job id (batch's rule, cut shorter: the id has a time stamp)."""
-    from .batch import _slug as slug
+    from .prompt_file import _slug as slug
 
     return slug(text)[:24].rstrip("-") or "job"
 

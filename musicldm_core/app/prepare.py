@@ -10,7 +10,7 @@ command opens. The command line, batch mode and the page all come through here:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
@@ -52,15 +52,14 @@ class Ready(NamedTuple):
     checkpoint: Checkpoint
 
 
-def prepare(options: Options, checkpoint: Callable[[], Checkpoint], device: torch.device,
-            names: Dict[str, str] = {}) -> Ready:
+def prepare(options: Options, checkpoint: Callable[[], Checkpoint], device: torch.device) -> Ready:
     """Every check of a request before the weights load, each once: the arguments, then the input audio
     (read and resampled once), then, from `checkpoint()` (its configs: no weights), the plan against its
-    geometry and sampler and the memory estimate. names: the surface's names for diffusers' arguments,
-    for its messages (request.names)."""
-    checked = options.check(names), read_input(options, names)
+    geometry and sampler and the memory estimate. Its errors name diffusers' arguments: the caller renames
+    them to its own (errors.RequestError.renamed, with request.names)."""
+    checked = options.check(), read_input(options)
     opened = checkpoint()
-    run = plan_call(options, opened.configs, opened.scheduler, device, False, names, checked)
+    run = plan_call(options, opened.configs, opened.scheduler, device, False, checked)
     if run.wave is not None:  # the input as read: generation does not read it again
         options = replace(options, audio=run.wave, audio_sampling_rate=AUDIO_RATE)
     return Ready(options, run, opened)

@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from ..errors import RequestError
 from ..hub import DEFAULT_REPO
 from ..presets import ATTENTION_HEADS
 
@@ -110,9 +111,15 @@ def fields_of(surface: str) -> Dict[str, type]:
 
 def names(style: str) -> Dict[str, str]:
     """diffusers' argument -> the name a surface shows for it: "flag" (the command line), "line", "page".
-    The edge that took a value renames a core error's argument with this (errors.RequestError.renamed)."""
-    return {f.metadata["api"]: flag(f.name) if style == "flag" else f.name
-            for f in FIELDS if f.metadata["api"] and (style == "flag" or style in f.metadata["where"])}
+    The edge that took a value renames a core error's arguments with this (`renamed`)."""
+    return {f.metadata["api"]: flag(f.name) if style == "flag" else f.name for f in FIELDS if f.metadata["api"]
+            and (style == "flag" and f.name != "prompt" or style in f.metadata["where"])}  # (PROMPT: positional)
+
+
+def renamed(error: Exception, surface_names: Dict[str, str]) -> Exception:
+    """A core error as a surface shows it: a RequestError's arguments by the surface's names (`names(...)`);
+    any other error as it is. Called once, by the edge that took the values."""
+    return error.renamed(surface_names) if isinstance(error, RequestError) else error
 
 
 def pipeline_options(values: Dict[str, object]) -> Dict[str, object]:

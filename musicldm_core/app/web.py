@@ -255,7 +255,7 @@ class Server(http.server.ThreadingHTTPServer):
         if host not in LOOPBACK and not token:
             raise ValueError(f"--host {host} reaches beyond this machine: give --token T (every call must carry it)")
         super().__init__((host, port), Handler)
-        from ..audio_frontend import MAX_INPUT_SECONDS
+        from ..audio_input import MAX_INPUT_SECONDS
         from ..samplers import SAMPLERS
 
         self.service, self.token, self.verbose = service, token, verbose

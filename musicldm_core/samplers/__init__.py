@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import read_json
+from ..errors import RequestError
 from .config import SchedulerConfig, scheduler_config
 from ..errors import CheckpointError
 from ..noise import Generator
@@ -46,9 +47,9 @@ CLASS_NAMES = {
 
 
 def check_sampler(name: str, argument: str = "scheduler") -> str:
-    """A sampler name we have, else a ValueError naming `argument` (the API's or a command-line name)."""
+    """A sampler name we have, else a RequestError naming `argument` (errors.arg marks an argument's name)."""
     if name not in SAMPLERS:
-        raise ValueError(f"{argument}: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise RequestError(f"{argument}: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return name
 
 

@@ -12,7 +12,8 @@ from transformers import ClapFeatureExtractor, ClapModel, RobertaTokenizer, Robe
 
 from helpers import assert_close, assert_detects
 from musicldm_core.clap import Clap
-from musicldm_core.audio_frontend import LogMel, resample
+from musicldm_core.audio_frontend import LogMel
+from musicldm_core.resampler import resample
 from musicldm_core.clap_config import FeatureExtractorConfig
 from musicldm_core.tokenizer import ClapTokenizer
 from text_corpus import prompts

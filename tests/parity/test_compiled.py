@@ -10,7 +10,7 @@ import reference_checkpoints
 from conftest import requires_cuda
 from helpers import assert_close, assert_detects, reference_pipeline
 from musicldm_core.compiled import CompiledStage
-from musicldm_core.config import UNetConfig
+from musicldm_core.unet_config import UNetConfig
 from musicldm_core.guidance import guided_eps
 from musicldm_core.pipeline import MusicLDMPipeline
 from musicldm_core.samplers import CLASS_NAMES, SAMPLERS, Scheduler

@@ -19,7 +19,8 @@ from transformers import ClapAudioConfig as RefAudio, ClapConfig as RefClap, Cla
 from transformers import ClapTextConfig as RefText, SpeechT5HifiGanConfig
 
 from musicldm_core.clap_config import ClapAudioConfig, ClapConfig, ClapTextConfig, FeatureExtractorConfig
-from musicldm_core.config import UNetConfig, VAEConfig, VocoderConfig
+from musicldm_core.config import VAEConfig, VocoderConfig
+from musicldm_core.unet_config import UNetConfig
 from musicldm_core.samplers.config import SCHEDULER_CLASSES
 from musicldm_core.errors import CheckpointError
 from musicldm_core.samplers import CLASS_NAMES, Scheduler
