@@ -45,7 +45,7 @@ class Controls:
         each take is decoded and vocoded alone, and takes are ranked per prompt. Off by default, as in
         diffusers; `--exact-batches` turns it on for the command line, batch mode and the page. Without
         it a take made beside others differs from its single run by the batch-composition error (about
-        1e-6 relative: README). The cost on a CPU: 3-20% for one item, and batching four items, which
+        1e-6 relative: docs/exactness.md). The cost on a CPU: 3-20% for one item, and batching four items, which
         gains 1.18x by running other kernels, gains little (benchmarks/results/batch-cpu-2026-12-03.md)."""
         self.batch_invariant = on
         rows_apart(self.unet, on)

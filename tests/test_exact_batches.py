@@ -1,5 +1,5 @@
 """What stays exact now that the entry points run the UNet batched (as `pipe()` does), and what
-`--exact-batches` (pipe.enable_batch_invariance) adds. The README's table of exact properties names
+`--exact-batches` (pipe.enable_batch_invariance) adds. The table of exact properties in docs/exactness.md names
 each one's condition; the tests here hold those conditions:
 
 * with invariance off, no UNet layer is split by rows (the published widths, on the meta device);

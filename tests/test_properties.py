@@ -1,4 +1,4 @@
-"""The exact properties of long form, loops, audio-to-audio and batch runs that the README states, each
+"""The exact properties of long form, loops, audio-to-audio and batch runs that docs/ state, each
 asserted where the windows overlap (3 s: the trained window is 1.28 s here, so three open windows, the
 last one shifted back to end at the end) and where they wrap (a 2.88 s loop: three circular windows),
 on two checkpoints:
@@ -123,7 +123,7 @@ def test_a_loop_rotates_with_its_noise(pipe):
 
 def round_trip(pipe, wave: np.ndarray) -> np.ndarray:
     """The input's mel -> VAE -> vocoder round trip, composed here from the components and the windows of each
-    stage (geometry), as the README describes it."""
+    stage (geometry), as docs/long-form.md describes it."""
     g, vae = pipe.geometry, pipe.vae
     frames = g.input_frames(len(wave))
     with torch.no_grad():

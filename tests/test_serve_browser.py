@@ -3,7 +3,7 @@ playwright's Python package (its own browser download is not used: `executable_p
 
 It fills the prompt, clicks Generate and waits for the audio; the file behind the player is a WAV of the
 asked length, the progress bar moved, the mel picture loaded, and a bad value shows its message by its
-field. Set MUSICLDM_SCREENSHOT=PATH to keep a picture of the page after the run (the README's).
+field. Set MUSICLDM_SCREENSHOT=PATH to keep a picture of the page after the run (docs/serve.png).
 """
 
 from __future__ import annotations

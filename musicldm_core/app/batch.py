@@ -20,7 +20,7 @@ What a run guarantees:
   the models together, up to --batch-size. The batches are cut from the whole file, before done items
   are left out, so a rerun computes every item in the batch it had: it equals the first run to the
   bit, and a resumed run differs from an uninterrupted one only in the items that were in flight, by
-  the batch-composition error (about 1e-6 relative: README). With --exact-batches (or a line's
+  the batch-composition error (about 1e-6 relative: docs/exactness.md). With --exact-batches (or a line's
   "exact_batches": true) the UNet runs one row at a time and each item's audio equals its single run
   (`musicldm PROMPT --seed S --exact-batches ...`) to the bit on the same device, dtype and threads.
 * Under torchrun each rank takes every WORLD_SIZE-th item (by position in the file), runs on its
