@@ -189,7 +189,8 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     if o.latents is not None and tuple(o.latents.shape) != shape:
         raise RequestError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
                          f"of {seconds} s")
-    return Run(takes, float(seconds), frames, scheduler, sampling, windowed, wave, input_frames, o.loop, g)
+    return Run(takes=takes, seconds=float(seconds), frames=frames, scheduler=scheduler, sampling=sampling,
+               windowed=windowed, wave=wave, input_frames=input_frames, loop=o.loop, geometry=g)
 
 
 def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,
@@ -199,11 +200,12 @@ def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.de
     the weights load. checked: (prompts, wave), when the caller has run `o.check` and `read_input` already."""
     geometry = Geometry.from_configs(*configs)
     prompts, wave = checked or (o.check(), read_input(o))
-    run = plan(o, prompts, geometry, scheduler.with_sampler(o.sampler), wave,
-               configs[0].projection_class_embeddings_input_dim)
+    run = plan(o, prompts, geometry=geometry, scheduler=scheduler.with_sampler(o.sampler), wave=wave,
+               embed_width=configs[0].projection_class_embeddings_input_dim)
     trained, windows = geometry.trained_frames or run.frames, f"{arg('window')}=windowed"
-    check_memory(configs, device, run.takes, run.frames, o.guided, run.seconds, vae_slicing,
-                 trained if run.windowed else None, None if run.windowed else (trained, windows),
-                 0 if run.wave is None else len(run.wave),
-                 "audio_length_in_s" if run.wave is None else "extend" if o.extend else "audio")
+    check_memory(configs, device, takes=run.takes, frames=run.frames, guided=o.guided, seconds=run.seconds,
+                 vae_slicing=vae_slicing, window=trained if run.windowed else None,
+                 way_out=None if run.windowed else (trained, windows),
+                 input_samples=0 if run.wave is None else len(run.wave),
+                 length="audio_length_in_s" if run.wave is None else "extend" if o.extend else "audio")
     return run

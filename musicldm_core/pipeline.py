@@ -88,7 +88,7 @@ class MusicLDMPipeline(Controls):
     def plan(self, o: Options) -> Run:
         """Every check of `o` and what this checkpoint makes of it, before any model runs."""
         return plan_call(o, (self.unet.config, self.vae.config, self.vocoder.config), self.scheduler, self.device,
-                         self.vae_slicing)
+                         vae_slicing=self.vae_slicing)
 
     def generate(self, o: Options, run: Optional[Run] = None) -> AudioPipelineOutput:
         """The procedure, for the options of one call (options.py says what each field does); `run`: their

@@ -2,8 +2,8 @@
 
 The takes are resampled from the vocoder's 16 kHz to CLAP's 48 kHz, turned into CLAP's log-mel
 (audio_frontend.LogMel, with its crop of takes longer than 10 s), embedded by the HTSAT audio tower
-and scored against the prompts' text vectors (`logits_per_text`); each prompt keeps its `takes`
-best-scored rows.
+and scored against the prompts' text vectors (`logits_per_text`, clap_logits); each prompt keeps its
+`takes` best-scored rows. `musicldm score` measures any audio file with the same clap_logits.
 
 The reference scores every prompt against ALL takes of the batch, so with several prompts a prompt
 can get another prompt's take back; `within_prompt` scores each prompt's own takes only (one prompt
@@ -32,10 +32,19 @@ def rank(texts: List[str], audio: torch.Tensor, takes: int, *, tokenizer: ClapTo
                        logmel=logmel, sampling_rate=sampling_rate, dtype=dtype, crop=crop)
                   for i, text in enumerate(texts)]
         return torch.cat([order + i * takes for i, (order, _) in enumerate(ranked)]), torch.cat([s for _, s in ranked])
-    ids, mask = tokenizer(texts, pad_to_max_length=False)
     waves = resample(audio, sampling_rate, logmel.config.sampling_rate)
-    mel = logmel(list(waves.numpy()), crop=crop)  # (N, 1, frames, bins)
-    device = clap.logit_scale_text.device
-    logits = clap.logits_per_text(ids.to(device), mask.to(device), mel.to(device, dtype)).float().cpu()  # (P, N)
+    logits = clap_logits(texts, list(waves.numpy()), tokenizer=tokenizer, clap=clap, logmel=logmel, dtype=dtype,
+                         crop=crop)  # (P, N)
     order = torch.argsort(logits, dim=1, descending=True)[:, :takes]
     return order.reshape(-1), logits.gather(1, order).reshape(-1)
+
+
+def clap_logits(texts: List[str], waves: List, *, tokenizer: ClapTokenizer, clap: Clap, logmel: LogMel,
+                dtype: torch.dtype, crop: str = "start") -> torch.Tensor:
+    """(texts, waves) CLAP similarities scaled by exp(logit_scale_text), ClapModel's `logits_per_text`; each
+    wave a numpy array at CLAP's rate (logmel.config.sampling_rate), cropped or padded to CLAP's 10 s
+    (LogMel). Divided by exp(logit_scale_text): the cosine, the relevance `musicldm score` reports."""
+    ids, mask = tokenizer(texts, pad_to_max_length=False)
+    mel = logmel(waves, crop=crop)  # (N, 1, frames, bins)
+    device = clap.logit_scale_text.device
+    return clap.logits_per_text(ids.to(device), mask.to(device), mel.to(device, dtype)).float().cpu()

@@ -116,3 +116,16 @@ def test_activation_names_agree():
     from musicldm_core.layers import ACTIVATIONS as FUNCTIONS
 
     assert set(ACTIVATIONS) == set(FUNCTIONS)
+
+
+def test_a_batch_item_holds_the_line_fields_of_the_one_request_table():
+    """The request's fields are defined once (app/request.py); a batch item keeps its own field order (its
+    manifest record's keys, unchanged for older folders), so its names and defaults are held to the table."""
+    from musicldm_core.app.prompt_file import FIELDS, Item
+    from musicldm_core.app.request import BY_NAME, fields_of
+
+    fields = {f.name: f for f in dataclasses.fields(Item)}
+    assert set(fields) - {"line", "id"} == set(fields_of("line")) == set(FIELDS) - {"id"}
+    for name, f in fields.items():
+        if f.default is not dataclasses.MISSING:
+            assert f.default == BY_NAME[name].default, name

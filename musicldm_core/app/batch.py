@@ -253,8 +253,8 @@ def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks
             if rate != pipe.sampling_rate:
                 audio = resample(torch.from_numpy(audio).double(), pipe.sampling_rate, rate).float().numpy()
             duration = audio.shape[-1] / rate
-            tags = [item_recipe(run_settings(args), item, sampler, device, dtype, torch.get_num_threads(), k)
-                    for k in range(1, item.takes + 1)]
+            tags = [item_recipe(run_settings(args), item, sampler=sampler, device=device, dtype=dtype,
+                                threads=torch.get_num_threads(), take=k) for k in range(1, item.takes + 1)]
             write_audio(paths, audio, rate, flag="--out-dir", comments=tags)
             append_record(manifest, item_record(item, sampler, paths, duration, score, took, extra))
             for path in paths:

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The request's fields as flags (request.py), then the command's own: where to write, batch mode, --from."""
     p = argparse.ArgumentParser(prog="musicldm", description="Generate music from text with MusicLDM.",
                                 epilog="Also: `musicldm serve` opens a local page to make music in the browser "
-                                "(`musicldm serve --help`).")
+                                "(`musicldm serve --help`); `musicldm score PROMPT FILE...` scores audio files "
+                                "against a prompt with CLAP.")
     add_arguments(p)
     p.add_argument("-o", "--output", default=None, help="the file to write, its extension the format: .wav "
                    "(float32), .flac (24-bit) or .ogg (default: music.wav; with --from: FILE-remade); with --takes "
@@ -200,7 +201,9 @@ def run(args: argparse.Namespace) -> List[str]:
         audio = resample(torch.from_numpy(audio).double(), rate, args.sample_rate).float().numpy()
         rate = args.sample_rate
     sampler = args.sampler or pipe.scheduler.name
-    tags = [getattr(args, "recipe", None) or remake_tag(args, seed, sampler, device, dtype, torch.get_num_threads(), k)
+    threads = torch.get_num_threads()
+    tags = [getattr(args, "recipe", None) or remake_tag(args, seed=seed, sampler=sampler, device=device, dtype=dtype,
+                                                        threads=threads, take=k)
             for k in ([args.take] if args.take else range(1, args.takes + 1))]
     write_audio(paths, audio, rate, comments=tags)
     if args.compile:
@@ -268,6 +271,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .serve import main as serve
 
         return serve(argv[1:])
+    if argv[:1] == ["score"]:  # `musicldm score PROMPT FILE...`: CLAP relevance (a prompt "score": `-- score`)
+        from .score import main as score
+
+        return score(argv[1:])
     args = parse(argv)
     if args.version:
         print_version()

@@ -192,7 +192,7 @@ def read_tag(path) -> str:
         return f.comment or ""
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, flag: str = "--out-dir") -> None:
     """A file written whole or not at all: a temporary file in its folder, renamed into place."""
     tmp = temp_file(path.parent)
     try:
@@ -204,4 +204,4 @@ def write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise ValueError(f"--out-dir: cannot write {str(path)!r} ({write_problem(e, path.parent)})") from None
+        raise ValueError(f"{flag}: cannot write {str(path)!r} ({write_problem(e, path.parent)})") from None

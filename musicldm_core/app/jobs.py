@@ -307,8 +307,9 @@ class Service:
         sampler = item.sampler or self.pipe.scheduler.name
         command_edit = {**edit, "input": str(input_path) if input_path else None}
         run = {**RUN_DEFAULTS, "weights": self.weights}
-        commands = [item_recipe(run, item, sampler, self.device, self.dtype, torch.get_num_threads(), k, command_edit)
-                    for k in range(1, item.takes + 1)]
+        threads = torch.get_num_threads()
+        commands = [item_recipe(run, item, sampler=sampler, device=self.device, dtype=self.dtype, threads=threads,
+                                take=k, edit=command_edit) for k in range(1, item.takes + 1)]
         write_audio(paths, out.audios, self.pipe.sampling_rate, flag="--out-dir", comments=commands)
         for path, mel in zip(pictures, out.mels):
             write_bytes(path, mel_png(mel))

@@ -120,7 +120,8 @@ def merge_manifest(out_dir: Path, order: Iterable[str]) -> None:
         os.replace(tmp, out_dir / MANIFEST)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise ValueError(f"--out-dir: cannot write {str(out_dir / MANIFEST)!r} ({files.write_problem(e, out_dir)})") from None
+        problem = files.write_problem(e, out_dir)
+        raise ValueError(f"--out-dir: cannot write {str(out_dir / MANIFEST)!r} ({problem})") from None
     for part in (out_dir / PARTS).glob("*.jsonl"):
         part.unlink()
     if (out_dir / PARTS).is_dir():

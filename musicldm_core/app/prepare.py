@@ -59,7 +59,7 @@ def prepare(options: Options, checkpoint: Callable[[], Checkpoint], device: torc
     them to its own (errors.RequestError.renamed, with request.names)."""
     checked = options.check(), read_input(options)
     opened = checkpoint()
-    run = plan_call(options, opened.configs, opened.scheduler, device, False, checked)
+    run = plan_call(options, opened.configs, opened.scheduler, device, checked=checked)
     if run.wave is not None:  # the input as read: generation does not read it again
         options = replace(options, audio=run.wave, audio_sampling_rate=AUDIO_RATE)
     return Ready(options, run, opened)

@@ -138,8 +138,8 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
                 other = owners.get(name)
                 if other is not None:
                     case = other.id.casefold() == item_id.casefold()
-                    raise ValueError(f"id {item_id!r} and {other.id!r} on line {other.line} both write {name!r}"
-                                     + (" (letter case does not tell files apart on macOS and Windows)" if case else ""))
+                    why = " (letter case does not tell files apart on macOS and Windows)" if case else ""
+                    raise ValueError(f"id {item_id!r} and {other.id!r} on line {other.line} both write {name!r}{why}")
         except ValueError as e:
             problems.append(f"{path} line {number}: {renamed(e, NAMES)}")
             continue

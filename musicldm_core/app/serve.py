@@ -83,15 +83,13 @@ def serve(args: argparse.Namespace) -> int:
     from ..load import open_checkpoint
     from .manifest import lock_folder
     from .files import remove_temporaries
-    from ..pipeline import MusicLDMPipeline
-    from ..placement import default_device, parse_device
+    from .prepare import open_pipeline, run_device
 
     # Ctrl-C and a polite kill stop it cleanly, even where the shell started it with SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     out_dir = check_out_dir(Path(args.out_dir))
-    device = parse_device(args.device or default_device())
-    dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    device, dtype = run_device(args.device, args.dtype)
     checkpoint = open_checkpoint(args.weights)
     with lock_folder(out_dir):
         remove_temporaries(out_dir)
@@ -100,9 +98,7 @@ def serve(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ValueError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
                              "choose another --port (0 picks a free one)") from None
-        pipe = MusicLDMPipeline.from_pretrained(checkpoint.folder, device=device, dtype=dtype)
-        if args.compile:
-            pipe.compile()
+        pipe = open_pipeline(checkpoint.folder, device, dtype, compile=args.compile)  # each job sets its exactness
         server.service = Service(pipe, out_dir, str(args.weights), args.max_queue, device, dtype, args.exact_batches)
         service = server.service
         service.start()
