@@ -28,17 +28,19 @@ from .options import Options, Run
 from .samplers import Timesteps
 
 
-def encode_input(wave: torch.Tensor, run: Run, geometry: Geometry, vae) -> torch.Tensor:
+def encode_input(wave: torch.Tensor, run: Run, geometry: Geometry, vae,
+                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """(samples,) 16 kHz input -> its scaled latent (1, 8, run.frames / 4, 16): loudness normalised as
     in training, its run.input_frames mel frames encoded by `vae` (posterior mean, in windows of the
-    trained length), zeros after (an extension)."""
+    trained length), zeros after (an extension). progress(done, windows): before the first window and
+    after each (a long input takes many; the page's cancel acts between them)."""
     hop, f, frames = geometry.hop, geometry.vae_factor, run.input_frames
     wave = F.pad(normalize_loudness(wave[None]), (0, max(0, frames * hop - len(wave))))[:, :frames * hop]
     mel = log_mel(wave, hop=hop, n_mels=geometry.mel_bins, sr=geometry.sampling_rate)[:, None, :frames]
     weight = next(vae.parameters())
     mel = mel.to(weight.device, weight.dtype)
     window, overlap = geometry.window("encoding")
-    z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f)
+    z = windowed(lambda m: vae.encode(m).mode(), mel, 2, window * f, overlap * f, den=f, progress=progress)
     return F.pad(z * vae.config.scaling_factor, (0, 0, 0, run.frames // f - z.shape[2]))
 
 

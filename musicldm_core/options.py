@@ -59,7 +59,8 @@ class Options:
     # beyond the reference
     rank_within_prompt: bool = False  # rank each prompt's own takes (the reference ranks against all)
     crop: str = "random"  # ranking's crop of takes over 10 s: "random" (numpy's global RNG), "start", "center"
-    # progress(stage, done, total): "reading the input" (audio-to-audio), "encoding the prompt", "denoising"
+    # progress(stage, done, total): "reading the input" (audio-to-audio), "encoding the prompt", "encoding the
+    # input" (windows, audio-to-audio), "denoising"
     # (steps), "decoding" and "vocoding" (windows), "ranking takes", in that order; each as it goes. On the
     # windowed path each step also tells its windows as "denoising: windows" (a detail, not a stage)
     progress: Optional[Callable[[str, int, int], None]] = None

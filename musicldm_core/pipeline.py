@@ -124,7 +124,8 @@ class MusicLDMPipeline(Controls):
         noise = randn(shape, o.generator, device, self.dtype) if o.latents is None else o.latents.to(device, self.dtype)
         steps, init, constrain, edit = run.sampling, None, None, None
         if run.wave is not None:
-            z_in = encode_input(run.wave, run, g, self.placement.ready("vae")).expand(shape)
+            z_in = encode_input(run.wave, run, g, self.placement.ready("vae"),
+                                lambda done, total: report("encoding the input", done, total)).expand(shape)
             self.placement.ready("unet")  # back from the encoder (with offload, one component on the device)
             edit = AudioEdit(z_in, o, run, g)
             steps, init, constrain = edit.sampling(noise)

@@ -162,7 +162,8 @@ def estimate_memory(u, v, h, takes: int, frames: int, guided: bool, vae_slicing:
     C x T x F per row, twice the rows with guidance). VAE decoder: about four maps per level at
     the mel resolution of that level. Vocoder: each upsampling stage holds its input, output and
     the residual branches. An input of audio-to-audio (input_samples at 16 kHz): its STFT, the
-    real and imaginary halves of n_fft / 2 + 1 bins a mel frame (n_fft at most 8 hops), then its mel.
+    real and imaginary halves of n_fft / 2 + 1 bins a mel frame (n_fft at most 8 hops), then its mel;
+    and its encoding, one trained window at a time (about four maps per VAE encoder level).
     Counted in float32 (the widest the models compute in).
     """
     f, bins = v.scale_factor, h.model_in_dim
@@ -179,8 +180,11 @@ def estimate_memory(u, v, h, takes: int, frames: int, guided: bool, vae_slicing:
         vocoder_bytes = max(vocoder_bytes, (h.upsample_initial_channel >> (i + 1)) * length
                             * (len(h.resblock_kernel_sizes) + 3))
     input_frames = input_samples // h.hop_length + 1
+    encoded = min(input_frames, (u.sample_size or input_frames) * f) if input_samples else 0  # one trained window
+    encoder_bytes = sum(c * (encoded >> i) * (bins >> i) * 4 for i, c in enumerate(v.block_out_channels))
     stages = {"UNet": unet_bytes * (1 if window is None else 2), "VAE decoder": vae_bytes,
-              "vocoder": vocoder_bytes * takes, "input's spectrogram": (8 * h.hop_length + 2 + bins) * input_frames}
+              "vocoder": vocoder_bytes * takes, "input's spectrogram": (8 * h.hop_length + 2 + bins) * input_frames,
+              "VAE encoder": encoder_bytes}
     stage = max(stages, key=stages.get)
     # the waveforms and their 3x resampled copy when ranking; the latents, the noise and their copies
     buffers = takes * whole * h.hop_length * 8 + rows * u.in_channels * (whole // f) * (bins // f) * 3

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -315,7 +316,8 @@ def test_the_inputs_round_trip_is_labelled_and_reading_is_shown(tmp_path, tiny_c
                  "--inpaint", "0.1:0.3", *QUICK[:2], "--threads", 1)
     assert r.returncode == 0, r.stderr
     stages = [line.split(" (")[0] for line in r.stderr.splitlines() if line.startswith("musicldm: ")]
-    assert stages == ["musicldm: reading the input", "musicldm: encoding the prompt", "musicldm: denoising 3/3 steps",
+    assert stages == ["musicldm: reading the input", "musicldm: encoding the prompt",
+                      "musicldm: encoding the input 1/1 windows", "musicldm: denoising 3/3 steps",
                       "musicldm: decoding 1/1 windows", "musicldm: vocoding 1/1 windows",
                       "musicldm: decoding the input 1/1 windows", "musicldm: vocoding the input 1/1 windows"], stages
 
@@ -394,3 +396,59 @@ def test_a_pickle_that_declares_an_exabyte_is_refused_cleanly(tmp_path, capsys):
 
     gc.collect()
     assert "exported buffers" not in capsys.readouterr().err
+
+
+def test_encoding_a_long_input_is_shown_and_a_page_job_cancels_inside_it(pipe, tmp_path):
+    """A long input is encoded window by window, each window reported ("encoding the input"), and a job
+    cancelled while its input is being encoded encodes no further window and never reaches denoising."""
+    from dataclasses import replace
+
+    from musicldm_core.app.jobs import Service
+
+    seen = []
+
+    class CancelAtFirstWindow:  # the pipeline, cancelling every job once its input's first window is encoded
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def generate(self, options, run=None):
+            def progress(stage, done, total):
+                seen.append((stage, done, total))
+                if stage == "encoding the input" and done == 1:
+                    for job in service.jobs.values():
+                        job.cancel.set()
+                options.progress(stage, done, total)
+
+            return pipe.generate(replace(options, progress=progress), run)
+
+    service = Service(CancelAtFirstWindow(), tmp_path, "tiny")
+    service.start()
+    try:
+        job = service.submit({"prompt": "rain", "steps": 3, "seed": 1, "strength": 0.5}, _wav(20.0), "in.wav")
+        for _ in range(1200):
+            if job.state not in ("queued", "running"):
+                break
+            time.sleep(0.05)
+    finally:
+        service.stop()
+    windows = [total for stage, _, total in seen if stage == "encoding the input"]
+    assert job.state == "cancelled" and windows and windows[0] > 2, (job.state, seen)
+    assert not any(stage == "denoising" for stage, _, _ in seen), seen
+    assert [done for stage, done, _ in seen if stage == "encoding the input"] == [0, 1]  # no window after the cancel
+
+
+def test_the_memory_estimate_counts_encoding_an_input():
+    """Encoding the input (one trained window at a time through the VAE encoder) is a stage of the estimate:
+    with a wide VAE and an output shorter than a window, it is the stage that needs most."""
+    from types import SimpleNamespace as N
+
+    from musicldm_core.placement import estimate_memory
+
+    u = N(block_out_channels=(4, 4), layers_per_block=(1, 1), in_channels=8, sample_size=32)
+    v = N(scale_factor=4, block_out_channels=(4096, 4096))
+    h = N(model_in_dim=64, upsample_rates=(4,), upsample_initial_channel=8, resblock_kernel_sizes=(3,), hop_length=160)
+    need, stage = estimate_memory(u, v, h, takes=1, frames=16, guided=False, vae_slicing=False,
+                                  input_samples=16000 * 60)
+    assert stage == "VAE encoder", stage
+    alone, _ = estimate_memory(u, v, h, takes=1, frames=16, guided=False, vae_slicing=False)
+    assert need > alone

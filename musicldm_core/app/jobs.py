@@ -271,8 +271,8 @@ class Service:
         def progress(stage: str, done: int, total: int) -> None:
             if job.cancel.is_set():
                 raise Cancelled()
-            share = {"encoding the prompt": (0.0, 0.02), "denoising": (0.02, 0.88), "decoding": (0.9, 0.04),
-                     "vocoding": (0.94, 0.04), "ranking takes": (0.98, 0.02)}.get(stage)
+            share = {"encoding the prompt": (0.0, 0.02), "encoding the input": (0.02, 0.08), "denoising": (0.1, 0.8),
+                     "decoding": (0.9, 0.04), "vocoding": (0.94, 0.04), "ranking takes": (0.98, 0.02)}.get(stage)
             if share is not None and total:
                 job.progress = max(job.progress, share[0] + share[1] * done / total)
 

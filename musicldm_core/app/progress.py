@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
-UNITS = {"denoising": "steps", "decoding": "windows", "vocoding": "windows",
+UNITS = {"denoising": "steps", "decoding": "windows", "vocoding": "windows", "encoding the input": "windows",
          "decoding the input": "windows", "vocoding the input": "windows"}  # (inpaint, extend: its round trip)
 INTERVAL = float(os.environ.get("MUSICLDM_PROGRESS_INTERVAL", "30"))  # seconds between a long stage's lines
 
