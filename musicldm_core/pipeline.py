@@ -144,9 +144,8 @@ class MusicLDMPipeline(Controls):
         # 4. Decode: latent -> mel (VAE) -> 16 kHz waveform (HiFi-GAN), trimmed; then rank the takes.
         mel = self.decode_mel(z, run, report)  # (B, 1, frames, bins)
         audio = self.vocode(mel, run, report)
-        if edit is not None:  # the input's round trip, in windows
-            input_report = lambda stage, done, total: report(f"{stage} the input", done, total)  # noqa: E731
-            trip = run._replace(windowed=True, loop=False)
+        if edit is not None:  # the input's round trip, in windows, its stages named "... the input"
+            trip, input_report = run._replace(windowed=True, loop=False), _of_the_input(report)
             audio = edit.keep_input(audio, lambda kept: self.decode(kept, trip, input_report))
         check_waveforms(audio)
         audio, scores = audio[:, :int(run.seconds * g.sampling_rate)], None
@@ -212,3 +211,8 @@ class MusicLDMPipeline(Controls):
         return rank([prompt] if isinstance(prompt, str) else list(prompt), audio, takes, tokenizer=self.tokenizer,
                     clap=self.placement.ready("text_encoder"), logmel=self.feature_extractor,
                     sampling_rate=self.sampling_rate, dtype=self.dtype, within_prompt=within_prompt, crop=crop)
+
+
+def _of_the_input(report: Callable[[str, int, int], None]) -> Callable[[str, int, int], None]:
+    """`report`, each stage named as the input's ("decoding the input"): its round trip beside the takes'."""
+    return lambda stage, done, total: report(f"{stage} the input", done, total)
