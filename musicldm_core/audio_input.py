@@ -33,7 +33,7 @@ def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = 
     if isinstance(audio, (str, os.PathLike)):
         if sampling_rate is not None:
             raise RequestError(f"audio_sampling_rate applies to an array; the file {os.fspath(audio)!r} carries its "
-                             f"own rate (leave it out)")
+                               f"own rate (leave it out)")
         wave, sampling_rate = _read_file(os.fspath(audio), name, min_seconds, target_sr)
     elif isinstance(audio, (np.ndarray, torch.Tensor, list, tuple)):
         wave = _as_channels(audio, name)
@@ -41,7 +41,7 @@ def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = 
             raise RequestError(f"{name}: an array needs its sampling rate (audio_sampling_rate)")
     else:
         raise RequestError(f"{name} must be a file path or a float array (samples,) or (channels, samples), "
-                         f"got {type(audio).__name__}")
+                           f"got {type(audio).__name__}")
     check_rate(sampling_rate, target_sr, f"{name}: the sampling rate")
     _check_length(wave.shape[-1] / sampling_rate, name, min_seconds)
     if not torch.isfinite(wave).all():
@@ -54,12 +54,13 @@ def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = 
 
 def check_rate(rate, target_sr: int, name: str) -> None:
     """An integer rate in INPUT_RATES that `resample` can take to target_sr with a bounded filter."""
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not INPUT_RATES[0] <= rate <= INPUT_RATES[1]:
-        raise RequestError(f"{name} must be a whole number of Hz from {INPUT_RATES[0]} to {INPUT_RATES[1]}, got {rate!r}")
-    if resampler.resample_cost(int(rate), target_sr) > resampler.TABLE_LIMIT:
-        raise RequestError(f"{name} {rate} Hz has no small ratio to {target_sr} Hz (resampling would need "
-                         f"{resampler.resample_cost(int(rate), target_sr)} filter coefficients); convert it to a common "
-                         "rate such as 44100 or 48000 Hz first")
+    low, high = INPUT_RATES
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not low <= rate <= high:
+        raise RequestError(f"{name} must be a whole number of Hz from {low} to {high}, got {rate!r}")
+    cost = resampler.resample_cost(int(rate), target_sr)
+    if cost > resampler.TABLE_LIMIT:
+        raise RequestError(f"{name} {rate} Hz has no small ratio to {target_sr} Hz (resampling would need {cost} "
+                           "filter coefficients); convert it to a common rate such as 44100 or 48000 Hz first")
 
 
 def _check_length(seconds: float, name: str, min_seconds: float) -> None:
@@ -67,7 +68,7 @@ def _check_length(seconds: float, name: str, min_seconds: float) -> None:
         raise RequestError(f"{name} is empty (no samples)")
     if seconds < min_seconds:
         raise RequestError(f"{name} is {seconds * 1000:.1f} ms long; it must be at least {min_seconds * 1000:g} ms "
-                         "(one latent frame)")
+                           "(one latent frame)")
     if seconds > MAX_INPUT_SECONDS:
         raise InputTooLong(f"{name} is {seconds:.1f} s long; at most {MAX_INPUT_SECONDS:g} s is read (cut it first)")
 
@@ -90,7 +91,7 @@ def _read_file(path: str, name: str, min_seconds: float, target_sr: int) -> tupl
     short = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", info.extra_info, re.M)
     if short:
         raise RequestError(f"{name}: {path!r} is truncated: its header promises {int(short.group(1))} bytes of audio, "
-                         f"the file holds {int(short.group(2))}")
+                           f"the file holds {int(short.group(2))}")
     _check_length(info.frames / info.samplerate, f"{name} {path!r}", min_seconds)
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -100,14 +101,15 @@ def _read_file(path: str, name: str, min_seconds: float, target_sr: int) -> tupl
 
 
 def _as_channels(audio, name: str) -> torch.Tensor:
-    """An array -> (channels, samples) float32; the shorter side of a 2-D array (at most MAX_CHANNELS) is the channels."""
+    """An array -> (channels, samples) float32; the shorter side of a 2-D array (at most MAX_CHANNELS) is the
+    channels."""
     try:
         wave = audio if torch.is_tensor(audio) else torch.as_tensor(np.asarray(audio))
     except (TypeError, ValueError) as e:
         raise RequestError(f"{name} must be a float array (samples,) or (channels, samples): {e}") from None
     if wave.dim() not in (1, 2):
         raise RequestError(f"{name} must have 1 or 2 dimensions, (samples,) or (channels, samples), got shape "
-                         f"{tuple(wave.shape)}")
+                           f"{tuple(wave.shape)}")
     if not wave.is_floating_point():
         raise RequestError(f"{name} must hold floating-point samples in [-1, 1], got {wave.dtype}")
     if wave.dim() == 1:
@@ -116,5 +118,5 @@ def _as_channels(audio, name: str) -> torch.Tensor:
         wave = wave.T  # soundfile's (samples, channels)
     if wave.shape[0] > MAX_CHANNELS:
         raise RequestError(f"{name} has shape {tuple(wave.shape)}: neither side is a channel count (at most "
-                         f"{MAX_CHANNELS}); give (samples,) or (channels, samples)")
+                           f"{MAX_CHANNELS}); give (samples,) or (channels, samples)")
     return wave.float()

@@ -37,7 +37,7 @@ def check_text(name: str, text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise RequestError(f"{name} is not valid Unicode at character {e.start} ({text[e.start:e.end]!r}): "
-                         "was it typed in a non-UTF-8 locale? Re-encode it as UTF-8") from None
+                           "was it typed in a non-UTF-8 locale? Re-encode it as UTF-8") from None
 
 
 def check_prompt(prompt, name: str = "prompt") -> int:
@@ -75,7 +75,7 @@ def check_attention_kwargs(kwargs) -> None:
     unknown = set(kwargs) - {"scale"}
     if unknown:
         raise RequestError(f"cross_attention_kwargs: unsupported key(s) {sorted(unknown)}; only 'scale' "
-                         "(a LoRA weight, which has no effect without LoRA layers) is accepted")
+                           "(a LoRA weight, which has no effect without LoRA layers) is accepted")
 
 
 def check_prompts(o) -> int:
@@ -92,7 +92,7 @@ def check_prompts(o) -> int:
         name = arg("negative_prompt")
         if prompt is not None and type(prompt) is not type(negative):
             raise RequestTypeError(f"{name} must have the same type as prompt ({type(prompt).__name__}), "
-                            f"got {type(negative).__name__}")
+                                   f"got {type(negative).__name__}")
         if not isinstance(negative, (str, list)) or not all(isinstance(p, str) for p in negative):
             raise RequestError(f"{name} must be a string or a list of strings, got {type(negative).__name__}")
         if isinstance(negative, list) and len(negative) != prompts:
@@ -103,10 +103,10 @@ def check_prompts(o) -> int:
         check_embeds("negative_prompt_embeds", negative_embeds)
         if embeds is not None and embeds.shape != negative_embeds.shape:
             raise RequestError(f"prompt_embeds {tuple(embeds.shape)} and negative_prompt_embeds "
-                             f"{tuple(negative_embeds.shape)} must have the same shape")
+                               f"{tuple(negative_embeds.shape)} must have the same shape")
         if negative_embeds.shape[0] != prompts:
             raise RequestError(f"negative_prompt_embeds has {negative_embeds.shape[0]} rows but there are "
-                             f"{prompts} prompts")
+                               f"{prompts} prompts")
     return prompts
 
 
@@ -118,8 +118,8 @@ def check_noise(o, prompts: int) -> None:
             raise RequestError("generator must be a torch.Generator or a list of them")
         if len(generator) not in (1, prompts, takes):
             raise RequestError(f"generator: a list of {len(generator)} generators for {takes} takes "
-                             f"({prompts} prompts x {o.num_waveforms_per_prompt}); give one, one per prompt "
-                             "or one per take")
+                               f"({prompts} prompts x {o.num_waveforms_per_prompt}); give one, one per prompt "
+                               "or one per take")
     elif generator is not None and not isinstance(generator, torch.Generator):
         raise RequestError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
     if latents is not None:

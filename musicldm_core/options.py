@@ -144,7 +144,7 @@ def read_input(o: Options) -> Optional[torch.Tensor]:
     span = o.inpaint
     if span is not None and not 0 <= span[0] < span[1] <= seconds:
         raise RequestError(f"{arg('inpaint')} must be a span (start, end) in seconds with 0 <= start < end <= "
-                         f"{seconds:.2f} (the input's length), got {span!r}")
+                           f"{seconds:.2f} (the input's length), got {span!r}")
     return wave
 
 
@@ -158,7 +158,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
         seconds = g.default_seconds()
     if seconds < g.min_seconds:
         raise RequestError(f"{arg('audio_length_in_s')} must be at least {g.min_seconds} s "
-                         f"(one latent frame), got {seconds}")
+                           f"(one latent frame), got {seconds}")
     if g.mel_bins % g.vae_factor:
         raise ValueError(f"the vocoder's {g.mel_bins} mel bins are not divisible by the VAE scale factor "
                          f"{g.vae_factor}")
@@ -167,10 +167,10 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
         seconds = len(wave) / AUDIO_RATE + (o.extend or 0.0)
         if g.sampling_rate != AUDIO_RATE:
             raise RequestError(f"audio-to-audio reads its input at MusicLDM's {AUDIO_RATE} Hz; this checkpoint's "
-                             f"vocoder is at {g.sampling_rate} Hz")
+                               f"vocoder is at {g.sampling_rate} Hz")
         if scheduler.name == "pndm":
             raise RequestError("audio-to-audio starts part way down the schedule, which PNDM's warm-up cannot; "
-                             "use another sampler (ddim, the default, or lms, euler, heun, dpmsolver++)")
+                               "use another sampler (ddim, the default, or lms, euler, heun, dpmsolver++)")
     frames = g.frames(seconds)
     if o.loop:  # a loop is a whole number of latent frames: no trim may cut its seam
         seconds = frames * g.hop_seconds
@@ -189,7 +189,7 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
     shape = g.latent_shape(takes, frames)
     if o.latents is not None and tuple(o.latents.shape) != shape:
         raise RequestError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
-                         f"of {seconds} s")
+                           f"of {seconds} s")
     return Run(takes=takes, seconds=float(seconds), frames=frames, scheduler=scheduler, sampling=sampling,
                windowed=windowed, wave=wave, input_frames=input_frames, loop=o.loop, geometry=g)
 

@@ -11,7 +11,7 @@ carries, beside its type and default, what the surfaces derive from it (FIELDS):
 * `recorded`: how the remake command keeps it ("always", "changed": when not the default);
 * `help`, and for fields that feed no pipeline argument, `bounds`.
 
-The command line's parser (cli.build_parser), a batch line's fields (batch.FIELDS), the page's fields and
+The command line's parser (cli.build_parser), a batch line's fields (prompt_file.FIELDS), the page's fields and
 its OpenAPI schema, and the remake command a file carries (remake_command) are all derived from here.
 """
 
@@ -30,7 +30,9 @@ SEED_BOUNDS = (0, 2**64 - 1)
 
 
 def _field(kind: type, default=None, *, help: str, api: Optional[str] = None, where: str = "",  # noqa: A002
-           recorded: str = "changed", bounds: Optional[Tuple] = None, choices: Tuple = (), metavar: str = None):
+           recorded: str = "changed", bounds: Optional[Tuple] = None, choices: Tuple = (),
+           metavar: Optional[str] = None) -> dataclasses.Field:
+    """A Request field and what the surfaces derive from it (the module's docstring names each)."""
     return field(default=default, metadata={"kind": kind, "help": help, "api": api, "where": where.split(),
                                             "recorded": recorded, "bounds": bounds, "choices": choices,
                                             "metavar": metavar})
@@ -176,12 +178,12 @@ def parse_span(text: Optional[str]) -> Optional[tuple]:
     return start, end
 
 
-def add_arguments(parser, defaults: Dict[str, object] = {}) -> None:
+def add_arguments(parser) -> None:
     """Each field as the command line's flag (the prompt as the positional argument), in FIELDS' order."""
     import argparse
 
     for f in FIELDS:
-        meta, default = f.metadata, defaults.get(f.name, f.default)
+        meta, default = f.metadata, f.default
         if f.name == "prompt":
             parser.add_argument("prompt", nargs="?", default=None, help=meta["help"])
         elif meta["kind"] is bool:

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, metavar="MANIFEST", help="a batch folder's manifest.jsonl: each "
                    "record's prompt against its own files (instead of PROMPT FILE...)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON to FILE")
-    p.add_argument("--weights", default=DEFAULT_REPO, help=f"checkpoint folder or Hub repo id (default: {DEFAULT_REPO})")
+    p.add_argument("--weights", default=DEFAULT_REPO,
+                   help=f"checkpoint folder or Hub repo id (default: {DEFAULT_REPO})")
     p.add_argument("--revision", default=None, help="Hub revision of --weights")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
@@ -112,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json is not None:
         from .files import write_bytes
 
-        records = [{"prompt": prompt, "file": str(path), "score": value} for (prompt, path), value in zip(pairs, values)]
+        records = [{"prompt": prompt, "file": str(path), "score": value}
+                   for (prompt, path), value in zip(pairs, values)]
         write_bytes(Path(args.json), (json.dumps(records, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
                     flag="--json")
     return 0
