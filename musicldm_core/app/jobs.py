@@ -23,6 +23,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from ..load import Checkpoint
 from .prepare import options_of
+from .prompt_file import Item, check_fields, slug
 from .request import BY_NAME, check_bounds, fields_of, names, renamed
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -59,7 +60,7 @@ class Cancelled(Exception):
 @dataclass
 class Job:
     id: str
-    item: object  # batch.Item
+    item: Item  # the job as a batch line's item (its id and seed decided)
     edit: Dict[str, object] = field(default_factory=dict)  # strength, inpaint, extend, input file
     state: str = "queued"
     progress: float = 0.0
@@ -116,7 +117,6 @@ class Service:
     def _from_record(self, record: dict) -> Optional[Job]:
         """A record of the folder's manifest as a finished job; None, said on stderr, when it lacks what the
         page shows (batch mode accepts a record with only id and files: it makes that item again)."""
-        from .prompt_file import Item
         from .manifest import MANIFEST
 
         fields = dataclass_fields(Item)
@@ -173,8 +173,6 @@ class Service:
     def _item(self, data: dict, has_audio: bool) -> Tuple[object, Dict[str, object]]:
         """A request's fields as a batch item (the server gives its id and, if none is asked, its seed) and
         its audio-to-audio settings; each field's type checked, a fault named by field."""
-        from .prompt_file import Item, check_fields
-
         try:
             check_fields(data, self.fields, optional=EDIT)
         except ValueError as e:
@@ -198,7 +196,7 @@ class Service:
             raise Refused(400, str(e), "seed") from None
         with self.lock:
             number = next(self.numbers)
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{_slug(data['prompt'])}"
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{slug(data['prompt'], 24, 'job')}"
         values = {k: data[k] for k in self.fields if k in data and k not in EDIT}
         item = Item(number, job_id, **{**ITEM_DEFAULTS, **values, "seed": seed,
                                        "exact_batches": data.get("exact_batches", self.exact_batches)})
@@ -336,13 +334,6 @@ class Service:
                 or not path.is_file() or path.resolve().parent != self.out_dir.resolve():
             raise Refused(404, "no such file")
         return path
-
-
-def _slug(text: str) -> str:
-    """A short name from the prompt for the job id (batch's rule, cut shorter: the id has a time stamp)."""
-    from .prompt_file import _slug as slug
-
-    return slug(text)[:24].rstrip("-") or "job"
 
 
 def _field_of(message: str, fields) -> Optional[str]:

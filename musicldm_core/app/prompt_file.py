@@ -74,8 +74,9 @@ def derived_seed(base: int, item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{base}\n{item_id}".encode()).digest()[:8], "little") >> 1
 
 
-def _slug(text: str) -> str:
-    return "-".join(re.findall(r"[a-z0-9]+", text.lower()))[:40].rstrip("-") or "item"
+def slug(text: str, limit: int = 40, empty: str = "item") -> str:
+    """A short file-name-safe name from a prompt, for an id: its words in lower case, joined by '-'."""
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower()))[:limit].rstrip("-") or empty
 
 
 def read_text(path: Path, flag: str) -> str:
@@ -122,7 +123,7 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
         try:
             data = _parse(line, as_json)
             values = {**defaults, **{k: v for k, v in data.items() if k != "id"}}
-            item_id = data.get("id", f"{number:05d}-{_slug(values['prompt'])}")
+            item_id = data.get("id", f"{number:05d}-{slug(values['prompt'])}")
             if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
                 raise ValueError(f"id {item_id!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
                                  "letter or digit (it names the output files)")
