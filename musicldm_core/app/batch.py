@@ -46,7 +46,7 @@ from .manifest import MANIFEST, PARTS, append_record, is_done, lock_folder, merg
 from .prepare import open_pipeline, options_of, prepare, run_dtype
 from .prompt_file import NAMES, Item, read_items
 from .ranks import Ranks, SameOnEveryRank, rank_device
-from .request import remake_command, renamed
+from .request import remake_command, renamed, span_text
 
 # the command's options that batch mode does not take, each with the reason
 NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),
@@ -214,10 +214,10 @@ def item_recipe(run: Dict[str, object], item: Item, sampler: str, device, dtype:
     run: the run's settings (RUN_DEFAULTS' names); edit: a page job's audio-to-audio settings (input, strength,
     inpaint, extend)."""
     edit = edit or {}
-    inpaint = ":".join(repr(v) for v in edit["inpaint"]) if edit.get("inpaint") else None
     path = edit.get("input") and os.path.abspath(edit["input"])
-    request = item.request(**run, **{**edit, "inpaint": inpaint, "input": path}, device=str(device), dtype=dtype,
-                           threads=threads if device.type == "cpu" else None, take=take if item.takes > 1 else None)
+    request = item.request(**run, **{**edit, "inpaint": span_text(edit.get("inpaint")), "input": path},
+                           device=str(device), dtype=dtype, threads=threads if device.type == "cpu" else None,
+                           take=take if item.takes > 1 else None)
     return remake_command(replace(request, sampler=sampler), f"{item.id}.wav")
 
 

@@ -170,7 +170,6 @@ def run(args: argparse.Namespace) -> List[str]:
     import torch
 
     from ..resampler import resample
-    from ..geometry import Geometry
     from ..load import open_checkpoint
     from ..options import AUDIO_RATE, Options
     from .files import file_line, write_audio
@@ -187,13 +186,12 @@ def run(args: argparse.Namespace) -> List[str]:
     device, dtype = run_device(args.device, args.dtype)
     ready = prepare(options_of([request], Options(progress=progress)),
                     lambda: open_checkpoint(args.weights, args.revision), device)
-    checkpoint = ready.checkpoint
     if args.loop and args.seconds is not None and abs(ready.run.seconds - args.seconds) > 0.5 / AUDIO_RATE:
-        frame = Geometry.from_configs(*checkpoint.configs).frame_seconds
+        frame = ready.run.geometry.frame_seconds
         print(f"musicldm: --loop rounds --seconds {args.seconds:g} to {ready.run.seconds:g} s (a loop is a whole "
               f"number of {1000 * frame:g} ms latent frames)", file=sys.stderr)
     paths = output_paths(args.output, 1 if args.take else args.takes)  # checked by command(), before torch
-    pipe = open_pipeline(checkpoint.folder, device, dtype, args.attention_heads, args.compile, args.exact_batches)
+    pipe = open_pipeline(ready.checkpoint.folder, device, dtype, args.attention_heads, args.compile, args.exact_batches)
     audio = pipe.generate(ready.options, ready.run).audios
     progress.close()
     audio, rate = audio[args.take - 1:args.take] if args.take else audio, pipe.sampling_rate

@@ -24,7 +24,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 from ..load import Checkpoint
 from .prepare import options_of
 from .prompt_file import Item, check_fields, slug
-from .request import BY_NAME, check_bounds, fields_of, names, renamed
+from .request import BY_NAME, check_bounds, fields_of, names, renamed, span_text
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 PAGE_FIELDS = {**fields_of("page"), "inpaint": list}  # a job's fields; the page sends [start, end], not START:END
@@ -145,7 +145,7 @@ class Service:
         item, edit = self._item(data, audio is not None)
         folder = tempfile.mkdtemp(prefix="musicldm-upload-")
         try:
-            request = {**edit, "inpaint": ":".join(map(repr, edit["inpaint"])) if "inpaint" in edit else None}
+            request = {**edit, "inpaint": span_text(edit.get("inpaint"))}
             if audio is not None:  # the upload lives in `folder` only while it is read
                 path = Path(folder) / upload_name(audio_name)
                 path.write_bytes(audio)

@@ -178,6 +178,11 @@ def parse_span(text: Optional[str]) -> Optional[tuple]:
     return start, end
 
 
+def span_text(span: Optional[tuple]) -> Optional[str]:
+    """(start, end) -> inpaint's START:END, each number as repr writes it (parse_span reads it back exactly)."""
+    return None if span is None else ":".join(repr(v) for v in span)
+
+
 def add_arguments(parser) -> None:
     """Each field as the command line's flag (the prompt as the positional argument), in FIELDS' order."""
     import argparse

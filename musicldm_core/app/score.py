@@ -57,13 +57,13 @@ def pairs_of(args: argparse.Namespace) -> List[Tuple[str, Path]]:
 
 
 def _manifest_pairs(manifest: Path) -> List[Tuple[str, Path]]:
-    from .manifest import read_records
+    from .manifest import MANIFEST, read_records
 
     if not manifest.is_file():
         raise ValueError(f"--prompts: no such file {str(manifest)!r}")
-    records = read_records(manifest.parent, say=True) if manifest.name == "manifest.jsonl" else None
-    if records is None:
-        raise ValueError(f"--prompts: {str(manifest)!r} is not a batch folder's manifest.jsonl")
+    if manifest.name != MANIFEST:
+        raise ValueError(f"--prompts: {str(manifest)!r} is not a batch folder's {MANIFEST}")
+    records = read_records(manifest.parent, say=True)
     pairs = [(r["prompt"], manifest.parent / name) for r in records.values() if isinstance(r.get("prompt"), str)
              for name in r["files"]]
     if not pairs:

@@ -115,16 +115,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """The base class's own refusals (a malformed request line or header, a line too long) in the API's
         form: a JSON error, and the connection closed. A method no route takes is 405 with the route's
         methods (Allow), or 404 where no route is."""
-        self.close_connection, extra = True, {"Connection": "close"}
+        allow = None
         if code == 501 and hasattr(self, "path"):  # no do_<METHOD>
             methods = allowed_methods(urlsplit(self.path).path)
             code, message = (405, f"{self.command} is not allowed here") if methods else (404, "not found")
-            extra["Allow"] = ", ".join(sorted(methods)) if methods else "GET"
+            allow = ", ".join(sorted(methods)) if methods else "GET"
         try:
-            self._send(code, json.dumps({"error": message or http.server.BaseHTTPRequestHandler.responses.get(
-                code, ("error",))[0]}).encode(), "application/json", extra)
-        except (BrokenPipeError, ConnectionResetError, AttributeError):
-            pass  # (AttributeError: no request line was parsed, so there is nothing to answer)
+            self._refuse(code, message or http.server.BaseHTTPRequestHandler.responses.get(code, ("error",))[0],
+                         allow=allow)
+        except AttributeError:
+            pass  # no request line was parsed, so there is nothing to answer
 
     def do_GET(self) -> None:  # noqa: N802 (the base class's name)
         self._handle(self._get)
