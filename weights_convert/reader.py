@@ -149,19 +149,20 @@ def check_archive(path: Path) -> None:
     stores its entries uncompressed, so an archive that declares more than it holds is refused unread (a
     zip bomb would otherwise inflate gigabytes inside torch.load)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
+        archive = zipfile.ZipFile(path)
+        declared = sum(info.file_size for info in archive.infolist())
     except Exception as e:  # BadZipFile, OSError, NotImplementedError (an unknown zip version), ...
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConversionError(f"{path}: a damaged zip archive ({first})") from None
-    size = path.stat().st_size
-    if declared > size:
-        raise ConversionError(f"{path}: its archive declares {declared} bytes inflated from a file of {size} "
-                              "(torch.save stores its entries uncompressed): refused unread")
-    check_pickle(path)
+    with archive:
+        size = path.stat().st_size
+        if declared > size:
+            raise ConversionError(f"{path}: its archive declares {declared} bytes inflated from a file of {size} "
+                                  "(torch.save stores its entries uncompressed): refused unread")
+        check_pickle(archive, path)
 
 
-def check_pickle(path: Path) -> None:
+def check_pickle(archive: zipfile.ZipFile, path: Path) -> None:
     """The archive's pickle walked opcode by opcode (pickletools reads, runs nothing) before any unpickler
     sees it: an opcode that declares more bytes than the pickle holds (2**62 for a bytearray), or one that
     does not exist, is refused by name. Left to them, torch's weights-only unpickler fails on such a length
@@ -169,9 +170,8 @@ def check_pickle(path: Path) -> None:
     import pickletools
 
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            data = archive.read(names[0]) if len(names) == 1 else None
+        names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        data = archive.read(names[0]) if len(names) == 1 else None
         if data is not None:
             with warnings.catch_warnings():  # (a STRING opcode's odd escapes: a DeprecationWarning)
                 warnings.simplefilter("ignore")
