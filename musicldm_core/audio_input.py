@@ -1,6 +1,6 @@
-"""An input for audio-to-audio, read: a file (any format soundfile reads) or an array, as (samples,)
-float32 mono at the model's rate; its rate, channels and length bounded and checked, a file's from its
-header before it is decoded."""
+"""An input audio read (audio-to-audio's input, an audio prompt): a file (any format soundfile reads) or an
+array, as (samples,) float32 mono at the model's rate; its rate, channels and length bounded and checked, a
+file's from its header before it is decoded."""
 
 from __future__ import annotations
 
@@ -21,20 +21,26 @@ MAX_INPUT_SECONDS = 600.0  # the longest input audio-to-audio reads (10 minutes)
 MAX_CHANNELS = 16  # an array's channel side is the shorter one, at most this many
 
 
+FILTER_COST = {"kaiser": resampler.resample_cost, "hann": resampler.hann_cost}  # a resampler's filter size
+
+
 def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = "audio",
-               min_seconds: float = 0.0, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+               min_seconds: float = 0.0, progress: Optional[Callable[[int, int], None]] = None,
+               method: str = "kaiser") -> torch.Tensor:
     """A file path, or an array / tensor (samples,), (channels, samples) or soundfile's (samples,
     channels) at `sampling_rate`, as (samples,) float32 mono at target_sr; channels are averaged.
 
     Bounded before anything heavy: the rate (INPUT_RATES, and a resampling filter of bounded size),
     the length (min_seconds .. MAX_INPUT_SECONDS, a file's from its header, before decoding), and a
     WAV whose data is shorter than its header says is refused as truncated. Errors name the input
-    (`name`: the argument that gave it, errors.arg). progress(done, total): the resampling's chunks."""
+    (`name`: the argument that gave it, errors.arg). progress(done, total): the resampling's chunks.
+    method: "kaiser" (resampler.resample, diffusers' librosa, in float64) or "hann" (torchaudio's
+    default, in float32, as MusicLDM's training read its audio)."""
     if isinstance(audio, (str, os.PathLike)):
         if sampling_rate is not None:
             raise RequestError(f"audio_sampling_rate applies to an array; the file {os.fspath(audio)!r} carries its "
                                f"own rate (leave it out)")
-        wave, sampling_rate = _read_file(os.fspath(audio), name, min_seconds, target_sr)
+        wave, sampling_rate = _read_file(os.fspath(audio), name, min_seconds, target_sr, method)
     elif isinstance(audio, (np.ndarray, torch.Tensor, list, tuple)):
         wave = _as_channels(audio, name)
         if sampling_rate is None:
@@ -42,22 +48,24 @@ def load_audio(audio, sampling_rate: Optional[int], target_sr: int, name: str = 
     else:
         raise RequestError(f"{name} must be a file path or a float array (samples,) or (channels, samples), "
                            f"got {type(audio).__name__}")
-    check_rate(sampling_rate, target_sr, f"{name}: the sampling rate")
+    check_rate(sampling_rate, target_sr, f"{name}: the sampling rate", method)
     _check_length(wave.shape[-1] / sampling_rate, name, min_seconds)
     if not torch.isfinite(wave).all():
         raise RequestError(f"{name} contains NaN or infinite samples")
     mono = wave.mean(dim=0, keepdim=True)
     if mono.abs().max() == 0:
-        raise RequestError(f"{name} is silent (every sample is zero): there is nothing to transform")
+        raise RequestError(f"{name} is silent (every sample is zero): there is nothing to read from it")
+    if method == "hann":
+        return resampler.resample_hann(mono, int(sampling_rate), target_sr)[0]
     return resample(mono.double(), int(sampling_rate), target_sr, progress=progress)[0].float()
 
 
-def check_rate(rate, target_sr: int, name: str) -> None:
+def check_rate(rate, target_sr: int, name: str, method: str = "kaiser") -> None:
     """An integer rate in INPUT_RATES that `resample` can take to target_sr with a bounded filter."""
     low, high = INPUT_RATES
     if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not low <= rate <= high:
         raise RequestError(f"{name} must be a whole number of Hz from {low} to {high}, got {rate!r}")
-    cost = resampler.resample_cost(int(rate), target_sr)
+    cost = FILTER_COST[method](int(rate), target_sr)
     if cost > resampler.TABLE_LIMIT:
         raise RequestError(f"{name} {rate} Hz has no small ratio to {target_sr} Hz (resampling would need {cost} "
                            "filter coefficients); convert it to a common rate such as 44100 or 48000 Hz first")
@@ -73,7 +81,7 @@ def _check_length(seconds: float, name: str, min_seconds: float) -> None:
         raise InputTooLong(f"{name} is {seconds:.1f} s long; at most {MAX_INPUT_SECONDS:g} s is read (cut it first)")
 
 
-def _read_file(path: str, name: str, min_seconds: float, target_sr: int) -> tuple[torch.Tensor, int]:
+def _read_file(path: str, name: str, min_seconds: float, target_sr: int, method: str) -> tuple[torch.Tensor, int]:
     """(channels, samples) float32 and the rate of an audio file; its header checked before decoding."""
     import re
 
@@ -87,7 +95,7 @@ def _read_file(path: str, name: str, min_seconds: float, target_sr: int) -> tupl
         info = sf.info(path)
     except Exception as e:  # soundfile raises its own LibsndfileError, or RuntimeError / OSError
         raise RequestError(f"{name}: cannot read {path!r} as audio ({str(e).splitlines()[0]})") from None
-    check_rate(info.samplerate, target_sr, f"{name}: the sampling rate of {path!r}")
+    check_rate(info.samplerate, target_sr, f"{name}: the sampling rate of {path!r}", method)
     short = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", info.extra_info, re.M)
     if short:
         raise RequestError(f"{name}: {path!r} is truncated: its header promises {int(short.group(1))} bytes of audio, "

@@ -83,14 +83,19 @@ def check_prompts(o) -> int:
     prompt, negative, embeds, negative_embeds = o.prompt, o.negative_prompt, o.prompt_embeds, o.negative_prompt_embeds
     if prompt is not None and embeds is not None:
         raise RequestError("give either prompt or prompt_embeds, not both")
-    if prompt is None and embeds is None:
-        raise RequestError("give prompt (a string or a list of strings) or prompt_embeds")
-    prompts = check_prompt(prompt) if prompt is not None else check_embeds("prompt_embeds", embeds)
+    if prompt is None and embeds is None and o.audio_prompt is None and o.schedule is None:
+        raise RequestError(f"give prompt (a string or a list of strings) or prompt_embeds (or {arg('audio_prompt')}, or "
+                           f"{arg('schedule')})")
+    prompts = check_prompt(prompt) if prompt is not None else check_embeds("prompt_embeds", embeds) \
+        if embeds is not None else 1
+    blended = prompts > 1 and (o.prompt_weights is not None or o.schedule is not None)  # one row (conditioning.py)
     if negative is not None and negative_embeds is not None:
         raise RequestError("give either negative_prompt or negative_prompt_embeds, not both")
     if negative is not None:
         name = arg("negative_prompt")
-        if prompt is not None and type(prompt) is not type(negative):
+        if blended and not isinstance(negative, str):
+            raise RequestError(f"{name} must be one string: {arg('prompt_weights')} blends the prompts into one")
+        if prompt is not None and not blended and type(prompt) is not type(negative):
             raise RequestTypeError(f"{name} must have the same type as prompt ({type(prompt).__name__}), "
                                    f"got {type(negative).__name__}")
         if not isinstance(negative, (str, list)) or not all(isinstance(p, str) for p in negative):
@@ -107,7 +112,7 @@ def check_prompts(o) -> int:
         if negative_embeds.shape[0] != prompts:
             raise RequestError(f"negative_prompt_embeds has {negative_embeds.shape[0]} rows but there are "
                                f"{prompts} prompts")
-    return prompts
+    return 1 if blended else prompts
 
 
 def check_noise(o, prompts: int) -> None:

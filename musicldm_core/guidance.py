@@ -11,7 +11,7 @@ Past the trained length the predictor runs on overlapping windows of the latent,
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -27,7 +27,8 @@ def guided_eps(unet: UNet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
     GPU, captures as one CUDA graph).
 
     x: (k*B, 8, T', F'), k windows of the B latents stacked along the batch; t: () timestep;
-    cond: (B, 512) text vectors, or with guidance (2B, 512) = [negative; positive];
+    cond: (B, 512) text vectors, or with guidance (2B, 512) = [negative; positive] (each half (k*B, 512)
+    when every window has its own: a schedule);
     scale: the guidance scale g, or None without guidance. With guidance both halves run as one
     batched UNet call. Returns (k*B, 8, T', F').
     """
@@ -42,14 +43,26 @@ def guided_eps(unet: UNet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
 
 def noise_predictor(eps: Callable, unet: UNet, cond: torch.Tensor, scale: Optional[float], *,
                     window: Optional[Tuple[int, int]] = None, loop: bool = False,
-                    progress: Optional[Callable[[int, int], None]] = None) -> Denoiser:
+                    progress: Optional[Callable[[int, int], None]] = None,
+                    per_window: Optional[torch.Tensor] = None) -> Denoiser:
     """(x_t, t) -> eps for the sampler. eps: guided_eps or its compiled stage; window: (window, overlap)
     in latent frames for the windowed path (two windows per UNet call; circular for a loop), whose
-    windows within each step are told to progress(done, windows)."""
+    windows within each step are told to progress(done, windows). per_window: (windows, B, 512) the
+    positive vectors of each window (a schedule: conditioning.py), in place of cond's positive half."""
 
-    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return eps(unet, x, t, cond, scale)
+    def predict(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor = cond) -> torch.Tensor:
+        return eps(unet, x, t, c, scale)
 
     if window is None:
         return predict
-    return lambda x, t: windowed(lambda w: predict(w, t), x, 2, *window, circular=loop, batch=2, progress=progress)
+    if per_window is None:
+        return lambda x, t: windowed(lambda w: predict(w, t), x, 2, *window, circular=loop, batch=2,
+                                     progress=progress)
+    uncond = cond.chunk(2)[0] if scale is not None else None
+
+    def conditions(windows: List[int]) -> torch.Tensor:  # as guided_eps stacks them: [negatives; positives]
+        positive = torch.cat([per_window[k] for k in windows])
+        return positive if uncond is None else torch.cat([uncond.repeat(len(windows), 1), positive])
+
+    return lambda x, t: windowed(lambda w, windows: predict(w, t, conditions(windows)), x, 2, *window,
+                                 circular=loop, batch=2, progress=progress, indexed=True)

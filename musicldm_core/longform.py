@@ -53,20 +53,22 @@ def ramp_weights(window: int, overlap: int, first: bool, last: bool, circular: b
 
 def windowed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int, window: int, overlap: int,
              num: int = 1, den: int = 1, circular: bool = False, batch: int = 1,
-             progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+             progress: Optional[Callable[[int, int], None]] = None, indexed: bool = False) -> torch.Tensor:
     """fn over overlapping windows of `x` along `dim`, outputs blended: like fn(x), in bounded memory.
 
     fn maps a (B, ..., window, ...) slice to one whose time axis is window * num // den long (samples
     past that, which a transposed convolution can add at the end, are dropped).
     `batch` windows are concatenated along dim 0 for one call of fn. An open signal no longer
     than one window is fn(x) itself, unchanged. progress(done, windows): before the first window, then
-    after each call of fn.
+    after each call of fn. indexed: fn(slices, windows) also takes which windows it is given (their
+    indices in window_starts' order), for a stage whose windows differ (a schedule's conditions).
     """
     length = x.shape[dim]
     report = progress or (lambda done, total: None)
+    call = fn if indexed else (lambda w, windows: fn(w))
     if not circular and length <= window:
         report(0, 1)
-        out = fn(x)
+        out = call(x, [0])
         report(1, 1)
         return out
     stride = window - overlap
@@ -78,7 +80,7 @@ def windowed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: i
     total = weight_sum = None
     for first in range(0, len(starts), batch):
         group = range(first, min(first + batch, len(starts)))
-        pieces = fn(torch.cat([x.index_select(dim, index[k].to(x.device)) for k in group]))
+        pieces = call(torch.cat([x.index_select(dim, index[k].to(x.device)) for k in group]), list(group))
         for k, piece in zip(group, pieces.split(x.shape[0])):
             piece = piece.narrow(dim, 0, out_window)  # a transposed conv may add a few samples at the end
             w = ramp_weights(out_window, out_overlap, k == 0, k == len(starts) - 1, circular)

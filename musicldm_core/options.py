@@ -17,12 +17,14 @@ or the page renames to its own once, where it took the value), its value and wha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import conditioning
 from .audio_frontend import CROPS
 from .audio_input import load_audio
+from .conditioning import Conditioning
 from .geometry import Geometry
 from .errors import RequestError, arg
 from .checks import (check_attention_kwargs, check_edit, check_int, check_noise, check_number, check_prompts)
@@ -75,6 +77,13 @@ class Options:
     inpaint: Optional[Tuple[float, float]] = None  # (start, end) seconds of the input to regenerate
     extend: Optional[float] = None  # seconds to continue the input by
     return_mels: bool = False  # also return the mels the VAE decoded (N, frames, bins), in .audios' order
+    # the condition beyond one text prompt (conditioning.py, audio_prompt.py)
+    prompt_weights: Optional[Sequence[float]] = None  # a weight per prompt: the prompts blended into one row
+    audio_prompt: Any = None  # "music like this clip": a file path, or an array at audio_sampling_rate
+    audio_prompt_weight: float = 1.0  # the clip's weight beside the texts' (weights are relative to their sum)
+    blend: str = "linear"  # how parts mix: "linear" (weighted mean, made unit length) or "slerp" (two parts)
+    schedule: Optional[Sequence[Tuple[float, Any]]] = None  # [(seconds, a text or a blend mapping), ...]
+    travel: Optional[float] = None  # seconds of each schedule transition (None: one denoising window, 10.24 s)
 
     @property
     def guided(self) -> bool:
@@ -108,6 +117,7 @@ class Options:
         if self.sampler is not None:
             check_sampler(self.sampler, arg("sampler"))
         check_attention_kwargs(self.cross_attention_kwargs)
+        conditioning.check(self)
         prompts = check_prompts(self)
         check_noise(self, prompts)
         check_edit(self)
@@ -127,6 +137,7 @@ class Run(NamedTuple):
     input_frames: int = 0  # audio-to-audio: mel frames of the input (the rest is extension)
     loop: bool = False  # a seamless loop: circular windows at every stage
     geometry: Optional[Geometry] = None  # the checkpoint's lengths and shapes, computed once per call
+    conditioning: Optional[Conditioning] = None  # blends or a schedule, their audio prompts read (conditioning.py)
 
 
 def read_input(o: Options) -> Optional[torch.Tensor]:
@@ -149,9 +160,9 @@ def read_input(o: Options) -> Optional[torch.Tensor]:
 
 
 def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wave: Optional[torch.Tensor],
-         embed_width: Optional[int]) -> Run:
-    """What needs the checkpoint, for checked options of `prompts` prompts and their input `wave`: the
-    checkpoint's geometry, its sampler, the CLAP width its UNet takes (None: any)."""
+         embed_width: Optional[int], conditions: Optional[Conditioning] = None) -> Run:
+    """What needs the checkpoint, for checked options of `prompts` prompts, their input `wave` and their
+    conditions as read: the checkpoint's geometry, its sampler, the CLAP width its UNet takes (None: any)."""
     takes = prompts * o.num_waveforms_per_prompt
     g, seconds, input_frames = geometry, o.audio_length_in_s, 0
     if seconds is None:
@@ -176,7 +187,14 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
         seconds = frames * g.hop_seconds
     trained = g.trained_frames or frames
     window = o.window or ("auto" if wave is not None else "whole")  # beyond the reference, windows past training
-    windowed = o.loop or window == "windowed" or (window == "auto" and frames > trained)
+    scheduled = o.schedule is not None  # each window conditioned on the schedule at its centre
+    if scheduled and o.window == "whole":
+        raise RequestError(f"{arg('schedule')} conditions each window of the windowed path: leave {arg('window')} "
+                           "out or make it 'windowed' or 'auto'")
+    windowed = o.loop or scheduled or window == "windowed" or (window == "auto" and frames > trained)
+    conditioning.check_schedule_length(conditions, float(frames * g.hop_seconds if o.loop else seconds))
+    if scheduled and conditions.travel is None:  # one denoising window
+        conditions = conditions._replace(travel=g.window("denoising")[0] * g.frame_seconds)
     try:  # a step count this sampler's spacing can take (its messages name num_inference_steps)
         sampling = scheduler.timesteps(o.num_inference_steps)
     except ValueError as e:
@@ -191,18 +209,19 @@ def plan(o: Options, prompts: int, geometry: Geometry, scheduler: Scheduler, wav
         raise RequestError(f"latents has shape {tuple(o.latents.shape)}, expected {shape} for {takes} takes "
                            f"of {seconds} s")
     return Run(takes=takes, seconds=float(seconds), frames=frames, scheduler=scheduler, sampling=sampling,
-               windowed=windowed, wave=wave, input_frames=input_frames, loop=o.loop, geometry=g)
+               windowed=windowed, wave=wave, input_frames=input_frames, loop=o.loop, geometry=g, conditioning=conditions)
 
 
 def plan_call(o: Options, configs: tuple, scheduler: Scheduler, device: torch.device, vae_slicing: bool = False,
               checked: Optional[tuple] = None) -> Run:
     """Every check of `o` and what a checkpoint makes of it, from its (UNet, VAE, vocoder) configs and
     sampler alone, the memory estimate included: the pipeline's own plan, and the entry points' before
-    the weights load. checked: (prompts, wave), when the caller has run `o.check` and `read_input` already."""
+    the weights load. checked: (prompts, wave, conditions), when the caller has run `o.check`, `read_input`
+    and `conditioning.read` already."""
     geometry = Geometry.from_configs(*configs)
-    prompts, wave = checked or (o.check(), read_input(o))
+    prompts, wave, conditions = checked or (o.check(), read_input(o), conditioning.read(o))
     run = plan(o, prompts, geometry=geometry, scheduler=scheduler.with_sampler(o.sampler), wave=wave,
-               embed_width=configs[0].projection_class_embeddings_input_dim)
+               embed_width=configs[0].projection_class_embeddings_input_dim, conditions=conditions)
     trained, windows = geometry.trained_frames or run.frames, f"{arg('window')}=windowed"
     check_memory(configs, device, takes=run.takes, frames=run.frames, guided=o.guided, seconds=run.seconds,
                  vae_slicing=vae_slicing, window=trained if run.windowed else None,

@@ -21,7 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from . import conditioning
+from .audio_prompt import audio_embedding, read_audio_prompt
 from .compiled import CompiledStage
+from .conditioning import Blend
 from .controls import Controls
 from .editing import AudioEdit, encode_input
 from .errors import check_finite, check_waveforms
@@ -104,9 +107,18 @@ class MusicLDMPipeline(Controls):
         shape = g.latent_shape(run.takes, run.frames)  # (B, 8, T/4, bins/4)
 
         # 1. Encode the prompts into CLAP vectors (B, 512); with guidance, [negative; positive] in one batch.
+        #    Blends, audio prompts and schedules (beyond the reference) give the positive side: conditioning.py.
         report = o.progress or (lambda stage, done, total: None)  # stages reported as (stage, done, total)
         report("encoding the prompt", 0, 1)
-        cond = self.encode_prompt(o.prompt, o.prompt_embeds, device).repeat_interleave(takes, dim=0)
+        c, per_window = run.conditioning, None
+        if c is None:
+            cond = self.encode_prompt(o.prompt, o.prompt_embeds, device)
+        elif c.rows is not None:
+            cond = self.condition_vectors(c.rows, c.blend)
+        else:  # each denoising window's vector (W, 1, 512), from the schedule at its centre
+            per_window = self.schedule_vectors(run, g)[:, None].repeat_interleave(takes, dim=1)
+            cond = per_window[0]
+        cond = cond if per_window is not None else cond.repeat_interleave(takes, dim=0)
         if o.guided:
             uncond = o.negative_prompt_embeds
             if uncond is None:  # the reference cuts negative prompts at prompt_embeds.shape[1] tokens (512)
@@ -118,7 +130,8 @@ class MusicLDMPipeline(Controls):
         denoiser = noise_predictor(self.compiled.get("unet", guided_eps), self.placement.ready("unet"), cond,
                                    o.guidance_scale if o.guided else None, loop=run.loop,
                                    window=g.window("denoising") if run.windowed else None,
-                                   progress=lambda done, total: report("denoising: windows", done, total))
+                                   progress=lambda done, total: report("denoising: windows", done, total),
+                                   per_window=per_window)
 
         # 3. Sample from Gaussian noise (drawn as diffusers draws it); audio-to-audio holds to the input.
         noise = randn(shape, o.generator, device, self.dtype) if o.latents is None else o.latents.to(device, self.dtype)
@@ -150,7 +163,7 @@ class MusicLDMPipeline(Controls):
         check_waveforms(audio)
         audio, scores = audio[:, :int(run.seconds * g.sampling_rate)], None
         mels = mel.squeeze(1).cpu().float() if o.return_mels else None  # (B, frames, bins)
-        if takes > 1 and o.prompt is not None:
+        if takes > 1 and o.prompt is not None and o.prompt_weights is None:  # a blend of texts: not ranked
             report("ranking takes", 0, 1)
             order, scores = self.rank_order(o.prompt, audio, takes, o.rank_within_prompt or self.batch_invariant, o.crop)
             audio = audio.index_select(0, order)
@@ -167,6 +180,28 @@ class MusicLDMPipeline(Controls):
             texts = [prompt] if isinstance(prompt, str) else prompt  # (each encoded alone, unpadded: clap.py)
             embeds = self.placement.ready("text_encoder").encode_texts(self.tokenizer, texts, max_length)
         return embeds.to(device=device, dtype=self.dtype)
+
+    def condition_vectors(self, blends: List[Blend], mode: str) -> torch.Tensor:
+        """Blends of texts and audio prompts -> (N, 512) their vectors, unit length, on the device (conditioning.py)."""
+        clap = self.placement.ready("text_encoder")
+        vectors = conditioning.vectors(blends, mode, lambda texts: clap.encode_texts(self.tokenizer, texts),
+                                       lambda clips: audio_embedding(clap, self.feature_extractor, clips))
+        return vectors.to(device=self.device, dtype=self.dtype)
+
+    def schedule_vectors(self, run: Run, g: Geometry) -> torch.Tensor:
+        """(W, 512): the vector of each denoising window, from the schedule at the window's centre."""
+        c = run.conditioning
+        entries = self.condition_vectors([blend for _, blend in c.schedule], c.blend)
+        centres = conditioning.window_centres(run.frames // g.vae_factor, *g.window("denoising"), run.loop,
+                                              g.frame_seconds)
+        return conditioning.window_vectors(c, entries, centres, c.travel, run.frames * g.hop_seconds, run.loop)
+
+    def embed_audio_prompt(self, audio, audio_sampling_rate: Optional[int] = None) -> torch.Tensor:
+        """An audio prompt (a path, or an array at audio_sampling_rate) -> (1, 512) its CLAP audio vector, the
+        condition `pipe(audio_prompt=...)` uses: pass it as prompt_embeds for the same generation."""
+        with torch.inference_mode():
+            wave = read_audio_prompt(audio, audio_sampling_rate, "audio_prompt")
+            return self.condition_vectors([conditioning.Blend(audio=wave)], "linear")
 
     def _geometry(self, run: Optional[Run]) -> Geometry:
         return run.geometry if run is not None and run.geometry is not None else self.geometry

@@ -1,6 +1,13 @@
-"""`resample(wave, 16000, 48000)`: a Kaiser-windowed sinc interpolator between any two rates, standing in
-for librosa.resample (soxr_hq) without librosa or scipy; its distance to librosa is measured in the tests.
-The filter table is bounded (TABLE_LIMIT): a pair of rates with no small ratio is refused by name."""
+"""Two resamplers between any two integer rates, neither needing librosa, scipy or torchaudio:
+
+* `resample(wave, 16000, 48000)`: a Kaiser-windowed sinc interpolator standing in for librosa.resample
+  (soxr_hq), which diffusers' pipeline uses (ranking takes, audio-to-audio's input); its distance to
+  librosa is measured in the tests.
+* `resample_hann(wave, 16000, 48000)`: torchaudio.functional.resample with its defaults, computed as it
+  computes them, which MusicLDM's authors used in training (their data loader to 16 kHz, and their CLAP
+  conditioner from 16 to 48 kHz): audio prompts go through it (audio_prompt.py).
+
+Their filter tables are bounded (TABLE_LIMIT): a pair of rates with no small ratio is refused by name."""
 
 from __future__ import annotations
 
@@ -91,3 +98,53 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: i
             out.append((x[:, index] * table[n * down % up]).sum(-1))
             report(int(n[-1]) + 1, n_out)
     return torch.cat(out, dim=-1)[:, :n_out].to(wave.dtype)
+
+
+def hann_cost(orig_sr: int, target_sr: int, zero_crossings: int = 6, rolloff: float = 0.99) -> int:
+    """Filter coefficients `resample_hann` holds: one (down + 2 width)-tap filter per output phase."""
+    g = math.gcd(orig_sr, target_sr)
+    up, down = target_sr // g, orig_sr // g
+    return up * (down + 2 * _hann_width(up, down, zero_crossings, rolloff))
+
+
+def _hann_width(up: int, down: int, zero_crossings: int, rolloff: float) -> int:
+    """Input samples each side of an output that its filter reaches (`zero_crossings` of the cutoff's sinc)."""
+    return math.ceil(zero_crossings * down / (min(up, down) * rolloff))
+
+
+def resample_hann(wave: torch.Tensor, orig_sr: int, target_sr: int, zero_crossings: int = 6,
+                  rolloff: float = 0.99) -> torch.Tensor:
+    """(..., N) float audio -> (..., ceil(N * target / orig)): torchaudio.functional.resample's default
+    ("sinc_interp_hann", lowpass_filter_width 6, rolloff 0.99), in the wave's dtype, to the last bit.
+
+    With the rates gcd-reduced to `up` outputs per `down` inputs, output phase j (of `up`) sits at input
+    position j * down / up; its filter is a sinc low-pass at `rolloff` times the lower Nyquist rate,
+    windowed by cos^2 over +-zero_crossings of its own zero crossings, sampled at the input positions
+    -width .. down + width around the phase's block. One strided convolution applies all phases (input
+    zero-padded by width before and width + down after); the phases' outputs are interleaved and the
+    tail past ceil(N * up / down) dropped. The filter's arithmetic follows torchaudio's order of operations
+    (the same roundings): positions divided by down, shifted by -j / up, scaled by the cutoff, clamped,
+    the window cos(t pi / 2 zc)^2, then sin(pi t) / (pi t) times the window times cutoff / down.
+    """
+    if orig_sr == target_sr:
+        return wave
+    if hann_cost(orig_sr, target_sr, zero_crossings, rolloff) > TABLE_LIMIT:
+        raise ValueError(f"resampling from {orig_sr} Hz to {target_sr} Hz needs more than {TABLE_LIMIT} filter "
+                         "coefficients; convert the audio to a common rate (e.g. 48000 Hz) first")
+    g = math.gcd(orig_sr, target_sr)
+    up, down = target_sr // g, orig_sr // g
+    cutoff = min(up, down) * rolloff
+    width = _hann_width(up, down, zero_crossings, rolloff)
+    dtype, device = wave.dtype, wave.device
+    positions = torch.arange(-width, width + down, dtype=dtype, device=device)[None, None] / down
+    t = torch.arange(0, -up, -1, dtype=dtype, device=device)[:, None, None] / up + positions  # (up, 1, taps)
+    t *= cutoff
+    t = t.clamp_(-zero_crossings, zero_crossings)
+    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
+    t *= math.pi
+    taps = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
+    taps *= window * (cutoff / down)
+    shape, n = wave.shape, wave.shape[-1]
+    x = F.pad(wave.reshape(-1, n), (width, width + down))
+    out = F.conv1d(x[:, None], taps, stride=down).transpose(1, 2).reshape(x.shape[0], -1)
+    return out[..., :math.ceil(up * n / down)].reshape(*shape[:-1], -1)

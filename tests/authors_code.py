@@ -7,7 +7,9 @@ AudioLDM, and on LAION's CLAP:
   an unused `no_condition` flag and prints), the same KL autoencoder (`variational_autoencoder/
   modules.py` Encoder/Decoder, line for line MusicLDM's `diffusionmodules/model.py`) and the same
   HiFi-GAN (`hifigan/models.py`).
-- `laion-clap` 1.1.7 (PyPI) ships the CLAP model (`clap_module/model.py` CLAP, HTSAT + RoBERTa).
+- `laion-clap` 1.1.7 (PyPI) ships the CLAP model (`clap_module/model.py` CLAP, HTSAT + RoBERTa) and
+  `training/data.py`'s get_audio_features, which MusicLDM's CLAP conditioner calls.
+- `torchaudio` (PyPI) ships `functional.resample`, which that conditioner calls to go from 16 to 48 kHz.
 
 Neither can be installed beside the reference stack (audioldm pins numpy <= 1.23.5 and gradio;
 laion-clap pins numpy < 2 and pulls wandb, webdataset and more), so their wheels are fetched once
@@ -38,6 +40,7 @@ from pathlib import Path
 import reference_checkpoints
 
 WHEELS = {"audioldm": "audioldm-0.1.1-py3-none-any.whl", "laion_clap": "laion_clap-1.1.7-py3-none-any.whl"}
+TORCHAUDIO = "torchaudio==2.9.0"  # a compiled wheel for another torch: only functional.py's pure resampler is read
 
 SHAPES = {
     "full": {
@@ -85,6 +88,71 @@ def _unpacked(name: str) -> Path:
     zipfile.ZipFile(wheel).extractall(target)
     (target / ".complete").write_text("")
     return target
+
+
+def _functions(path: Path, names: tuple, namespace: dict) -> dict:
+    """Top-level functions of a module's source, executed untouched in `namespace` (the names they use),
+    without running the module itself (whose imports need the Hub, a compiled extension or training
+    packages)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert {n.name for n in nodes} == set(names), f"{path}: missing {set(names) - {n.name for n in nodes}}"
+    exec(compile(ast.Module(nodes, []), str(path), "exec"), namespace)
+    return namespace
+
+
+def torchaudio_resample():
+    """torchaudio.functional.resample from its wheel (the resampler and its two helpers)."""
+    import math
+    import warnings
+    from typing import Optional
+
+    import torch
+
+    folder = reference_checkpoints.cache_root() / "authors" / "torchaudio"
+    if not (folder / ".complete").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder),
+                        TORCHAUDIO], check=True)
+        wheel = next(folder.glob("torchaudio-*.whl"))
+        zipfile.ZipFile(wheel).extract("torchaudio/functional/functional.py", folder)
+        (folder / ".complete").write_text("")
+    namespace = {"math": math, "warnings": warnings, "torch": torch, "Tensor": torch.Tensor, "Optional": Optional,
+                 "_CPU": torch.device("cpu")}
+    return _functions(folder / "torchaudio/functional/functional.py",
+                      ("_get_sinc_resample_kernel", "_apply_sinc_resample_kernel", "resample"), namespace)["resample"]
+
+
+def get_audio_features():
+    """laion-clap's training/data.py get_audio_features (the module itself loads three tokenizers from the Hub)."""
+    from contextlib import suppress
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    path = _unpacked("laion_clap") / "laion_clap/training/data.py"
+    namespace = {"torch": torch, "np": np, "F": F, "suppress": suppress}
+    return _functions(path, ("get_audio_features",), namespace)["get_audio_features"]
+
+
+def clap_audio_condition(model, batch):
+    """MusicLDM's CLAPAudioEmbeddingClassifierFreev2.forward with embed_mode="audio" (interface/src/latent_diffusion/
+    modules/encoders/modules.py), at inference: sampling_rate 16000, no random mute, unconditional_prob 0.
+    batch: (bs, samples) at 16 kHz -> (bs, 1, joint). Its steps, in its order: torchaudio's resample to 48 kHz,
+    get_audio_features(480000 samples, "rand_trunc", "repeatpad") per waveform, model.get_audio_embedding."""
+    import torch
+
+    audio_cfg = dict(sample_rate=48000, window_size=1024, hop_size=480, mel_bins=64, fmin=50, fmax=14000)
+    with torch.no_grad():
+        batch = torchaudio_resample()(batch, orig_freq=16000, new_freq=48000)
+        features = get_audio_features()
+        dicts = [features({}, waveform, 480000, data_truncating="rand_trunc", data_filling="repeatpad",
+                          audio_cfg=audio_cfg) for waveform in batch]
+        embed = model.get_audio_embedding(dicts)
+    return embed.unsqueeze(1)
 
 
 def _package(name: str, root: Path) -> None:

@@ -90,7 +90,7 @@ def test_the_input_is_resampled_and_reported():
     (np.zeros(600 * 1000 + 1, "float32") + 0.1, 1000, "in is 600.0 s long; at most 600 s is read (cut it first)"),
     (np.array([0.1, math.nan] * 400, "float32"), 16000, "in contains NaN or infinite samples"),
     (np.array([0.1, math.inf] * 400, "float32"), 16000, "in contains NaN or infinite samples"),
-    (np.zeros(800, "float32"), 16000, "in is silent (every sample is zero): there is nothing to transform"),
+    (np.zeros(800, "float32"), 16000, "in is silent (every sample is zero): there is nothing to read from it"),
 ])
 def test_an_array_is_refused_by_name(audio, rate, message):
     refused(message, load_audio, audio, rate, 16000, "in", 0.04)

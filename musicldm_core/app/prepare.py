@@ -14,6 +14,7 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
+from .. import conditioning
 from ..load import Checkpoint
 from ..options import AUDIO_RATE, Options, Run, plan_call, read_input
 from ..pipeline import MusicLDMPipeline
@@ -54,10 +55,10 @@ class Ready(NamedTuple):
 
 def prepare(options: Options, checkpoint: Callable[[], Checkpoint], device: torch.device) -> Ready:
     """Every check of a request before the weights load, each once: the arguments, then the input audio
-    (read and resampled once), then, from `checkpoint()` (its configs: no weights), the plan against its
+    and any audio prompt (read and resampled once), then, from `checkpoint()` (its configs: no weights), the plan against its
     geometry and sampler and the memory estimate. Its errors name diffusers' arguments: the caller renames
     them to its own (errors.RequestError.renamed, with request.names)."""
-    checked = options.check(), read_input(options)
+    checked = options.check(), read_input(options), conditioning.read(options)
     opened = checkpoint()
     run = plan_call(options, opened.configs, opened.scheduler, device, checked=checked)
     if run.wave is not None:  # the input as read: generation does not read it again
