@@ -292,7 +292,7 @@ def test_an_items_files_group_and_what_it_asked():
     assert item().files(Path("o")) == [Path("o/a.wav")]
     assert item(takes=3).files(Path("o")) == [Path("o/a-1.wav"), Path("o/a-2.wav"), Path("o/a-3.wav")]
     one = item(seconds=2.0, steps=4, sampler="lms", guidance=3.0, takes=2, loop=True, window="whole")
-    assert one.group == (2.0, 4, "lms", 3.0, 2, True, "whole", False)
+    assert one.group == (2.0, 4, "lms", 3.0, 2, True, "whole", False, None)
     assert item().loop is False and item().window == "auto" and item().exact_batches is False
     asked = one.asked({"weights": "w", "sample_rate": None})
     assert asked == {"prompt": "rain", "negative": None, "seconds": 2.0, "seed": 7, "steps": 4, "guidance": 3.0,
@@ -300,8 +300,11 @@ def test_an_items_files_group_and_what_it_asked():
                      "sample_rate": None}  # no line, no id: those may change without changing the audio
     # exact batches: a group of its own, and asked only when on (records made before the field still match)
     exact = item(exact_batches=True)
-    assert exact.group[-1] is True and exact.group != item().group
+    assert exact.group[-2] is True and exact.group != item().group
     assert exact.asked({}) == {**item().asked({}), "exact_batches": True}
+    # a like, blend or schedule: a group of its own, asked only when set
+    blended = item(blend=("rain:0.5",))
+    assert blended.group[-1] == "a" and blended.asked({}) == {**item().asked({}), "blend": ["rain:0.5"]}
 
 
 def test_item_options_draw_each_items_noise_from_its_seed():
@@ -423,8 +426,9 @@ def test_check_fields():
                               ("steps", True, "an integer"), ("loop", 1, "true or false"), ("prompt", None, "text"),
                               ("id", None, "text"), ("steps", None, "an integer"), ("window", None, "text")):
         refused(f"{key} must be {words}, got {value!r}", prompt_file.check_fields, {"prompt": "a", key: value})
-    fields = {**prompt_file.FIELDS, "extra": list}
-    refused("extra must be list, got 1", prompt_file.check_fields, {"prompt": "a", "extra": 1}, fields)
+    fields = {**prompt_file.FIELDS, "extra": dict}
+    refused("extra must be dict, got 1", prompt_file.check_fields, {"prompt": "a", "extra": 1}, fields)
+    refused("blend must be a list, got 'a:1'", prompt_file.check_fields, {"blend": "a:1"})
     prompt_file.check_fields({"prompt": "a", "steps": None}, prompt_file.FIELDS, ("steps",))  # optional: may be null
 
 

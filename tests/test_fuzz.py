@@ -246,16 +246,18 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                                        max_size=4), max_leaves=12)
 FIELD_NAMES = st.sampled_from(["prompt", "negative", "seconds", "seed", "steps", "guidance", "takes", "sampler",
-                               "loop", "exact_batches", "strength", "inpaint", "extend", "window", "id", "x"])
+                               "loop", "exact_batches", "strength", "inpaint", "extend", "window", "id", "x",
+                               "like", "like_weight", "blend", "blend_mode", "schedule", "travel"])
 
 
-def _multipart_body(fields: dict, audio) -> tuple:
+def _multipart_body(fields: dict, audio, part: str = "audio") -> tuple:
+    """A form with text fields and, if given, one file part (`audio` or `like`)."""
     boundary = "fuzzb0undary"
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v + b"\r\n"
              for k, v in fields.items()]
     if audio is not None:
         name, data = audio
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="{name}"\r\n\r\n'
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{part}"; filename="{name}"\r\n\r\n'
                      .encode("utf-8", "replace") + data + b"\r\n")
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
@@ -273,7 +275,7 @@ def requests(draw, host: str):
     elif kind == "multipart":
         fields = draw(st.dictionaries(FIELD_NAMES, st.binary(max_size=20), max_size=5))
         audio = draw(st.none() | st.tuples(st.text(max_size=30), st.binary(max_size=64)))
-        body, ctype = _multipart_body(fields, audio)
+        body, ctype = _multipart_body(fields, audio, draw(st.sampled_from(["audio", "like"])))
     else:
         body, ctype = (draw(st.binary(max_size=200)), draw(st.text(max_size=30))) if kind == "raw" else (b"", None)
     headers = {"Host": draw(st.sampled_from([host, host, "localhost.evil.example:1", "localhost:1"]))}
@@ -320,16 +322,19 @@ def test_the_http_layer_answers_every_request(server):
 
 
 @budget(2400)
-@given(body=st.one_of(st.binary(max_size=300), st.builds(lambda f, a: _multipart_body(f, a)[0],
+@given(body=st.one_of(st.binary(max_size=300), st.builds(lambda f, a, p: _multipart_body(f, a, p)[0],
                                                           st.dictionaries(FIELD_NAMES, st.binary(max_size=20)),
                                                           st.none() | st.tuples(st.text(max_size=20),
-                                                                                st.binary(max_size=20)))))
+                                                                                st.binary(max_size=20)),
+                                                          st.sampled_from(["audio", "like"]))))
 def test_forms_parse_or_are_refused(body):
     counted("forms")
     try:
-        data, audio, name = web._multipart("multipart/form-data; boundary=fuzzb0undary", body)
-        assert isinstance(data, dict) and (audio is None or isinstance(audio, bytes))
-        assert jobs.upload_name(name) in ("input",) or jobs.upload_name(name).startswith("input.")
+        data, files = web._multipart("multipart/form-data; boundary=fuzzb0undary", body)
+        assert isinstance(data, dict) and set(files) <= set(web.FILE_PARTS)
+        for payload, name in files.values():
+            assert isinstance(payload, bytes) and payload
+            assert jobs.upload_name(name) in ("input",) or jobs.upload_name(name).startswith("input.")
     except jobs.Refused as e:
         assert e.status == 400 and str(e)
 

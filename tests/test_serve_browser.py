@@ -114,3 +114,62 @@ def test_a_prompt_is_shown_as_text_and_no_injected_script_runs(browser, pipe, ti
         assert page.evaluate("window.pwned") is None
     finally:
         server.close()
+
+
+def test_a_clip_and_a_schedule_in_the_browser(browser, pipe, tiny_ckpt, tmp_path):  # noqa: F811
+    """An audio-prompted job (the "Like this clip" upload, no prompt), then a travelling one (a schedule):
+    each plays a WAV of the asked length, and its remake command names its clip (kept beside the takes,
+    by its SHA-256) or its entries."""
+    import hashlib
+
+    import numpy as np
+
+    (tmp_path / "out").mkdir()
+    clip = tmp_path / "ref.wav"
+    t = np.arange(44100) / 44100
+    sf.write(clip, (0.3 * np.sin(2 * np.pi * 220 * t)).astype("float32"), 44100)
+    server = Running(pipe, tmp_path / "out", tiny_ckpt)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"http://localhost:{server.server.port}/")
+        page.locator("summary", has_text="Like a clip").click()
+        page.set_input_files("#like", str(clip))
+        page.fill("#like_weight", "0.5")
+        page.fill("#seconds", "0.64")
+        page.fill("#steps", "3")
+        page.fill("#seed", "3")
+        page.get_by_role("button", name="Generate").click()
+        page.locator("audio").first.wait_for(timeout=120_000)
+        job = server.request("GET", "/api/jobs")[1]["jobs"][0]
+        assert job["state"] == "done" and job["settings"]["like_weight"] == 0.5
+        kept = tmp_path / "out" / f"{job['id']}-like.wav"
+        assert kept.read_bytes() == clip.read_bytes()
+        assert f"--like {kept}" in job["command"] and \
+            f"--sha256 {kept}={hashlib.sha256(clip.read_bytes()).hexdigest()}" in job["command"]
+        audio, rate = sf.read(io.BytesIO(page.request.get(
+            f"http://localhost:{server.server.port}{page.locator('audio').first.get_attribute('src')}").body()))
+        assert audio.shape == (10240,)
+        assert "like a clip" in page.locator("article.job h3").first.inner_text()
+
+        # a schedule: the clip upload cleared, entries one a line
+        page.set_input_files("#like", [])
+        page.fill("#schedule", "0 ambient pad\n1.5 deep house")
+        page.fill("#travel", "0.5")
+        page.fill("#seconds", "3")
+        page.get_by_role("button", name="Generate").click()
+        page.locator("audio").nth(1).wait_for(timeout=120_000)
+        job = server.request("GET", "/api/jobs")[1]["jobs"][0]
+        assert job["state"] == "done" and job["settings"]["schedule"] == [[0, "ambient pad"], [1.5, "deep house"]]
+        assert "--at 0 'ambient pad' --at 1.5 'deep house' --travel 0.5" in job["command"]
+        assert page.locator("article.job h3").first.inner_text() == "ambient pad → deep house"
+        audio, rate = sf.read(io.BytesIO(page.request.get(
+            f"http://localhost:{server.server.port}{page.locator('audio').first.get_attribute('src')}").body()))
+        assert audio.shape == (48000,)
+        # a schedule out of order is named by its field
+        page.fill("#schedule", "2 deep house\n1 ambient pad")
+        page.get_by_role("button", name="Generate").click()
+        error = page.locator('.error[data-for="schedule"]')
+        error.wait_for(state="visible", timeout=10_000)
+        assert "comes before the entry before it" in error.inner_text()
+    finally:
+        server.close()

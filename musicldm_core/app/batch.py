@@ -17,7 +17,7 @@ What a run guarantees:
 * A rerun skips every item recorded with its files present and made from what is asked now
   (Item.asked), and leaves those files untouched; an item whose line or options changed is made again.
 * Items of the same length, steps, sampler, guidance, takes, loop, window and exact_batches go through
-  the models together, up to --batch-size. The batches are cut from the whole file, before done items
+  the models together, up to --batch-size; an item with a like, blend or schedule runs alone. The batches are cut from the whole file, before done items
   are left out, so a rerun computes every item in the batch it had: it equals the first run to the
   bit, and a resumed run differs from an uninterrupted one only in the items that were in flight, by
   the batch-composition error (about 1e-6 relative: docs/exactness.md). With --exact-batches (or a line's
@@ -41,12 +41,12 @@ import torch
 
 from ..hub import DEFAULT_REPO
 from ..options import Options
-from .files import check_folder, file_line, remove_temporaries, write_audio
+from .files import audio_hashes, check_folder, file_line, remove_temporaries, write_audio
 from .manifest import MANIFEST, PARTS, append_record, is_done, lock_folder, merge_manifest, read_records
 from .prepare import open_pipeline, options_of, prepare, run_dtype
-from .prompt_file import NAMES, Item, read_items
+from .prompt_file import CONDITION_FIELDS, NAMES, Item, read_items
 from .ranks import Ranks, SameOnEveryRank, rank_device
-from .request import remake_command, renamed, span_text
+from .request import BY_NAME, audio_files, remake_command, renamed, span_text
 
 # the command's options that batch mode does not take, each with the reason
 NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),
@@ -183,8 +183,10 @@ def run(args, defaults: Dict[str, object]) -> None:
 
 def item_record(item: Item, sampler: str, paths: List[Path], duration: float, scores, took: float,
                 extra: Dict[str, object]) -> dict:
-    """An item's manifest record: what a rerun checks (Item.asked) and what the page lists as history."""
-    return {**asdict(item), "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
+    """An item's manifest record: what a rerun checks (Item.asked) and what the page lists as history (the
+    condition's fields only when set)."""
+    values = {k: v for k, v in asdict(item).items() if k not in CONDITION_FIELDS or v != BY_NAME[k].default}
+    return {**values, "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
             "scores": scores, "time": round(took, 3), "asked": item.asked(extra)}
 
 
@@ -218,7 +220,9 @@ def item_recipe(run: Dict[str, object], item: Item, sampler: str, device, dtype:
     request = item.request(**run, **{**edit, "inpaint": span_text(edit.get("inpaint")), "input": path},
                            device=str(device), dtype=dtype, threads=threads if device.type == "cpu" else None,
                            take=take if item.takes > 1 else None)
-    return remake_command(replace(request, sampler=sampler), f"{item.id}.wav")
+    hashes = audio_hashes(audio_files(request))  # each audio prompt as it was: a remake checks it
+    return remake_command(replace(request, sampler=sampler, sha256=[f"{p}={h}" for p, h in hashes.items()]),
+                          f"{item.id}.wav")
 
 
 def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks: Ranks, device: torch.device,

@@ -21,9 +21,9 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .files import RATES, check_outputs, output_paths, read_tag
-from .request import (FIELDS, Request, add_arguments, check_bounds, fields_of, names, remake_command, renamed,
-                      short_names)
+from .files import RATES, audio_hashes, check_hashes, check_outputs, output_paths, read_tag
+from .request import (FIELDS, Request, add_arguments, audio_files, check_bounds, fields_of, names, remake_command,
+                      renamed, short_names, with_like_paths)
 from ..presets import PRESETS, pipeline_kwargs
 
 RANK_WAIT_SECONDS = 60.0  # how long a rank > 0 waits for rank 0 to report a failed check (see main)
@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """What the command line itself can check; the generation's values are checked by Options."""
-    if (args.prompt is None) == (args.prompts is None):
-        raise ValueError("give a PROMPT, or --prompts FILE with --out-dir DIR (not both)")
+    conditioned = args.like is not None or bool(args.blend) or bool(args.schedule)  # a prompt may be left out
+    if args.prompts is not None and args.prompt is not None or args.prompts is None and args.prompt is None \
+            and not conditioned:
+        raise ValueError("give a PROMPT (or --like, --blend, --at), or --prompts FILE with --out-dir DIR (not both)")
     if args.prompts is not None and args.out_dir is None:
         raise ValueError("--prompts needs --out-dir DIR, the folder the files and manifest.jsonl go to")
     check_bounds("seed", args.seed, "--seed")
@@ -157,8 +159,19 @@ def remake_tag(args: argparse.Namespace, seed: int, sampler: str, device, dtype:
     absolute path), the take when there are several."""
     recorded = request_of(args, seed=seed, sampler=sampler, device=str(device), dtype=dtype,
                           threads=threads if device.type == "cpu" else None,
-                          input=args.input and os.path.abspath(args.input), take=take if args.takes > 1 else None)
+                          input=args.input and os.path.abspath(args.input), take=take if args.takes > 1 else None,
+                          **absolute_audio_prompts(args))
     return remake_command(recorded, Path(args.output).name)
+
+
+def absolute_audio_prompts(args: argparse.Namespace) -> dict:
+    """--like and the --at entries' like: files by absolute path, and each file's SHA-256 (--sha256 FILE=HASH),
+    as a remake command records them."""
+    like = args.like and os.path.abspath(args.like)
+    schedule = [(at, with_like_paths(entry, os.path.abspath)) for at, entry in args.schedule or ()]
+    files = audio_files(Request(like=like, schedule=schedule))
+    return {"like": like, "schedule": schedule,
+            "sha256": [f"{path}={digest}" for path, digest in audio_hashes(files).items()]}
 
 
 def run(args: argparse.Namespace) -> List[str]:
@@ -178,6 +191,7 @@ def run(args: argparse.Namespace) -> List[str]:
 
     if args.input is None and (args.strength is not None or args.inpaint is not None or args.extend is not None):
         raise ValueError("--strength, --inpaint and --extend need --input FILE")
+    check_hashes(args.sha256 or ())  # a remake: its audio prompts as they were
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**63)
     request = request_of(args, seed=seed)
     progress = StageProgress()
@@ -314,7 +328,9 @@ def command(args: argparse.Namespace) -> int:
 
         defaults = {"negative": args.negative, "seconds": args.seconds, "seed": None, "steps": args.steps,
                     "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler, "loop": args.loop,
-                    "window": args.window, "exact_batches": args.exact_batches}
+                    "window": args.window, "exact_batches": args.exact_batches, "like_weight": args.like_weight,
+                    "blend": list(args.blend or ()), "blend_mode": args.blend_mode, "travel": args.travel,
+                    **{k: v for k, v in absolute_audio_prompts(args).items() if k != "sha256"}}
         run_batch(args, defaults)
         return 0
     args.output = args.output or "music.wav"

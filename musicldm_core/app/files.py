@@ -205,3 +205,29 @@ def write_bytes(path: Path, data: bytes, flag: str = "--out-dir") -> None:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise ValueError(f"{flag}: cannot write {str(path)!r} ({write_problem(e, path.parent)})") from None
+
+
+def audio_hashes(paths: List[str]) -> dict:
+    """{path: the SHA-256 of its bytes} of the audio prompts a take was made from (its records keep them, so
+    that a remake can tell a changed file, and a rerun makes such an item again); a missing file: None."""
+    import hashlib
+
+    out = {}
+    for path in paths:
+        try:
+            out[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            out[path] = None
+    return out
+
+
+def check_hashes(recorded, flag: str = "--from") -> None:
+    """Each FILE=SHA256 a remake command records: the file as it was, else one line naming it."""
+    for entry in recorded:
+        path, _, digest = entry.rpartition("=")
+        now = audio_hashes([path])[path]
+        if now != digest:
+            state = "is missing" if now is None else f"has changed since the take was made (SHA-256 {now[:12]}..., " \
+                f"the take's {digest[:12]}...)"
+            raise ValueError(f"{flag}: the audio prompt {path!r} {state}: the remake would be another take; restore "
+                             "the file, or leave --sha256 out to accept the difference")

@@ -23,8 +23,8 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from ..load import Checkpoint
 from .prepare import options_of
-from .prompt_file import Item, check_fields, slug
-from .request import BY_NAME, check_bounds, fields_of, names, renamed, span_text
+from .prompt_file import Item, as_tuples, check_fields, slug, title
+from .request import BY_NAME, check_bounds, fields_of, like_paths, names, renamed, span_text
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 PAGE_FIELDS = {**fields_of("page"), "inpaint": list}  # a job's fields; the page sends [start, end], not START:END
@@ -72,6 +72,7 @@ class Job:
     created: float = field(default_factory=time.time)
     cancel: threading.Event = field(default_factory=threading.Event)
     ready: object = None  # prepare.Ready: its options and plan (the input as read, 16 kHz), until the job runs
+    like: Optional[bytes] = None  # the audio prompt's upload, kept as item.like when the job is done
 
     def view(self) -> dict:
         """The job as the page shows it; its settings are its page fields (request.py)."""
@@ -135,14 +136,17 @@ class Service:
 
     # --- submitting ------------------------------------------------------------------------------------
 
-    def submit(self, data: dict, audio: Optional[bytes] = None, audio_name: str = "input") -> Job:
-        """Check a request as a batch line is checked, read its input audio once and plan it against the
-        loaded checkpoint (prepare.py: the command line's front door), then queue it."""
+    def submit(self, data: dict, audio: Optional[bytes] = None, audio_name: str = "input",
+               like: Optional[Tuple[bytes, str]] = None) -> Job:
+        """Check a request as a batch line is checked, read its input audio and its audio prompt (`like`:
+        bytes and file name) once and plan it against the loaded checkpoint (prepare.py: the command line's
+        front door), then queue it. The audio prompt is kept beside the takes (DIR/<id>-like.EXT) when the
+        job is done: the remake command names it."""
         from ..errors import InputTooLong
         from ..options import Options
         from .prepare import prepare
 
-        item, edit = self._item(data, audio is not None)
+        item, edit = self._item(data, audio is not None, like is not None)
         folder = tempfile.mkdtemp(prefix="musicldm-upload-")
         try:
             request = {**edit, "inpaint": span_text(edit.get("inpaint"))}
@@ -150,6 +154,11 @@ class Service:
                 path = Path(folder) / upload_name(audio_name)
                 path.write_bytes(audio)
                 request["input"] = str(path)
+            if like is not None:
+                path = Path(folder) / upload_name(like[1]).replace("input", "like", 1)
+                path.write_bytes(like[0])
+                request["like"] = str(path)
+                item = replace(item, like=str((self.out_dir / f"{item.id}-{path.name}").resolve()))
             ready = prepare(options_of([item.request(**request)], Options()), lambda: self.checkpoint, self.device)
         except ValueError as e:
             e = renamed(e, names("page"))
@@ -159,7 +168,7 @@ class Service:
             raise Refused(status, message, field_name) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        job = Job(item.id, item, edit, ready=ready)
+        job = Job(item.id, item, edit, ready=ready, like=like[0] if like is not None else None)
         with self.lock:
             if self.stopping:
                 raise Refused(503, "the server is stopping")
@@ -170,11 +179,18 @@ class Service:
             self.lock.notify_all()
         return job
 
-    def _item(self, data: dict, has_audio: bool) -> Tuple[object, Dict[str, object]]:
+    def _item(self, data: dict, has_audio: bool, has_like: bool = False) -> Tuple[object, Dict[str, object]]:
         """A request's fields as a batch item (the server gives its id and, if none is asked, its seed) and
         its audio-to-audio settings; each field's type checked, a fault named by field."""
+        if "like" in data:  # never a path on this machine: the clip itself
+            raise Refused(400, "like: send the clip as the form's file part 'like' (the page reads no paths)", "like")
+        schedule = data.get("schedule")
+        if isinstance(schedule, list) and any(isinstance(e, list) and len(e) == 2 and like_paths(str(e[1]))
+                                              for e in schedule):
+            raise Refused(400, "schedule: the page's entries are texts and blends of texts ('TEXT:W | TEXT:W'); "
+                          "a clip goes in the like file part", "schedule")
         try:
-            check_fields(data, self.fields, optional=EDIT)
+            check_fields(data, self.fields, optional=EDIT, conditioned=has_like)
         except ValueError as e:
             raise Refused(400, str(e), _field_of(str(e), self.fields)) from None
         edit = {k: data[k] for k in EDIT if data.get(k) is not None}
@@ -196,9 +212,9 @@ class Service:
             raise Refused(400, str(e), "seed") from None
         with self.lock:
             number = next(self.numbers)
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{slug(data['prompt'], 24, 'job')}"
-        values = {k: data[k] for k in self.fields if k in data and k not in EDIT}
-        item = Item(number, job_id, **{**ITEM_DEFAULTS, **values, "seed": seed,
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}-{slug(title(data), 24, 'job')}"
+        values = {k: as_tuples(data[k]) for k in self.fields if k in data and k not in EDIT}
+        item = Item(number, job_id, **{"prompt": None, **ITEM_DEFAULTS, **values, "seed": seed,
                                        "exact_batches": data.get("exact_batches", self.exact_batches)})
         return item, edit
 
@@ -285,7 +301,8 @@ class Service:
         try:
             self._keep(job, out, began, input_path)
         except BaseException:  # the job failed while keeping its files: none of them stays, its input neither
-            for path in [input_path] * (input_path is not None) + [
+            kept_like = [Path(job.item.like)] if job.like is not None else []
+            for path in [input_path] * (input_path is not None) + kept_like + [
                     p for take in job.item.files(self.out_dir) for p in (take, take.with_suffix(".png"))]:
                 path.unlink(missing_ok=True)
             raise
@@ -300,6 +317,8 @@ class Service:
         from .files import write_audio, write_bytes
 
         item, edit = job.item, job.edit
+        if job.like is not None:  # the audio prompt, kept: the remake command reads it
+            write_bytes(Path(item.like), job.like)
         paths = item.files(self.out_dir)
         pictures = [p.with_suffix(".png") for p in paths]
         sampler = item.sampler or self.pipe.scheduler.name
@@ -321,7 +340,8 @@ class Service:
         with self.lock:
             job.files, job.pictures = record["files"], record["pictures"]
             job.scores, job.command = scores, commands[0]
-            self.served.update(job.files + job.pictures + ([input_path.name] if input_path else []))
+            self.served.update(job.files + job.pictures + ([input_path.name] if input_path else [])
+                               + ([Path(item.like).name] if job.like is not None else []))
 
     # --- files -----------------------------------------------------------------------------------------
 
@@ -338,7 +358,7 @@ class Service:
 
 def _field_of(message: str, fields) -> Optional[str]:
     """The field a message is about: its first word, when that is a field ('seconds must be ...')."""
-    word = message.split(" ", 1)[0].strip("'\":")
+    word = message.split(" ", 1)[0].strip("'\":").split("[")[0]  # (schedule[2] ...: the schedule field)
     if word in fields:
         return word
     for name in fields:

@@ -19,7 +19,13 @@ CONSTRAINTS = {"prompt": {"minLength": 1, "pattern": "\\S"}, "seconds": {"exclus
                "seed": {"minimum": SEED_BOUNDS[0], "maximum": SEED_BOUNDS[1]}, "steps": {"minimum": 1},
                "guidance": {"minimum": 0}, "takes": {"minimum": 1}, "strength": {"minimum": 0, "maximum": 1},
                "inpaint": {"items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-               "extend": {"exclusiveMinimum": True, "minimum": 0}}
+               "extend": {"exclusiveMinimum": True, "minimum": 0}, "like_weight": {"minimum": 0},
+               "blend": {"items": {"type": "string", "pattern": "\\S"}},
+               "schedule": {"items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                      "items": {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}}},
+               "travel": {"minimum": 0}}
+FILE_PARTS = {"audio": "the input audio of audio-to-audio",
+              "like": "an audio prompt: music like this clip (sent as a file; a job names no path)"}
 
 
 def field_schema(name: str, kind: type) -> dict:
@@ -57,10 +63,11 @@ def _ok(description: str, kind: str, schema: dict) -> dict:
 
 def document(samplers: List[str], limits: Dict[str, float]) -> dict:
     """The OpenAPI document of this server (its samplers and limits filled in)."""
-    fields = {name: field_schema(name, kind) for name, kind in PAGE_FIELDS.items()}
+    fields = {name: field_schema(name, kind) for name, kind in PAGE_FIELDS.items() if name not in FILE_PARTS}
     fields["sampler"] = {**fields["sampler"], "enum": samplers + [None]}
     form = {name: {"type": "string", "description": schema["description"]} for name, schema in fields.items()}
-    form["audio"] = {"type": "string", "format": "binary", "description": "the input audio of audio-to-audio"}
+    form.update({name: {"type": "string", "format": "binary", "description": words}
+                 for name, words in FILE_PARTS.items()})
     always = (400, 401, 403, 405, 500)
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
@@ -81,10 +88,9 @@ def document(samplers: List[str], limits: Dict[str, float]) -> dict:
                                        "limits": {"type": "object"}}}),
                     **_errors(*always)}},
                 "post": {"summary": "queue a job", "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"type": "object", "required": ["prompt"],
-                                                    "additionalProperties": False, "properties": fields}},
-                    "multipart/form-data": {"schema": {"type": "object", "required": ["prompt"],
-                                                       "properties": form}}}},
+                    "application/json": {"schema": {"type": "object", "additionalProperties": False,
+                                                    "properties": fields}},
+                    "multipart/form-data": {"schema": {"type": "object", "properties": form}}}},
                     "responses": {"202": _ok("queued", "application/json", {
                         "type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}),
                         **_errors(*always, 411, 413, 415, 503)}}},

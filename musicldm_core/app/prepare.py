@@ -19,12 +19,14 @@ from ..load import Checkpoint
 from ..options import AUDIO_RATE, Options, Run, plan_call, read_input
 from ..pipeline import MusicLDMPipeline
 from ..placement import default_device, parse_device
-from .request import BY_NAME, Request, parse_span, pipeline_options
+from .request import BY_NAME, Request, condition_options, parse_span, pipeline_options
 
 # the fields one pipe call shares among its prompts (batch.Item.group keeps them equal), and those it sets
 # only when a request gives them (otherwise the template's stand: batch mode's eta is the run's)
 SHARED = ("seconds", "steps", "guidance", "takes", "sampler", "loop", "window")
 GIVEN = ("eta", "strength", "extend")
+# the condition's fields (a request that sets one runs alone: batch.Item.group)
+CONDITION = ("like", "like_weight", "blend_mode", "travel")
 
 
 def options_of(requests: List[Request], template: Options = Options()) -> Options:
@@ -38,10 +40,11 @@ def options_of(requests: List[Request], template: Options = Options()) -> Option
     edit = {"input": first.input, "inpaint": parse_span(first.inpaint)} if first.input is not None else {}
     if edit and first.strength is None and first.inpaint is None and first.extend is None:
         edit["strength"] = 0.6  # an input alone moves 60% of the way from it
-    given = {k: getattr(first, k) for k in GIVEN if getattr(first, k) != BY_NAME[k].default}
-    return replace(template, **pipeline_options({**{k: getattr(first, k) for k in SHARED}, **given, **edit}),
-                   prompt=prompts[0] if one else prompts, negative_prompt=negative,
-                   generator=generators[0] if one else generators, rank_within_prompt=True, crop="start")
+    given = {k: getattr(first, k) for k in GIVEN + CONDITION if getattr(first, k) != BY_NAME[k].default}
+    options = replace(template, **pipeline_options({**{k: getattr(first, k) for k in SHARED}, **given, **edit}),
+                      prompt=prompts[0] if one else prompts, negative_prompt=negative,
+                      generator=generators[0] if one else generators, rank_within_prompt=True, crop="start")
+    return replace(options, **condition_options(first)) if one else options
 
 
 class Ready(NamedTuple):

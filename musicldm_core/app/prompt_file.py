@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .files import audio_hashes
 from .prepare import options_of
-from .request import Request, check_bounds, fields_of, names, renamed
+from .request import BY_NAME, Request, audio_files, check_bounds, fields_of, names, renamed, with_like_paths
+
+CONDITION_FIELDS = ("like", "like_weight", "blend", "blend_mode", "schedule", "travel")
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -30,7 +33,7 @@ class Item:
 
     line: int
     id: str
-    prompt: str
+    prompt: Optional[str]  # None: the condition is the item's like, blend or schedule alone
     negative: Optional[str]
     seconds: Optional[float]  # None: the checkpoint's default length
     seed: int
@@ -41,6 +44,17 @@ class Item:
     loop: bool = False  # a seamless loop
     window: str = "auto"  # the command line's: windows past the trained length
     exact_batches: bool = False  # the UNet one row at a time: equal to its single run to the bit
+    # the condition beyond the prompt (request.py): an item that sets any of these runs alone
+    like: Optional[str] = None  # an audio prompt, by absolute path (a line's is relative to its prompt file)
+    like_weight: float = 1.0
+    blend: Tuple[str, ...] = ()  # "TEXT:W" parts
+    blend_mode: str = "linear"
+    schedule: Tuple[Tuple[float, str], ...] = ()  # (seconds, entry), entries' like: files by absolute path
+    travel: Optional[float] = None
+
+    @property
+    def conditioned(self) -> bool:
+        return any(getattr(self, k) != BY_NAME[k].default for k in CONDITION_FIELDS)
 
     def files(self, out_dir: Path) -> List[Path]:
         """DIR/<id>.wav, or DIR/<id>-1.wav ... DIR/<id>-N.wav (best first) for several takes."""
@@ -52,21 +66,23 @@ class Item:
     def group(self) -> tuple:
         """Items with the same group run through the models together."""
         return self.seconds, self.steps, self.sampler, self.guidance, self.takes, self.loop, self.window, \
-            self.exact_batches
+            self.exact_batches, self.id if self.conditioned else None
 
     def request(self, **run) -> Request:
-        """This item as the typed request (`run`: the run's own settings, eta, an input, ...)."""
+        """This item as the typed request (`run`: the run's own settings, eta, an input, ...; they win)."""
         values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")}
-        return Request(**values, **run)
+        return Request(**{**values, **run})
 
     def asked(self, extra: Dict[str, object]) -> dict:
         """What this item's files were made from, as its manifest record keeps it ("asked"): its values
         and the run's (`extra`: weights, revision, sample rate). A rerun skips the item only when this is
         unchanged; otherwise it is made again. exact_batches is kept only when on, so that the records of
-        earlier runs (made exact, without the field) still match."""
+        earlier runs (made exact, without the field) still match; so are the condition's fields, and the
+        SHA-256 of each audio prompt when there is one."""
         values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")
-                  and not (k == "exact_batches" and not v)}
-        return json.loads(json.dumps({**values, **extra}))
+                  and not (k in ("exact_batches",) + CONDITION_FIELDS and v == BY_NAME[k].default)}
+        files = audio_files(self.request())  # their bytes: a changed audio prompt makes the item again
+        return json.loads(json.dumps({**values, **extra, **({"audio_sha256": audio_hashes(files)} if files else {})}))
 
 
 def derived_seed(base: int, item_id: str) -> int:
@@ -122,16 +138,17 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
             continue
         try:
             data = _parse(line, as_json)
-            values = {**defaults, **{k: v for k, v in data.items() if k != "id"}}
-            item_id = data.get("id", f"{number:05d}-{slug(values['prompt'])}")
+            values = {**defaults, **{k: v for k, v in data.items() if k != "id"}, **_beside(data, Path(path).parent)}
+            item_id = data.get("id", f"{number:05d}-{slug(title(values))}")
             if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
                 raise ValueError(f"id {item_id!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
                                  "letter or digit (it names the output files)")
             seed = values["seed"] if values.get("seed") is not None else derived_seed(base_seed, item_id)
             check_bounds("seed", seed, "seed")  # an integer: check_fields refused any other JSON value
-            item = Item(number, item_id, values["prompt"], values.get("negative"), values.get("seconds"), seed,
+            item = Item(number, item_id, values.get("prompt"), values.get("negative"), values.get("seconds"), seed,
                         values["steps"], values["guidance"], values["takes"], values.get("sampler"),
-                        values.get("loop", False), values.get("window", "auto"), values.get("exact_batches", False))
+                        values.get("loop", False), values.get("window", "auto"), values.get("exact_batches", False),
+                        **{k: as_tuples(values[k]) for k in CONDITION_FIELDS if values.get(k) is not None})
             options_of([item.request()]).check()
             if item_id in ids:  # the manifest keeps one record per id, whatever files the items write
                 raise ValueError(f"id {item_id!r} is also on line {ids[item_id].line}")
@@ -152,6 +169,31 @@ def read_items(path: Path, defaults: Dict[str, object], base_seed: int) -> Tuple
     return items, problems
 
 
+def _beside(data: dict, folder: Path) -> dict:
+    """A line's audio prompts (like, and its schedule's like: parts) by absolute path, relative to its prompt file."""
+    where = lambda path: str((folder / path).resolve())  # noqa: E731 (an absolute path stays as it is)
+    out: Dict[str, object] = {}
+    if isinstance(data.get("like"), str):
+        out["like"] = where(data["like"])
+    if isinstance(data.get("schedule"), list):
+        out["schedule"] = [[p[0], with_like_paths(p[1], where)] if isinstance(p, list) and len(p) == 2
+                           and isinstance(p[1], str) else p for p in data["schedule"]]
+    return out
+
+
+def title(values: dict) -> str:
+    """What an item's id is made from: its prompt, else its first blend part or schedule entry."""
+    if values.get("prompt"):
+        return values["prompt"]
+    parts = list(values.get("blend") or ()) + [e[1] for e in values.get("schedule") or () if len(e) == 2]
+    return str(parts[0]) if parts else ""
+
+
+def as_tuples(value):
+    """A JSON list as the Item holds it: a tuple (of tuples)."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+
+
 def _parse(line: str, as_json: bool) -> dict:
     if not as_json:
         return {"prompt": line.strip()}
@@ -165,18 +207,21 @@ def _parse(line: str, as_json: bool) -> dict:
     return data
 
 
-def check_fields(data: dict, fields: Dict[str, type] = FIELDS, optional: Tuple[str, ...] = ()) -> None:
-    """A batch line's (or a web request's) fields: known names, the prompt given, each value of its type.
-    `optional`: fields beyond FIELDS' that may be null."""
+def check_fields(data: dict, fields: Dict[str, type] = FIELDS, optional: Tuple[str, ...] = (),
+                 conditioned: bool = False) -> None:
+    """A batch line's (or a web request's) fields: known names, the prompt given (or a like, blend or schedule;
+    conditioned: a like given beside them, the page's upload), each value of its type. `optional`: fields
+    beyond FIELDS' that may be null."""
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(fields)}")
-    if "prompt" not in data:
-        raise ValueError("the field 'prompt' is missing")
-    words = {float: "a number", int: "an integer", str: "text", bool: "true or false"}
+    if "prompt" not in data and not conditioned and not any(data.get(k) for k in ("like", "blend", "schedule")):
+        raise ValueError("the field 'prompt' is missing (or give like, blend or schedule)")
+    words = {float: "a number", int: "an integer", str: "text", bool: "true or false", list: "a list"}
     for key, value in data.items():
         kind = fields[key]
         ok = isinstance(value, bool) if kind is bool else (
             not isinstance(value, bool) and (isinstance(value, kind) or kind is float and isinstance(value, int)))
-        if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler") + optional):
+        if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler", "like", "travel")
+                           + optional):
             raise ValueError(f"{key} must be {words.get(kind, kind.__name__)}, got {value!r}")

@@ -6,7 +6,8 @@ carries, beside its type and default, what the surfaces derive from it (FIELDS):
 * its short name: the batch line's and the page's field, and the flag (`--exact-batches` for
   exact_batches);
 * `api`: the `pipe(...)` argument it feeds (diffusers' name), whose checks it gets: the translation
-  between short names and diffusers' is `pipeline_options` and `names`, nowhere else;
+  between short names and diffusers' is `pipeline_options` and `names`, nowhere else (blend and schedule
+  are written in words, "TEXT:W | like:FILE:W": `condition_options` reads them);
 * `where`: the surfaces beyond the command line that take it ("line": a batch line, "page": a job);
 * `recorded`: how the remake command keeps it ("always", "changed": when not the default);
 * `help`, and for fields that feed no pipeline argument, `bounds`.
@@ -18,9 +19,10 @@ its OpenAPI schema, and the remake command a file carries (remake_command) are a
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import RequestError
 from ..hub import DEFAULT_REPO
@@ -31,18 +33,20 @@ SEED_BOUNDS = (0, 2**64 - 1)
 
 def _field(kind: type, default=None, *, help: str, api: Optional[str] = None, where: str = "",  # noqa: A002
            recorded: str = "changed", bounds: Optional[Tuple] = None, choices: Tuple = (),
-           metavar: Optional[str] = None) -> dataclasses.Field:
-    """A Request field and what the surfaces derive from it (the module's docstring names each)."""
+           metavar=None, flag: Optional[str] = None) -> dataclasses.Field:
+    """A Request field and what the surfaces derive from it (the module's docstring names each). A `list`
+    field is a flag that may repeat (a tuple of its values; metavar a pair: each value a pair)."""
     return field(default=default, metadata={"kind": kind, "help": help, "api": api, "where": where.split(),
                                             "recorded": recorded, "bounds": bounds, "choices": choices,
-                                            "metavar": metavar})
+                                            "metavar": metavar, "flag": flag})
 
 
 @dataclass(frozen=True)
 class Request:
     """What a person asks for, in short names (diffusers' names in `api`); the order is the remake command's."""
 
-    prompt: Optional[str] = _field(str, help="what the music should sound like", api="prompt", where="line page")
+    prompt: Optional[str] = _field(str, help="what the music should sound like (may be left out with --like, --blend "
+                                   "or --at)", api="prompt", where="line page")
     seed: Optional[int] = _field(int, help="random seed, for reproducible output", where="line page",
                                  recorded="always", bounds=SEED_BOUNDS)
     steps: int = _field(int, 200, help="denoising steps (default: 200)", api="num_inference_steps", where="line page",
@@ -64,6 +68,24 @@ class Request:
                                      where="line page")
     seconds: Optional[float] = _field(float, help="length in seconds (default: 10.24)", api="audio_length_in_s",
                                       where="line page")
+    like: Optional[str] = _field(str, help="an audio file: music like it (its CLAP audio vector, the condition MusicLDM "
+                                 "was trained on); with a PROMPT, a blend of the two", api="audio_prompt",
+                                 where="line page", metavar="FILE")
+    like_weight: float = _field(float, 1.0, help="--like's weight beside the texts' (each 1 unless --blend says; "
+                                "relative: 0.4 beside one prompt gives the clip 0.4/1.4 of the blend)",
+                                api="audio_prompt_weight", where="line page", metavar="W")
+    blend: Tuple[str, ...] = _field(list, (), api="prompt_weights", where="line page", metavar="TEXT:W", help=(
+        "a text in the blend with its weight (may repeat; a PROMPT beside them weighs 1): the prompts' CLAP "
+        "vectors mixed into one condition"))
+    blend_mode: str = _field(str, "linear", api="blend", where="line page", choices=("linear", "slerp"), help=(
+        "linear (default: the weighted mean, made unit length; any number of parts) or slerp (spherical "
+        "interpolation between two parts)"))
+    schedule: Tuple[Tuple[str, str], ...] = _field(list, (), api="schedule", where="line page", flag="--at",
+                                                   metavar=("SECONDS", "ENTRY"), help=(
+        "from SECONDS on, condition on ENTRY: a text, or parts 'TEXT:W | like:FILE:W' (may repeat, in time "
+        "order; each window of the piece takes the schedule at its centre)"))
+    travel: Optional[float] = _field(float, api="travel", where="line page", metavar="SECONDS",
+                                     help="with --at: the seconds each change takes (default: one window, 10.24 s)")
     revision: Optional[str] = _field(str, help="Hub revision (branch, tag or commit) of --weights")
     input: Optional[str] = _field(str, help="audio-to-audio: an audio file (any format soundfile reads); the output "
                                   "is as long (plus --extend)", api="audio")
@@ -95,15 +117,23 @@ class Request:
     takes: int = _field(int, 1, help="takes to generate and rank with CLAP (default: 1)",
                         api="num_waveforms_per_prompt", where="line page")
     take: Optional[int] = _field(int, help="", recorded="always")  # write only take K (a remake of one take)
+    # FILE=SHA256 of each audio prompt as it was (a remake checks that it still is)
+    sha256: Tuple[str, ...] = _field(list, (), help="", recorded="always")
+
+    def __post_init__(self) -> None:  # a repeated flag not given is None to argparse; a JSON value is a list
+        for f in FIELDS_OF_LISTS:
+            value = getattr(self, f)
+            object.__setattr__(self, f, tuple(tuple(v) if isinstance(v, list) else v for v in value or ()))
 
 
+FIELDS_OF_LISTS = ("blend", "schedule", "sha256")
 FIELDS: Tuple[dataclasses.Field, ...] = dataclasses.fields(Request)
 BY_NAME: Dict[str, dataclasses.Field] = {f.name: f for f in FIELDS}
 
 
 def flag(name: str) -> str:
-    """A field's command-line flag: exact_batches -> --exact-batches."""
-    return "--" + name.replace("_", "-")
+    """A field's command-line flag: exact_batches -> --exact-batches (schedule: --at)."""
+    return BY_NAME[name].metadata["flag"] or "--" + name.replace("_", "-")
 
 
 def fields_of(surface: str) -> Dict[str, type]:
@@ -152,7 +182,7 @@ def remake_command(request: Request, output: str) -> str:
     field as its `recorded` says, in FIELDS' order. Every word is quoted as a shell needs (shlex); a value
     that begins with '-' is written --flag=VALUE, and such a prompt comes last, after --, so that neither
     reads as a flag."""
-    words = ["musicldm", request.prompt, "-o", output]
+    words = ["musicldm"] + [request.prompt] * (request.prompt is not None) + ["-o", output]
     for f in FIELDS[1:]:
         value = getattr(request, f.name)
         if value is None or (f.metadata["recorded"] == "changed" and value == f.default):
@@ -160,9 +190,14 @@ def remake_command(request: Request, output: str) -> str:
         if f.metadata["kind"] is bool:
             words.append(flag(f.name))
             continue
+        if f.metadata["kind"] is list:  # the flag once per value
+            words += [w for v in value for w in (
+                [flag(f.name), *map(str, v)] if isinstance(v, tuple) else [f"{flag(f.name)}={v}"] if v.startswith("-")
+                else [flag(f.name), v])]
+            continue
         text = value if isinstance(value, str) else repr(value)
         words += [f"{flag(f.name)}={text}"] if text.startswith("-") else [flag(f.name), text]
-    if request.prompt.startswith("-"):
+    if request.prompt is not None and request.prompt.startswith("-"):
         words = [words[0]] + words[2:] + ["--", request.prompt]
     return shlex.join(words)
 
@@ -193,7 +228,90 @@ def add_arguments(parser) -> None:
             parser.add_argument("prompt", nargs="?", default=None, help=meta["help"])
         elif meta["kind"] is bool:
             parser.add_argument(flag(f.name), action="store_true", help=meta["help"])
+        elif meta["kind"] is list:
+            pair = isinstance(meta["metavar"], tuple)
+            parser.add_argument(flag(f.name), dest=f.name, action="append", nargs=2 if pair else None,
+                                metavar=meta["metavar"], help=meta["help"] or argparse.SUPPRESS)
         else:
             parser.add_argument(flag(f.name), type=meta["kind"], default=default, metavar=meta["metavar"],
                                 choices=list(meta["choices"]) or None,
                                 help=meta["help"] or argparse.SUPPRESS)
+
+
+# --- the condition's words: a blend part "TEXT:W", a schedule entry "TEXT:W | like:FILE:W" -------------------
+
+_WEIGHTED = re.compile(r"(?P<text>.*\S)\s*:(?P<weight>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)")
+LIKE = "like:"  # an entry's audio part: like:FILE or like:FILE:W
+
+
+def parse_part(text: str, name: str) -> Tuple[str, float]:
+    """A part "TEXT:W" -> (TEXT, W); without a trailing ":NUMBER" the weight is 1 (write "3:4:1" for the text "3:4")."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{name}: a part must be a text, optionally TEXT:W, got {text!r}")
+    m = _WEIGHTED.fullmatch(text.strip())
+    return (m["text"], float(m["weight"])) if m else (text.strip(), 1.0)
+
+
+def parse_entry(text: str, name: str):
+    """A schedule entry -> what pipe(schedule=...) takes: the text itself, or a blend's mapping of its parts
+    ("TEXT:W | TEXT:W | like:FILE:W", at most one like: part)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{name}: an entry must be a text or parts 'TEXT:W | like:FILE:W', got {text!r}")
+    parts = [p.strip() for p in text.split("|")]
+    if len(parts) == 1 and not parts[0].startswith(LIKE) and not _WEIGHTED.fullmatch(parts[0]):
+        return text
+    entry: Dict[str, object] = {}
+    texts, weights = [], []
+    for part in parts:
+        if part.startswith(LIKE):
+            if "audio_prompt" in entry:
+                raise ValueError(f"{name}: an entry takes one like: part, got {text!r}")
+            entry["audio_prompt"], entry["audio_prompt_weight"] = parse_part(part[len(LIKE):], name)
+        else:
+            t, w = parse_part(part, name)
+            texts.append(t)
+            weights.append(w)
+    if texts:
+        entry.update(prompt=texts, prompt_weights=weights)
+    return entry
+
+
+def like_paths(text: str) -> List[str]:
+    """The files an entry's like: parts name."""
+    return [parse_part(p.strip()[len(LIKE):], "")[0] for p in text.split("|") if p.strip().startswith(LIKE)]
+
+
+def with_like_paths(text: str, where: Callable[[str], str]) -> str:
+    """The entry with each like: file's path replaced by where(path) (a batch line's, relative to its file)."""
+    def one(part: str) -> str:
+        if not part.strip().startswith(LIKE):
+            return part
+        path, weight = parse_part(part.strip()[len(LIKE):], "")
+        m = _WEIGHTED.fullmatch(part.strip()[len(LIKE):])
+        return f" {LIKE}{where(path)}" + (f":{weight!r}" if m else "") + " "
+    return "|".join(one(p) for p in text.split("|")).strip() if LIKE in text else text
+
+
+def condition_options(r: Request) -> Dict[str, object]:
+    """A request's blend parts and schedule as pipe() keywords: --blend's parts (after the PROMPT, which weighs
+    1) as prompt + prompt_weights; --at's entries as schedule [(seconds, entry), ...]. (--like, --like-weight,
+    --blend-mode and --travel feed their pipe() arguments as any field does.)"""
+    out: Dict[str, object] = {}
+    if r.blend:
+        parts = [(r.prompt, 1.0)] * (r.prompt is not None) + [parse_part(p, "--blend") for p in r.blend]
+        out.update(prompt=[t for t, _ in parts], prompt_weights=[w for _, w in parts])
+    if r.schedule:
+        schedule = []
+        for at, entry in r.schedule:
+            try:
+                seconds = float(at)
+            except (TypeError, ValueError):
+                raise ValueError(f"--at: SECONDS must be a number, got {at!r}") from None
+            schedule.append((seconds, parse_entry(entry, f"--at {at}")))
+        out["schedule"] = schedule
+    return out
+
+
+def audio_files(r: Request) -> List[str]:
+    """Every audio prompt a request names (--like, and each --at entry's like: parts), in order."""
+    return [r.like] * (r.like is not None) + [p for _, entry in r.schedule for p in like_paths(entry)]

@@ -1,7 +1,8 @@
 """The page's HTTP layer: the routes, their guards, the multipart reader, the server.
 
     GET    /                 the page (static/index.html), with a CSP that allows only its own scripts
-    POST   /api/jobs        JSON or multipart (with an `audio` file part) -> 202 {"id"}; a bad field -> 400
+    POST   /api/jobs        JSON or multipart (file parts: `audio`, audio-to-audio's input; `like`, an audio prompt)
+                            -> 202 {"id"}; a bad field -> 400
                             {"error", "field"}; the queue full -> 503; too large -> 413
     GET    /api/jobs        every job, newest first; GET /api/jobs/ID: one
     DELETE /api/jobs/ID     cancel: a queued job leaves the queue, a running one stops at its next step
@@ -30,6 +31,8 @@ from .jobs import Refused, Service
 
 JSON_LIMIT = 64 * 1024
 UPLOAD_LIMIT = 50 * 1024 * 1024
+FILE_PARTS = ("audio", "like")  # a form's file parts
+TEXT_PARTS = ("prompt", "negative", "sampler", "blend_mode")  # a form's fields read as text (the others as JSON)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -171,9 +174,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if int(length) > limit:
             raise Refused(413, f"the request is {int(length)} bytes; at most {limit} are read")
         body = self.rfile.read(int(length))
-        audio, name = None, "input"
+        uploads: Dict[str, Tuple[bytes, str]] = {}
         if kind.startswith("multipart/form-data"):
-            data, audio, name = _multipart(kind, body)
+            data, uploads = _multipart(kind, body)
         elif kind.split(";")[0].strip() == "application/json":
             try:
                 data = json.loads(body)
@@ -185,7 +188,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise Refused(400, f"the body must be a JSON object, got {type(data).__name__}")
         else:
             raise Refused(415, "send application/json or multipart/form-data")
-        job = self.server.service.submit(data, audio, name)
+        job = self.server.service.submit(data, *uploads.get("audio", (None, "input")), like=uploads.get("like"))
         self._json(202, {"id": job.id})
 
     def _delete(self, path: str, query) -> None:
@@ -215,23 +218,24 @@ def allowed_methods(path: str) -> set:
     return {"GET"} if path.startswith("/files/") else set()
 
 
-def _multipart(kind: str, body: bytes) -> Tuple[dict, Optional[bytes], str]:
-    """A form: its text fields as a batch line's JSON values, and the `audio` file part."""
+def _multipart(kind: str, body: bytes) -> Tuple[dict, Dict[str, Tuple[bytes, str]]]:
+    """A form: its text fields as a batch line's JSON values, and its file parts (FILE_PARTS: `audio`, the input
+    of audio-to-audio; `like`, an audio prompt) as {part: (bytes, file name)}."""
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f"Content-Type: {kind}\r\n\r\n".encode() + body)
     if not message.is_multipart():
         raise Refused(400, "a multipart body without parts")
-    data, audio, name = {}, None, "input"
+    data, files = {}, {}
     for part in message.iter_parts():
         key = part.get_param("name", header="content-disposition")
         if key is None:
             continue
         payload = part.get_payload(decode=True) or b""
-        if key == "audio":
+        if key in FILE_PARTS:
             if part.get_filename() is not None:
                 if not payload:
-                    raise Refused(400, f"the audio file {part.get_filename()!r} is empty", "audio")
-                audio, name = payload, part.get_filename()
+                    raise Refused(400, f"the {key} file {part.get_filename()!r} is empty", key)
+                files[key] = payload, part.get_filename()
             continue
         try:
             text = payload.decode("utf-8").strip()
@@ -241,10 +245,10 @@ def _multipart(kind: str, body: bytes) -> Tuple[dict, Optional[bytes], str]:
         if text == "":
             continue  # a blank field: its default (a blank seed: a random one)
         try:
-            data[key] = json.loads(text) if key not in ("prompt", "negative", "sampler") else text
+            data[key] = json.loads(text) if key not in TEXT_PARTS else text
         except (json.JSONDecodeError, RecursionError):
             data[key] = text  # the type check names it
-    return data, audio, name
+    return data, files
 
 
 class Server(http.server.ThreadingHTTPServer):
