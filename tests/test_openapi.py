@@ -54,13 +54,15 @@ def test_the_server_serves_its_document(server):
 
 
 def test_the_document_names_every_field_and_route():
-    """Its job fields are the page's (a batch line's less id and window, plus audio-to-audio's), and the
-    API table in docs/page.md lists exactly its routes."""
+    """Its job fields are the page's (a batch line's less id and window, plus audio-to-audio's; the audio
+    prompt `like` only as a form's file part), and the API table in docs/page.md lists exactly its routes."""
     from musicldm_core.app import batch, prompt_file
 
     page_fields = {k for k in prompt_file.FIELDS if k not in ("id", "window")} | {"strength", "inpaint", "extend"}
-    body = DOCUMENT["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body["properties"]) == page_fields
+    content = DOCUMENT["paths"]["/api/jobs"]["post"]["requestBody"]["content"]
+    assert set(content["application/json"]["schema"]["properties"]) == page_fields - {"like"}  # a clip: a file part
+    form = content["multipart/form-data"]["schema"]["properties"]
+    assert set(form) == page_fields | {"audio"} and form["like"]["format"] == form["audio"]["format"] == "binary"
     routes = {(method.upper(), path.replace("{job_id}", "ID").replace("{name}", "NAME"))
               for path, methods in DOCUMENT["paths"].items() for method in methods}
     readme = (Path(__file__).parent.parent / "docs" / "page.md").read_text()
