@@ -24,6 +24,7 @@ The unconditional side of guidance stays the empty text's vector, as in the auth
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Optional, Sequence
 
@@ -48,6 +49,15 @@ def read_audio_prompt(audio, sampling_rate: Optional[int], name: str) -> torch.T
     non-finite or silent (audio_input.load_audio)."""
     wave = load_audio(audio, sampling_rate, READ_RATE, name, MIN_SECONDS, method="hann")
     return normalize_loudness(wave[None])[0]
+
+
+def crop_start(samples: int, rate: int = READ_RATE, window_seconds: float = 10.0) -> Optional[float]:
+    """Where the conditioner's 10 s window starts in a clip of `samples` at `rate` (as read: 16 kHz), in seconds:
+    the centred crop of a longer clip, on the 48 kHz samples (rounded down); None for a clip no longer than the
+    window (it is repeated and padded whole)."""
+    wide = samples * 3 if rate == READ_RATE else math.ceil(samples * 48000 / rate)
+    window = int(window_seconds * 48000)
+    return None if wide <= window else (wide - window) // 2 / 48000
 
 
 def audio_embedding(clap: Clap, logmel: LogMel, waves: Sequence[torch.Tensor]) -> torch.Tensor:

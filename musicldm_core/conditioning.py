@@ -69,13 +69,6 @@ def asks(o) -> bool:
     return o.prompt_weights is not None or o.audio_prompt is not None or o.schedule is not None
 
 
-def rows(o) -> int:
-    """The prompt rows a checked request makes: one blend of all its texts when weighted, or with a schedule."""
-    if o.schedule is not None or o.prompt_weights is not None:
-        return 1
-    return 1 if o.prompt is None or isinstance(o.prompt, str) else len(o.prompt)
-
-
 def check(o) -> None:
     """The model-free checks of these fields (Options.check runs them): types, weights, the schedule's order."""
     if not isinstance(o.blend, str) or o.blend not in BLENDS:
@@ -96,7 +89,7 @@ def check(o) -> None:
                                    "texts and audio prompts")
         _check_schedule(o.schedule, o.blend)
     else:
-        for blend in _row_blends(o, arg("prompt_weights"), o.audio_sampling_rate):
+        for blend in _row_blends(o):
             _check_blend(blend, o.blend, arg("prompt_weights"), arg("audio_prompt_weight"))
 
 
@@ -106,9 +99,10 @@ def _weights(name: str, weights) -> Tuple[float, ...]:
     return tuple(check_number(f"{name}[{i}]", w, minimum=0) for i, w in enumerate(list(weights)))
 
 
-def _row_blends(o, weights_name: str, rate: Optional[int]) -> List[Blend]:
+def _row_blends(o) -> List[Blend]:
     """The rows' blends of a request without a schedule: all texts weighted into one row, or one row per text,
     each with the audio prompt."""
+    weights_name, rate = arg("prompt_weights"), o.audio_sampling_rate
     texts = [] if o.prompt is None else [o.prompt] if isinstance(o.prompt, str) else list(o.prompt)
     audio_weight = check_number(arg("audio_prompt_weight"), o.audio_prompt_weight, minimum=0)
     audio = dict(audio=o.audio_prompt, audio_weight=audio_weight, audio_rate=_rate_of(o.audio_prompt, rate))
@@ -197,7 +191,7 @@ def read(o) -> Optional[Conditioning]:
                                           f"{arg('schedule')}[{i}]'s audio_prompt"))
                    for i, (at, entry) in enumerate(o.schedule)]
         return Conditioning(None, entries, o.blend, None if o.travel is None else float(o.travel))
-    blends = _row_blends(o, arg("prompt_weights"), o.audio_sampling_rate)
+    blends = _row_blends(o)
     read_once = with_audio(blends[0], arg("audio_prompt"))  # every row shares the one audio prompt
     return Conditioning([Blend(b.texts, b.weights, read_once.audio, b.audio_weight) for b in blends], None,
                         o.blend, None)

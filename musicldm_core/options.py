@@ -117,8 +117,8 @@ class Options:
         if self.sampler is not None:
             check_sampler(self.sampler, arg("sampler"))
         check_attention_kwargs(self.cross_attention_kwargs)
-        conditioning.check(self)
         prompts = check_prompts(self)
+        conditioning.check(self)
         check_noise(self, prompts)
         check_edit(self)
         return prompts

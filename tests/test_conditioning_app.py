@@ -138,3 +138,16 @@ def test_a_bad_batch_line_is_named_by_line_and_field(tiny_ckpt, tmp_path):
     result = musicldm("--prompts", prompts, "--out-dir", tmp_path / "out", "--weights", tiny_ckpt, "--skip-bad")
     assert "line 1: schedule[1] at 0 s repeats the entry before it" in result.stderr
     assert "line 2: blend must be a list, got 'a:1'" in result.stderr
+
+
+def test_a_long_clips_crop_is_stated(tiny_ckpt, tmp_path):
+    """A clip longer than CLAP's 10 s: the command line says where its centred 10 s starts, a batch record keeps it."""
+    clip = write_clip(tmp_path / "long.wav", rate=16000, seconds=12.0)
+    result = musicldm("--like", clip, "--weights", tiny_ckpt, *ARGS, "-o", tmp_path / "x.wav")
+    assert result.returncode == 0 and f"{clip} is longer than 10 s: its centred 10 s, from 1.000 s" in result.stderr
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "like": "long.wav"}) + "\n")
+    result = musicldm("--prompts", prompts, "--out-dir", tmp_path / "out", "--weights", tiny_ckpt, *ARGS)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "manifest.jsonl").read_text())
+    assert record["audio_prompt_crops"] == {str(clip): 1.0}

@@ -41,7 +41,7 @@ import torch
 
 from ..hub import DEFAULT_REPO
 from ..options import Options
-from .files import audio_hashes, check_folder, file_line, remove_temporaries, write_audio
+from .files import audio_crops, audio_hashes, check_folder, file_line, remove_temporaries, write_audio
 from .manifest import MANIFEST, PARTS, append_record, is_done, lock_folder, merge_manifest, read_records
 from .prepare import open_pipeline, options_of, prepare, run_dtype
 from .prompt_file import CONDITION_FIELDS, NAMES, Item, read_items
@@ -184,10 +184,12 @@ def run(args, defaults: Dict[str, object]) -> None:
 def item_record(item: Item, sampler: str, paths: List[Path], duration: float, scores, took: float,
                 extra: Dict[str, object]) -> dict:
     """An item's manifest record: what a rerun checks (Item.asked) and what the page lists as history (the
-    condition's fields only when set)."""
+    condition's fields only when set, and where each audio prompt longer than 10 s was cropped, in seconds)."""
     values = {k: v for k, v in asdict(item).items() if k not in CONDITION_FIELDS or v != BY_NAME[k].default}
+    crops = audio_crops(audio_files(item.request()))  # where each clip longer than 10 s was cropped
     return {**values, "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
-            "scores": scores, "time": round(took, 3), "asked": item.asked(extra)}
+            "scores": scores, "time": round(took, 3), "asked": item.asked(extra),
+            **({"audio_prompt_crops": crops} if crops else {})}
 
 
 # the run's settings a remake command carries, with the command line's defaults (for callers that lack one)

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .files import RATES, audio_hashes, check_hashes, check_outputs, output_paths, read_tag
+from .files import RATES, audio_crops, audio_hashes, check_hashes, check_outputs, output_paths, read_tag
 from .request import (FIELDS, Request, add_arguments, audio_files, check_bounds, fields_of, names, remake_command,
                       renamed, short_names, with_like_paths)
 from ..presets import PRESETS, pipeline_kwargs
@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> List[str]:
         frame = ready.run.geometry.frame_seconds
         print(f"musicldm: --loop rounds --seconds {args.seconds:g} to {ready.run.seconds:g} s (a loop is a whole "
               f"number of {1000 * frame:g} ms latent frames)", file=sys.stderr)
+    for path, start in audio_crops(audio_files(request)).items():
+        print(f"musicldm: {path} is longer than 10 s: its centred 10 s, from {start:.3f} s, conditions the music",
+              file=sys.stderr)
     paths = output_paths(args.output, 1 if args.take else args.takes)  # checked by command(), before torch
     pipe = open_pipeline(ready.checkpoint.folder, device, dtype, args.attention_heads, args.compile, args.exact_batches)
     audio = pipe.generate(ready.options, ready.run).audios

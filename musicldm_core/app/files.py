@@ -221,6 +221,25 @@ def audio_hashes(paths: List[str]) -> dict:
     return out
 
 
+def audio_crops(paths: List[str]) -> dict:
+    """{path: the second its centred 10 s crop starts at (audio_prompt.crop_start), or None} for the audio prompts
+    longer than 10 s, from their headers; what a take's record states of each clip."""
+    import soundfile as sf
+
+    from ..audio_prompt import READ_RATE, crop_start
+
+    out = {}
+    for path in paths:
+        try:
+            info = sf.info(path)
+        except Exception:  # gone or unreadable since: the hash says so
+            continue
+        start = crop_start(math.ceil(info.frames * READ_RATE / info.samplerate))
+        if start is not None:
+            out[path] = start
+    return out
+
+
 def check_hashes(recorded, flag: str = "--from") -> None:
     """Each FILE=SHA256 a remake command records: the file as it was, else one line naming it."""
     for entry in recorded:

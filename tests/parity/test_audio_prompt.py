@@ -30,9 +30,6 @@ from weights_convert.layouts import convert_clap
 RTOL = 1e-5
 CLIPS = [(6.0, 16000), (10.0, 44100), (12.5, 48000)]  # (seconds, rate): shorter than, equal to, longer than 10 s
 
-pytestmark = pytest.mark.full_size
-
-
 @pytest.fixture(scope="module")
 def clap_pair(tmp_path_factory, full_ckpt):
     """(the authors' CLAP at the published shapes, random weights; ours converted from it; our front end)."""
@@ -75,6 +72,7 @@ def _centred_crop(monkeypatch):
     monkeypatch.setattr(np.random, "randint", lambda low, high: (low + high - 1) // 2)
 
 
+@pytest.mark.full_size
 @pytest.mark.parametrize("seconds,rate", CLIPS)
 def test_audio_prompt_equals_the_authors_conditioner(clap_pair, seconds, rate, tmp_path, monkeypatch):
     theirs, ours, logmel = clap_pair
@@ -97,17 +95,23 @@ def test_audio_prompt_equals_the_authors_conditioner(clap_pair, seconds, rate, t
             block.data.copy_(saved)
 
 
+@pytest.mark.full_size
 def test_a_longer_clip_is_cropped_at_its_centre(clap_pair, tmp_path, monkeypatch):
     """The crop is stated: the reference's offset drawn at the start instead is another vector."""
+    from musicldm_core.audio_prompt import crop_start
+
     theirs, ours, logmel = clap_pair
     path = _clip(tmp_path, 12.5, 48000)
     wave = read_audio_prompt(str(path), None, "audio_prompt")
+    # the start a record states is the offset the centred crop takes: (600000 - 480000) // 2 samples at 48 kHz
+    assert crop_start(len(wave)) == 1.25 and (600000 - 480000) // 2 == 1.25 * 48000
     monkeypatch.setattr(np.random, "randint", lambda low, high: low)
     with torch.no_grad():
         at_start = authors_code.clap_audio_condition(theirs, _as_training_read(path))[:, 0]
         assert_detects(audio_embedding(ours, logmel, [wave]), at_start, RTOL, "the centred crop vs the first 10 s")
 
 
+@pytest.mark.full_size
 def test_the_published_front_ends_band_would_be_another_vector(clap_pair, tmp_path, monkeypatch):
     """The conditioner's band (50 Hz up) is set, not the checkpoint's feature extractor's (0 Hz up, with which
     takes are ranked): left to the checkpoint's, the vector moves far past the bound."""
@@ -121,3 +125,22 @@ def test_the_published_front_ends_band_would_be_another_vector(clap_pair, tmp_pa
     with torch.no_grad():
         expected = authors_code.clap_audio_condition(theirs, wave[None])[:, 0]
         assert_detects(audio_embedding(ours, logmel, [wave]), expected, RTOL, "the published 0 Hz band")
+
+
+@pytest.mark.parametrize("orig,new", [(16000, 48000), (44100, 16000), (48000, 16000), (22050, 16000), (8000, 48000),
+                                      (16000, 16000)])
+def test_resample_hann_is_torchaudios_resample_to_the_bit(orig, new):
+    from musicldm_core.resampler import resample_hann
+
+    wave = torch.randn(2, 3001, generator=torch.Generator().manual_seed(orig + new))
+    expected = authors_code.torchaudio_resample()(wave, orig, new)
+    got = resample_hann(wave, orig, new)
+    assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+def test_resample_hann_refuses_rates_without_a_small_ratio():
+    from musicldm_core.audio_input import check_rate
+    from musicldm_core.errors import RequestError
+
+    with pytest.raises(RequestError, match="audio_prompt: the sampling rate 44101 Hz has no small ratio to 16000 Hz"):
+        check_rate(44101, 16000, "audio_prompt: the sampling rate", "hann")
