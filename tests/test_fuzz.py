@@ -165,7 +165,9 @@ def test_every_spliced_call_is_refused_whole(tmp_path):
 # --- prompt files, manifests, the remake tag -------------------------------------------------------------
 
 VALID_PROMPTS = (b'{"prompt": "techno", "id": "a", "seed": 3, "steps": 3}\n# a comment\n'
-                 b'{"prompt": "jazz", "takes": 2, "loop": true, "window": "windowed"}\n{"prompt": "x", "seconds": 1.5}\n')
+                 b'{"prompt": "jazz", "takes": 2, "loop": true, "window": "windowed"}\n{"prompt": "x", "seconds": 1.5}\n'
+                 b'{"blend": ["a:0.5", "b:1"], "blend_mode": "slerp"}\n'
+                 b'{"schedule": [[0, "a"], [2, "b:1 | like:r.wav:0.5"]], "travel": 1, "seconds": 4}\n')
 DEFAULTS = {"steps": 3, "guidance": 2.0, "takes": 1, "negative": None, "seconds": None, "sampler": None,
             "loop": False, "window": "auto", "exact_batches": False}
 
@@ -204,6 +206,62 @@ def test_manifests_are_read_or_set_aside(data, tmp_path_factory):
     item = prompt_file.Item(1, "a", "rain", None, 1.0, 1, 3, 2.0, 1, "ddim")
     manifest.is_done(item, records, folder, {})
     jobs.Service(None, folder, "w", device="cpu")  # the page's history: lists what it can, never raises
+
+
+NUMBERS = st.integers(-2, 5) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=3) | st.none()
+ENTRIES = st.text(max_size=12) | st.sampled_from(["a:0.5 | b", "like:", "like:x.wav:2", "a | like:r:1 | like:s"]) | \
+    st.dictionaries(st.sampled_from(["prompt", "prompt_weights", "audio_prompt", "audio_prompt_weight", "x"]),
+                    st.text(max_size=6) | st.lists(NUMBERS, max_size=3) | NUMBERS, max_size=3)
+CONDITIONS = st.fixed_dictionaries({}, optional={
+    "prompt": st.text(max_size=8) | st.lists(st.text(max_size=6), max_size=3) | st.integers(),
+    "prompt_weights": st.lists(NUMBERS, max_size=3) | NUMBERS,
+    "audio_prompt": st.sampled_from(["missing.wav", "/"]) | st.lists(st.floats(-2, 2), min_size=0, max_size=900).map(
+        lambda v: __import__("numpy").asarray(v, dtype="float32")),
+    "audio_sampling_rate": st.sampled_from([16000, 44100, 8000, 0, 44101]) | st.none(),
+    "audio_prompt_weight": NUMBERS, "blend": st.sampled_from(["linear", "slerp", "cubic"]) | NUMBERS,
+    "schedule": st.lists(st.tuples(NUMBERS, ENTRIES) | NUMBERS, max_size=4) | NUMBERS,
+    "travel": NUMBERS, "window": st.sampled_from([None, "whole", "windowed"]), "loop": st.booleans()})
+
+
+@pytest.fixture(scope="module")
+def tiny_configs(tiny_ckpt):
+    from musicldm_core.load import open_checkpoint
+
+    return open_checkpoint(str(tiny_ckpt), None)
+
+
+@budget(300)
+@given(kw=CONDITIONS)
+def test_conditions_are_planned_or_refused_by_name(kw, tiny_configs):
+    """Any blend, audio prompt or schedule (numbers, texts, arrays, mappings in every place) is planned against
+    the checkpoint's configs, or refused with a RequestError: never another exception."""
+    from musicldm_core.errors import RequestError
+    from musicldm_core.options import Options, plan_call
+
+    counted("conditions")
+    try:
+        run = plan_call(Options(audio_length_in_s=3.0, num_inference_steps=2, **kw), tiny_configs.configs,
+                        tiny_configs.scheduler, torch.device("cpu"))
+    except RequestError as e:
+        assert str(e) and "\x1f" not in str(e)
+        return
+    assert run.frames > 0
+
+
+@budget(1000)
+@given(text=st.text(max_size=40))
+def test_entries_parse_or_are_named(text):
+    """The words of --at and --blend: a text, a mapping of parts, or one ValueError naming the flag."""
+    from musicldm_core.app.request import parse_entry, parse_part, with_like_paths
+
+    counted("entries")
+    for parse in (parse_entry, parse_part):
+        try:
+            out = parse(text, "--at 1")
+            assert isinstance(out, (str, dict, tuple))
+        except ValueError as e:
+            assert str(e).startswith("--at 1: ")
+    assert isinstance(with_like_paths(text, lambda p: "/abs/" + p), str)  # never raises: parse_entry names faults
 
 
 VALID_TAG = "musicldm 'rain on a roof' -o rain.wav --seed 7 --steps 3 --guidance 2.0 --sampler ddim --takes 2 --take 1"

@@ -277,14 +277,15 @@ def parse_entry(text: str, name: str):
 
 
 def like_paths(text: str) -> List[str]:
-    """The files an entry's like: parts name."""
-    return [parse_part(p.strip()[len(LIKE):], "")[0] for p in text.split("|") if p.strip().startswith(LIKE)]
+    """The files an entry's like: parts name (an empty one is parse_entry's to refuse)."""
+    return [parse_part(p.strip()[len(LIKE):], "")[0] for p in text.split("|")
+            if p.strip().startswith(LIKE) and p.strip()[len(LIKE):].strip()]
 
 
 def with_like_paths(text: str, where: Callable[[str], str]) -> str:
     """The entry with each like: file's path replaced by where(path) (a batch line's, relative to its file)."""
     def one(part: str) -> str:
-        if not part.strip().startswith(LIKE):
+        if not part.strip().startswith(LIKE) or not part.strip()[len(LIKE):].strip():
             return part
         path, weight = parse_part(part.strip()[len(LIKE):], "")
         m = _WEIGHTED.fullmatch(part.strip()[len(LIKE):])
