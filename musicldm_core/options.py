@@ -5,7 +5,8 @@ hands it to `generate`; the entry points build one from a request (app/prepare.p
 `dataclasses.replace`. The checks come in three layers, each run as early as it can be:
 
 * `Options.check()` needs no model and reads no file: types, ranges, the arguments' consistency.
-* `read_input()` reads the input audio of audio-to-audio, once, and checks what needs its length.
+* `read_input()` reads the input audio of audio-to-audio, once, and checks what needs its length;
+  `conditioning.read()` reads the audio prompts of a blend or a schedule, once.
 * `plan()` adds what only the checkpoint can tell: the default length, the frames a length rounds
   to, the sampler's step counts, embedding widths, the latent shape. It takes the checkpoint's
   `Geometry` and sampler, never the pipeline.

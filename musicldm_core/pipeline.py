@@ -1,7 +1,8 @@
 """MusicLDM text-to-music inference (Chen et al. 2023, arXiv 2308.01546), end to end.
 
 `generate` is the paper's inference procedure, as diffusers' MusicLDMPipeline runs it:
-  1. encode the prompt (and the negative prompt) with CLAP's text tower into 512-d vectors;
+  1. encode the prompt (and the negative prompt) with CLAP's text tower into 512-d vectors (beyond the
+     reference: a clip's CLAP audio vector, a weighted blend, or a schedule's vector per window: conditioning.py);
   2. build the guided noise predictor: eps = eps_uncond + g * (eps_cond - eps_uncond) (guidance.py);
   3. sample a (B, 8, T/4, 16) latent from Gaussian noise with the chosen sampler (samplers/);
   4. decode the latent to a (B, 1, T, 64) mel spectrogram with the VAE, vocode it to 16 kHz audio
