@@ -32,6 +32,7 @@ import torch
 from .audio_prompt import read_audio_prompt
 from .checks import check_number, check_prompt
 from .errors import RequestError, arg
+from .longform import window_starts
 
 BLENDS = ("linear", "slerp")
 ENTRY_KEYS = ("prompt", "prompt_weights", "audio_prompt", "audio_prompt_weight", "audio_sampling_rate")
@@ -278,23 +279,18 @@ def schedule_weights(times: Sequence[float], t: float, travel: float, length: fl
 
 def window_centres(frames: int, window: int, overlap: int, loop: bool, frame_seconds: float) -> List[float]:
     """Seconds at the centre of each denoising window (longform.window_starts), in window order."""
-    from .longform import window_starts
-
     starts = window_starts(frames, window, window - overlap, loop)
     span = window if loop or frames > window else frames
     return [((s + span / 2) % frames if loop else s + span / 2) * frame_seconds for s in starts]
 
 
-def window_vectors(c: Conditioning, entries: torch.Tensor, centres: Sequence[float], travel: float,
-                   length: float, loop: bool) -> torch.Tensor:
-    """(E, D) the schedule's entry vectors -> (W, D) the vector of each window, from its centre's weights."""
+def window_vectors(c: Conditioning, entries: torch.Tensor, centres: Sequence[float], length: float,
+                   loop: bool) -> torch.Tensor:
+    """(E, D) the schedule's entry vectors -> (W, D) the vector of each window: the entries in force at its centre
+    mixed by their weights (one entry: its vector itself), over transitions of c.travel seconds."""
     times = [at for at, _ in c.schedule]
     out = []
     for t in centres:
-        weights = schedule_weights(times, t, travel, length, loop)
-        if len(weights) == 1:
-            out.append(entries[weights[0][0]])
-        else:
-            (i, wi), (j, wj) = weights
-            out.append(mix(entries[[i, j]], [wi, wj], c.blend))
+        weights = schedule_weights(times, t, c.travel, length, loop)
+        out.append(mix(entries[[i for i, _ in weights]], [w for _, w in weights], c.blend))
     return torch.stack(out)

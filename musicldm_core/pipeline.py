@@ -112,14 +112,13 @@ class MusicLDMPipeline(Controls):
         report = o.progress or (lambda stage, done, total: None)  # stages reported as (stage, done, total)
         report("encoding the prompt", 0, 1)
         c, per_window = run.conditioning, None
-        if c is None:
-            cond = self.encode_prompt(o.prompt, o.prompt_embeds, device)
-        elif c.rows is not None:
-            cond = self.condition_vectors(c.rows, c.blend)
-        else:  # each denoising window's vector (W, 1, 512), from the schedule at its centre
+        if c is not None and c.schedule is not None:  # each denoising window's vector, per take (W, takes, 512)
             per_window = self.schedule_vectors(run, g)[:, None].repeat_interleave(takes, dim=1)
             cond = per_window[0]
-        cond = cond if per_window is not None else cond.repeat_interleave(takes, dim=0)
+        else:
+            rows = self.encode_prompt(o.prompt, o.prompt_embeds, device) if c is None else \
+                self.condition_vectors(c.rows, c.blend)
+            cond = rows.repeat_interleave(takes, dim=0)
         if o.guided:
             uncond = o.negative_prompt_embeds
             if uncond is None:  # the reference cuts negative prompts at prompt_embeds.shape[1] tokens (512)
@@ -195,7 +194,7 @@ class MusicLDMPipeline(Controls):
         entries = self.condition_vectors([blend for _, blend in c.schedule], c.blend)
         centres = conditioning.window_centres(run.frames // g.vae_factor, *g.window("denoising"), run.loop,
                                               g.frame_seconds)
-        return conditioning.window_vectors(c, entries, centres, c.travel, run.frames * g.hop_seconds, run.loop)
+        return conditioning.window_vectors(c, entries, centres, run.frames * g.hop_seconds, run.loop)
 
     def embed_audio_prompt(self, audio, audio_sampling_rate: Optional[int] = None) -> torch.Tensor:
         """An audio prompt (a path, or an array at audio_sampling_rate) -> (1, 512) its CLAP audio vector, the

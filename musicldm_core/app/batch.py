@@ -44,9 +44,9 @@ from ..options import Options
 from .files import audio_crops, audio_hashes, check_folder, file_line, remove_temporaries, write_audio
 from .manifest import MANIFEST, PARTS, append_record, is_done, lock_folder, merge_manifest, read_records
 from .prepare import open_pipeline, options_of, prepare, run_dtype
-from .prompt_file import CONDITION_FIELDS, NAMES, Item, read_items
+from .prompt_file import NAMES, Item, read_items
 from .ranks import Ranks, SameOnEveryRank, rank_device
-from .request import BY_NAME, audio_files, remake_command, renamed, span_text
+from .request import BY_NAME, CONDITION_FIELDS, audio_files, remake_command, renamed, span_text
 
 # the command's options that batch mode does not take, each with the reason
 NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),

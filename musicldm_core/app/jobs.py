@@ -23,8 +23,8 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from ..load import Checkpoint
 from .prepare import options_of
-from .prompt_file import Item, as_tuples, check_fields, slug, title
-from .request import BY_NAME, check_bounds, fields_of, like_paths, names, renamed, span_text
+from .prompt_file import Item, check_fields, slug, title
+from .request import BY_NAME, as_tuples, check_bounds, fields_of, like_paths, names, renamed, span_text
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 PAGE_FIELDS = {**fields_of("page"), "inpaint": list}  # a job's fields; the page sends [start, end], not START:END
@@ -33,11 +33,12 @@ EDIT = ("strength", "inpaint", "extend")  # a job's audio-to-audio fields (with 
 ITEM_DEFAULTS = {k: BY_NAME[k].default for k in fields_of("line") if k != "prompt"}
 
 
-def upload_name(name: str) -> str:
-    """The name an upload is read under: "input" and its extension when that is a plain one (".wav",
-    ".flac"), whatever the client sent (a name may be "..", a path, or longer than a file system allows)."""
+def upload_name(name: str, stem: str = "input") -> str:
+    """The name an upload is read under: `stem` ("input", or "like" for an audio prompt) and its extension when
+    that is a plain one (".wav", ".flac"), whatever the client sent (a name may be "..", a path, or longer than
+    a file system allows)."""
     suffix = os.path.splitext(name or "")[1]
-    return "input" + (suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else "")
+    return stem + (suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else "")
 
 
 def _plain_name(name) -> bool:
@@ -155,7 +156,7 @@ class Service:
                 path.write_bytes(audio)
                 request["input"] = str(path)
             if like is not None:
-                path = Path(folder) / upload_name(like[1]).replace("input", "like", 1)
+                path = Path(folder) / upload_name(like[1], "like")
                 path.write_bytes(like[0])
                 request["like"] = str(path)
                 item = replace(item, like=str((self.out_dir / f"{item.id}-{path.name}").resolve()))

@@ -19,14 +19,15 @@ from ..load import Checkpoint
 from ..options import AUDIO_RATE, Options, Run, plan_call, read_input
 from ..pipeline import MusicLDMPipeline
 from ..placement import default_device, parse_device
-from .request import BY_NAME, Request, condition_options, parse_span, pipeline_options
+from .request import BY_NAME, CONDITION_FIELDS, Request, condition_options, parse_span, pipeline_options
 
 # the fields one pipe call shares among its prompts (batch.Item.group keeps them equal), and those it sets
 # only when a request gives them (otherwise the template's stand: batch mode's eta is the run's)
 SHARED = ("seconds", "steps", "guidance", "takes", "sampler", "loop", "window")
 GIVEN = ("eta", "strength", "extend")
-# the condition's fields (a request that sets one runs alone: batch.Item.group)
-CONDITION = ("like", "like_weight", "blend_mode", "travel")
+# the condition's fields that feed their pipe() argument as they are (blend's and schedule's words are read by
+# condition_options); a request that sets one runs alone
+CONDITION = tuple(k for k in CONDITION_FIELDS if k not in ("blend", "schedule"))
 
 
 def options_of(requests: List[Request], template: Options = Options()) -> Options:

@@ -15,9 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 from .files import audio_hashes
 from .prepare import options_of
-from .request import BY_NAME, Request, audio_files, check_bounds, fields_of, names, renamed, with_like_paths
-
-CONDITION_FIELDS = ("like", "like_weight", "blend", "blend_mode", "schedule", "travel")
+from .request import (BY_NAME, CONDITION_FIELDS, Request, as_tuples, audio_files, check_bounds, fields_of, names,
+                      renamed, with_like_paths)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -187,11 +186,6 @@ def title(values: dict) -> str:
         return values["prompt"]
     parts = list(values.get("blend") or ()) + [e[1] for e in values.get("schedule") or () if len(e) == 2]
     return str(parts[0]) if parts else ""
-
-
-def as_tuples(value):
-    """A JSON list as the Item holds it: a tuple (of tuples)."""
-    return tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
 
 
 def _parse(line: str, as_json: bool) -> dict:

@@ -122,13 +122,21 @@ class Request:
 
     def __post_init__(self) -> None:  # a repeated flag not given is None to argparse; a JSON value is a list
         for f in FIELDS_OF_LISTS:
-            value = getattr(self, f)
-            object.__setattr__(self, f, tuple(tuple(v) if isinstance(v, list) else v for v in value or ()))
+            object.__setattr__(self, f, as_tuples(getattr(self, f) or ()))
 
 
-FIELDS_OF_LISTS = ("blend", "schedule", "sha256")
 FIELDS: Tuple[dataclasses.Field, ...] = dataclasses.fields(Request)
 BY_NAME: Dict[str, dataclasses.Field] = {f.name: f for f in FIELDS}
+FIELDS_OF_LISTS = tuple(f.name for f in FIELDS if f.metadata["kind"] is list)  # flags that may repeat
+# the condition beyond the prompt: a request that sets one runs alone (batch mode's Item.group)
+CONDITION_FIELDS = ("like", "like_weight", "blend", "blend_mode", "schedule", "travel")
+
+
+def as_tuples(value):
+    """A JSON list (or a repeated flag's list of values, each a list for a pair) as a request holds it: a tuple of
+    tuples; anything else as it is."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, (list, tuple)) \
+        else value
 
 
 def flag(name: str) -> str:
@@ -276,20 +284,29 @@ def parse_entry(text: str, name: str):
     return entry
 
 
+def _like(part: str) -> Optional[Tuple[str, Optional[float]]]:
+    """A like: part's (file, weight or None when it gives none); None for a text part or an empty like: (which
+    parse_entry refuses by name)."""
+    rest = part.strip()[len(LIKE):].strip() if part.strip().startswith(LIKE) else ""
+    if not rest:
+        return None
+    m = _WEIGHTED.fullmatch(rest)
+    return (m["text"], float(m["weight"])) if m else (rest, None)
+
+
 def like_paths(text: str) -> List[str]:
-    """The files an entry's like: parts name (an empty one is parse_entry's to refuse)."""
-    return [parse_part(p.strip()[len(LIKE):], "")[0] for p in text.split("|")
-            if p.strip().startswith(LIKE) and p.strip()[len(LIKE):].strip()]
+    """The files an entry's like: parts name."""
+    return [like[0] for like in map(_like, text.split("|")) if like]
 
 
 def with_like_paths(text: str, where: Callable[[str], str]) -> str:
     """The entry with each like: file's path replaced by where(path) (a batch line's, relative to its file)."""
     def one(part: str) -> str:
-        if not part.strip().startswith(LIKE) or not part.strip()[len(LIKE):].strip():
+        like = _like(part)
+        if like is None:
             return part
-        path, weight = parse_part(part.strip()[len(LIKE):], "")
-        m = _WEIGHTED.fullmatch(part.strip()[len(LIKE):])
-        return f" {LIKE}{where(path)}" + (f":{weight!r}" if m else "") + " "
+        path, weight = like
+        return f" {LIKE}{where(path)}" + (f":{weight!r}" if weight is not None else "") + " "
     return "|".join(one(p) for p in text.split("|")).strip() if LIKE in text else text
 
 
