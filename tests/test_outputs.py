@@ -79,7 +79,7 @@ def test_the_recipe_parses_back_to_the_run_it_records(argv, tmp_path):
     parser = build_parser()
     args = parser.parse_args(argv + ["-o", str(tmp_path / "song.wav")])
     take = 2 if args.takes > 1 else 1
-    line = cli.remake_tag(args, 123, "heun", torch.device("cpu"), "float32", 3, take)
+    line, = cli.remake_tags(args, 123, "heun", torch.device("cpu"), "float32", 3, [take])
     words = shlex.split(line)
     assert words[0] == "musicldm"
     back = parser.parse_args(words[1:])
@@ -92,7 +92,7 @@ def test_the_recipe_parses_back_to_the_run_it_records(argv, tmp_path):
 
 def test_the_recipe_leaves_out_what_is_default_and_threads_off_the_cpu():
     args = build_parser().parse_args(["a", "-o", "out/music.wav"])
-    line = cli.remake_tag(args, 0, "ddim", torch.device("cuda", 1), "float16", 8, 1)
+    line, = cli.remake_tags(args, 0, "ddim", torch.device("cuda", 1), "float16", 8, [1])
     assert line == ("musicldm a -o music.wav --seed 0 --steps 200 --guidance 2.0 --sampler ddim --weights "
                     "ucsd-reach/musicldm --device cuda:1 --dtype float16")
     for flag in ("--threads", "--eta", "--attention-heads", "--loop", "--compile", "--window", "--takes", "--take",

@@ -112,11 +112,11 @@ def test_a_failed_or_cancelled_audio_job_leaves_no_input_behind(running, tmp_pat
 def test_the_tag_quotes_every_word_it_must(prompt, negative):
     from argparse import Namespace
 
-    from musicldm_core.app.batch import RUN_DEFAULTS, item_recipe
+    from musicldm_core.app.batch import RUN_DEFAULTS, item_recipes
     from musicldm_core.app.prompt_file import Item
 
     item = Item(1, "x", prompt, negative, 1.0, 3, 4, 2.0, 1, None)
-    tag = item_recipe(RUN_DEFAULTS, item, "ddim", torch.device("cpu"), "float32", 1, 1)
+    tag, = item_recipes(RUN_DEFAULTS, item, "ddim", torch.device("cpu"), "float32", 1)
     args = cli.parse_tag(tag, "x.wav")
     assert (args.prompt, args.negative, args.steps, args.seed) == (prompt, negative, 4, 3)
 

@@ -211,9 +211,9 @@ def run_values(run: Dict[str, object]) -> Dict[str, object]:
     return values
 
 
-def item_recipe(run: Dict[str, object], item: Item, sampler: str, device, dtype: str, threads: int, take: int,
-                edit: Optional[Dict[str, object]] = None) -> str:
-    """The command that remakes take `take` of an item as a single run, for its file's comment tag: bit for
+def item_recipes(run: Dict[str, object], item: Item, sampler: str, device, dtype: str, threads: int,
+                 edit: Optional[Dict[str, object]] = None) -> List[str]:
+    """The commands that remake each take of an item as a single run, for its files' comment tags: bit for
     bit when the item was exact (exact_batches) or made alone, else within the batch-composition error.
     run: the run's settings (RUN_DEFAULTS' names); edit: a page job's audio-to-audio settings (input, strength,
     inpaint, extend)."""
@@ -221,10 +221,11 @@ def item_recipe(run: Dict[str, object], item: Item, sampler: str, device, dtype:
     path = edit.get("input") and os.path.abspath(edit["input"])
     request = item.request(**run, **{**edit, "inpaint": span_text(edit.get("inpaint")), "input": path},
                            device=str(device), dtype=dtype, threads=threads if device.type == "cpu" else None,
-                           take=take if item.takes > 1 else None)
-    hashes = audio_hashes(audio_files(request))  # each audio prompt as it was: a remake checks it
-    return remake_command(replace(request, sampler=sampler, sha256=[f"{p}={h}" for p, h in hashes.items()]),
-                          f"{item.id}.wav")
+                           sampler=sampler)
+    hashes = audio_hashes(audio_files(request))  # each audio prompt as it was (once for every take): a remake checks
+    request = replace(request, sha256=[f"{p}={h}" for p, h in hashes.items()])
+    return [remake_command(replace(request, take=k if item.takes > 1 else None), f"{item.id}.wav")
+            for k in range(1, item.takes + 1)]
 
 
 def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks: Ranks, device: torch.device,
@@ -259,8 +260,8 @@ def generate_items(args, items: List[Item], done: Set[str], out_dir: Path, ranks
             if rate != pipe.sampling_rate:
                 audio = resample(torch.from_numpy(audio).double(), pipe.sampling_rate, rate).float().numpy()
             duration = audio.shape[-1] / rate
-            tags = [item_recipe(run_settings(args), item, sampler=sampler, device=device, dtype=dtype,
-                                threads=torch.get_num_threads(), take=k) for k in range(1, item.takes + 1)]
+            tags = item_recipes(run_settings(args), item, sampler=sampler, device=device, dtype=dtype,
+                                threads=torch.get_num_threads())
             write_audio(paths, audio, rate, flag="--out-dir", comments=tags)
             append_record(manifest, item_record(item, sampler, paths, duration, score, took, extra))
             for path in paths:

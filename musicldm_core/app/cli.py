@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -152,26 +153,25 @@ def request_of(args: argparse.Namespace, **decided) -> Request:
     return Request(**{**{f.name: getattr(args, f.name) for f in FIELDS}, **decided})
 
 
-def remake_tag(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str, threads: int,
-               take: int) -> str:
-    """The command that remakes take `take` of this run (request.remake_command), for the file's comment tag:
-    the values decided since parsing (the seed, the sampler, device, dtype, threads on a CPU, the input's
-    absolute path), the take when there are several."""
+def remake_tags(args: argparse.Namespace, seed: int, sampler: str, device, dtype: str, threads: int,
+                takes: List[int]) -> List[str]:
+    """The commands that remake `takes` of this run (request.remake_command), for the files' comment tags: the
+    values decided since parsing (the seed, the sampler, device, dtype, threads on a CPU, the input's and the
+    audio prompts' absolute paths, each audio prompt's SHA-256), the take when there are several."""
     recorded = request_of(args, seed=seed, sampler=sampler, device=str(device), dtype=dtype,
                           threads=threads if device.type == "cpu" else None,
-                          input=args.input and os.path.abspath(args.input), take=take if args.takes > 1 else None,
-                          **absolute_audio_prompts(args))
-    return remake_command(recorded, Path(args.output).name)
+                          input=args.input and os.path.abspath(args.input), **absolute_audio_prompts(args))
+    hashes = audio_hashes(audio_files(recorded))  # once for every take
+    recorded = replace(recorded, sha256=[f"{path}={digest}" for path, digest in hashes.items()])
+    return [remake_command(replace(recorded, take=k if args.takes > 1 else None), Path(args.output).name)
+            for k in takes]
 
 
 def absolute_audio_prompts(args: argparse.Namespace) -> dict:
-    """--like and the --at entries' like: files by absolute path, and each file's SHA-256 (--sha256 FILE=HASH),
-    as a remake command records them."""
-    like = args.like and os.path.abspath(args.like)
-    schedule = [(at, with_like_paths(entry, os.path.abspath)) for at, entry in args.schedule or ()]
-    files = audio_files(Request(like=like, schedule=schedule))
-    return {"like": like, "schedule": schedule,
-            "sha256": [f"{path}={digest}" for path, digest in audio_hashes(files).items()]}
+    """--like and the --at entries' like: files by absolute path, as a remake command (and batch mode's
+    defaults) record them."""
+    return {"like": args.like and os.path.abspath(args.like),
+            "schedule": [(at, with_like_paths(entry, os.path.abspath)) for at, entry in args.schedule or ()]}
 
 
 def run(args: argparse.Namespace) -> List[str]:
@@ -217,9 +217,9 @@ def run(args: argparse.Namespace) -> List[str]:
         rate = args.sample_rate
     sampler = args.sampler or pipe.scheduler.name
     threads = torch.get_num_threads()
-    tags = [getattr(args, "recipe", None) or remake_tag(args, seed=seed, sampler=sampler, device=device, dtype=dtype,
-                                                        threads=threads, take=k)
-            for k in ([args.take] if args.take else range(1, args.takes + 1))]
+    takes = [args.take] if args.take else list(range(1, args.takes + 1))
+    tags = [args.recipe] * len(takes) if getattr(args, "recipe", None) else remake_tags(
+        args, seed=seed, sampler=sampler, device=device, dtype=dtype, threads=threads, takes=takes)
     write_audio(paths, audio, rate, comments=tags)
     if args.compile:
         print("musicldm: compiled " + ", ".join(f"{k} in {v:.1f} s" for k, v in pipe.compile_seconds().items()),
@@ -333,7 +333,7 @@ def command(args: argparse.Namespace) -> int:
                     "guidance": args.guidance, "takes": args.takes, "sampler": args.sampler, "loop": args.loop,
                     "window": args.window, "exact_batches": args.exact_batches, "like_weight": args.like_weight,
                     "blend": list(args.blend or ()), "blend_mode": args.blend_mode, "travel": args.travel,
-                    **{k: v for k, v in absolute_audio_prompts(args).items() if k != "sha256"}}
+                    **absolute_audio_prompts(args)}
         run_batch(args, defaults)
         return 0
     args.output = args.output or "music.wav"

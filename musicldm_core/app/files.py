@@ -222,8 +222,8 @@ def audio_hashes(paths: List[str]) -> dict:
 
 
 def audio_crops(paths: List[str]) -> dict:
-    """{path: the second its centred 10 s crop starts at (audio_prompt.crop_start), or None} for the audio prompts
-    longer than 10 s, from their headers; what a take's record states of each clip."""
+    """{path: the second its centred 10 s crop starts at (audio_prompt.crop_start)} for the audio prompts longer
+    than 10 s (read from their headers; the others are left out): what a take's record states of each clip."""
     import soundfile as sf
 
     from ..audio_prompt import READ_RATE, crop_start

@@ -312,7 +312,7 @@ class Service:
         """A finished job's takes (with their remake commands), pictures and manifest record."""
         import torch
 
-        from .batch import RUN_DEFAULTS, item_record, item_recipe, run_values
+        from .batch import RUN_DEFAULTS, item_record, item_recipes, run_values
         from .manifest import MANIFEST, append_record
         from .png import mel_png
         from .files import write_audio, write_bytes
@@ -326,8 +326,8 @@ class Service:
         command_edit = {**edit, "input": str(input_path) if input_path else None}
         run = {**RUN_DEFAULTS, "weights": self.weights}
         threads = torch.get_num_threads()
-        commands = [item_recipe(run, item, sampler=sampler, device=self.device, dtype=self.dtype, threads=threads,
-                                take=k, edit=command_edit) for k in range(1, item.takes + 1)]
+        commands = item_recipes(run, item, sampler=sampler, device=self.device, dtype=self.dtype, threads=threads,
+                                edit=command_edit)
         write_audio(paths, out.audios, self.pipe.sampling_rate, flag="--out-dir", comments=commands)
         for path, mel in zip(pictures, out.mels):
             write_bytes(path, mel_png(mel))
