@@ -134,10 +134,11 @@ def test_a_batch_line_takes_like_blend_and_schedule(tiny_ckpt, pipe, tmp_path):
 def test_a_bad_batch_line_is_named_by_line_and_field(tiny_ckpt, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"schedule": [[0, "a"], [0, "b"]]}) + "\n"
-                       + json.dumps({"blend": "a:1"}) + "\n")
+                       + json.dumps({"blend": "a:1"}) + "\n" + json.dumps({"schedule": [5]}) + "\n")
     result = musicldm("--prompts", prompts, "--out-dir", tmp_path / "out", "--weights", tiny_ckpt, "--skip-bad")
     assert "line 1: schedule[1] at 0 s repeats the entry before it" in result.stderr
     assert "line 2: blend must be a list, got 'a:1'" in result.stderr
+    assert "line 3: schedule[0] must be a pair [seconds, entry], got 5" in result.stderr
 
 
 def test_a_long_clips_crop_is_stated(tiny_ckpt, tmp_path):

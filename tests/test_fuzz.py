@@ -400,3 +400,19 @@ def test_forms_parse_or_are_refused(body):
 def test_pickle_module_is_not_the_readers():
     """The restricted reader refuses by itself, without pickle's own global lookups (a guard on the guard)."""
     assert reader._Restricted.find_class is not pickle.Unpickler.find_class
+
+
+@budget(500)
+@given(lines=st.lists(st.fixed_dictionaries({}, optional={
+    "prompt": JSON_VALUES, "like": JSON_VALUES, "like_weight": JSON_VALUES, "blend": JSON_VALUES | st.lists(
+        st.text(max_size=8) | JSON_VALUES, max_size=3), "blend_mode": JSON_VALUES, "travel": JSON_VALUES,
+    "schedule": JSON_VALUES | st.lists(st.lists(JSON_VALUES, max_size=3) | st.tuples(
+        st.integers(-1, 5) | st.floats(), st.text(max_size=12)).map(list), max_size=3)}), min_size=1, max_size=3))
+def test_condition_lines_give_items_or_named_lines(lines, tmp_path_factory):
+    """Batch lines with any values in the condition's fields (JSON of every shape): items, or one problem a line."""
+    counted("condition lines")
+    path = tmp_path_factory.mktemp("fuzz") / "p.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items, problems = prompt_file.read_items(path, DEFAULTS, 0)
+    assert len(items) + len(problems) == len(lines)
+    assert all(p.startswith(f"{path} line ") for p in problems)

@@ -184,7 +184,8 @@ def title(values: dict) -> str:
     """What an item's id is made from: its prompt, else its first blend part or schedule entry."""
     if values.get("prompt"):
         return values["prompt"]
-    parts = list(values.get("blend") or ()) + [e[1] for e in values.get("schedule") or () if len(e) == 2]
+    parts = list(values.get("blend") or ()) + [e[1] for e in values.get("schedule") or ()
+                                               if isinstance(e, (list, tuple)) and len(e) == 2]
     return str(parts[0]) if parts else ""
 
 
@@ -219,3 +220,14 @@ def check_fields(data: dict, fields: Dict[str, type] = FIELDS, optional: Tuple[s
         if not ok and not (value is None and key in ("negative", "seconds", "seed", "sampler", "like", "travel")
                            + optional):
             raise ValueError(f"{key} must be {words.get(kind, kind.__name__)}, got {value!r}")
+        shape = LIST_ITEMS.get(key)
+        for i, v in enumerate(value if shape is not None and isinstance(value, list) else ()):
+            if not shape[0](v):
+                raise ValueError(f"{key}[{i}] must be {shape[1]}, got {v!r}")
+
+
+# what each element of a condition's list field must be (the core checks the values: conditioning.py)
+LIST_ITEMS = {"blend": (lambda v: isinstance(v, str), 'a text, "TEXT:W"'),
+              "schedule": (lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[1], str)
+                           and isinstance(v[0], (int, float)) and not isinstance(v[0], bool),
+                           "a pair [seconds, entry]")}
