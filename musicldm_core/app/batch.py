@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -46,7 +46,7 @@ from .manifest import MANIFEST, PARTS, append_record, is_done, lock_folder, merg
 from .prepare import open_pipeline, options_of, prepare, run_dtype
 from .prompt_file import NAMES, Item, read_items
 from .ranks import Ranks, SameOnEveryRank, rank_device
-from .request import BY_NAME, CONDITION_FIELDS, audio_files, remake_command, renamed, span_text
+from .request import audio_files, remake_command, renamed, span_text
 
 # the command's options that batch mode does not take, each with the reason
 NOT_IN_BATCH = {"output": ("-o/--output", "files are named <id>.wav in --out-dir"),
@@ -185,9 +185,8 @@ def item_record(item: Item, sampler: str, paths: List[Path], duration: float, sc
                 extra: Dict[str, object]) -> dict:
     """An item's manifest record: what a rerun checks (Item.asked) and what the page lists as history (the
     condition's fields only when set, and where each audio prompt longer than 10 s was cropped, in seconds)."""
-    values = {k: v for k, v in asdict(item).items() if k not in CONDITION_FIELDS or v != BY_NAME[k].default}
     crops = audio_crops(audio_files(item.request()))  # where each clip longer than 10 s was cropped
-    return {**values, "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
+    return {**item.recorded(), "sampler": sampler, "files": [p.name for p in paths], "duration": duration,
             "scores": scores, "time": round(took, 3), "asked": item.asked(extra),
             **({"audio_prompt_crops": crops} if crops else {})}
 

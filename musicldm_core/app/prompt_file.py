@@ -72,14 +72,18 @@ class Item:
         values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")}
         return Request(**{**values, **run})
 
+    def recorded(self) -> dict:
+        """Its fields as its records keep them: the condition's only when set (records made before them match)."""
+        return {k: v for k, v in asdict(self).items() if k not in CONDITION_FIELDS or v != BY_NAME[k].default}
+
     def asked(self, extra: Dict[str, object]) -> dict:
         """What this item's files were made from, as its manifest record keeps it ("asked"): its values
         and the run's (`extra`: weights, revision, sample rate). A rerun skips the item only when this is
         unchanged; otherwise it is made again. exact_batches is kept only when on, so that the records of
         earlier runs (made exact, without the field) still match; so are the condition's fields, and the
         SHA-256 of each audio prompt when there is one."""
-        values = {k: v for k, v in asdict(self).items() if k not in ("line", "id")
-                  and not (k in ("exact_batches",) + CONDITION_FIELDS and v == BY_NAME[k].default)}
+        values = {k: v for k, v in self.recorded().items() if k not in ("line", "id")
+                  and not (k == "exact_batches" and not v)}
         files = audio_files(self.request())  # their bytes: a changed audio prompt makes the item again
         return json.loads(json.dumps({**values, **extra, **({"audio_sha256": audio_hashes(files)} if files else {})}))
 
