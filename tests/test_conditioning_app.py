@@ -152,3 +152,17 @@ def test_a_long_clips_crop_is_stated(tiny_ckpt, tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "out" / "manifest.jsonl").read_text())
     assert record["audio_prompt_crops"] == {str(clip): 1.0}
+
+
+@pytest.mark.parametrize("data,field,says", [
+    ({"like": "/etc/passwd"}, "like", "like: send the clip as the form's file part 'like' (the page reads no paths)"),
+    ({"schedule": [[0, "a"], [1, "b | like:/etc/passwd"]]}, "schedule",
+     "schedule: the page's entries are texts and blends of texts"),
+])
+def test_the_page_reads_no_path_a_client_names(pipe, tmp_path, data, field, says):
+    from musicldm_core.app import jobs
+
+    service = jobs.Service(pipe, tmp_path, "w")
+    with pytest.raises(jobs.Refused) as refused:
+        service.submit({"steps": 3, **data})
+    assert refused.value.status == 400 and refused.value.field == field and str(refused.value).startswith(says)

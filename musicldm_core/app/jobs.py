@@ -185,15 +185,13 @@ class Service:
         its audio-to-audio settings; each field's type checked, a fault named by field."""
         if "like" in data:  # never a path on this machine: the clip itself
             raise Refused(400, "like: send the clip as the form's file part 'like' (the page reads no paths)", "like")
-        schedule = data.get("schedule")
-        if isinstance(schedule, list) and any(isinstance(e, list) and len(e) == 2 and like_paths(str(e[1]))
-                                              for e in schedule):
-            raise Refused(400, "schedule: the page's entries are texts and blends of texts ('TEXT:W | TEXT:W'); "
-                          "a clip goes in the like file part", "schedule")
         try:
             check_fields(data, self.fields, optional=EDIT, conditioned=has_like)
         except ValueError as e:
             raise Refused(400, str(e), _field_of(str(e), self.fields)) from None
+        if any(like_paths(entry) for _, entry in data.get("schedule") or ()):  # (pairs: check_fields saw to it)
+            raise Refused(400, "schedule: the page's entries are texts and blends of texts ('TEXT:W | TEXT:W'); "
+                          "a clip goes in the like file part", "schedule")
         edit = {k: data[k] for k in EDIT if data.get(k) is not None}
         if "inpaint" in edit:
             span = edit["inpaint"]
